@@ -1,0 +1,23 @@
+//! Domain types that can only exist when valid: parse, don't validate.
+//!
+//! Each `parse` returns a [`Violation`] naming the field, a stable rule id and
+//! how to fix the input. `audit` and `repository` hold plain records built
+//! from these types.
+
+mod account_id;
+mod audit;
+mod digest;
+mod image_tag;
+mod repository;
+mod repository_name;
+mod repository_settings;
+mod violation;
+
+pub use account_id::AccountId;
+pub use audit::*;
+pub use digest::Digest;
+pub use image_tag::ImageTag;
+pub use repository::*;
+pub use repository_name::RepositoryName;
+pub use repository_settings::{Encryption, TagMutability};
+pub use violation::Violation;

@@ -1,0 +1,209 @@
+//! Resource tag rules: defaults first, then required keys, allowed values and AWS's limits.
+
+use std::collections::BTreeMap;
+
+use regex::Regex;
+
+use super::config::{AllowedValues, TagConfig};
+use super::naming::backticked;
+use crate::domain::Violation;
+
+/// Field of violations about the tag set as a whole.
+const FIELD: &str = "settings.tags";
+/// AWS's limit on tags per resource.
+const MAX_TAGS: usize = 50;
+/// AWS's limit on characters in a tag key.
+const MAX_KEY_LENGTH: usize = 128;
+/// AWS's limit on characters in a tag value.
+const MAX_VALUE_LENGTH: usize = 256;
+/// Prefix AWS keeps for its own tags (matched without regard to case).
+const RESERVED_PREFIX: &str = "aws:";
+
+/// The tag rules, compiled.
+#[derive(Debug, Clone)]
+pub(super) struct TagRules {
+    config: TagConfig,
+    allowed: BTreeMap<String, AllowedRule>,
+}
+
+/// One key's allowed values, ready to check.
+#[derive(Debug, Clone)]
+enum AllowedRule {
+    Values(Vec<String>),
+    Pattern { source: String, regex: Regex },
+}
+
+impl TagRules {
+    /// Builds the rules; the defaults must pass them, and each problem names its config key.
+    pub(super) fn compile(config: &TagConfig) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut allowed = BTreeMap::new();
+        for (key, values) in &config.allowed {
+            match compile_allowed(key, values) {
+                Ok(rule) => {
+                    allowed.insert(key.clone(), rule);
+                }
+                Err(problem) => problems.push(problem),
+            }
+        }
+        problems.extend(
+            config
+                .required
+                .iter()
+                .flat_map(|key| key_violations(key))
+                .map(|v| format!("policy.tags.required: {}", v.description)),
+        );
+        let rules = Self {
+            config: config.clone(),
+            allowed,
+        };
+        problems.extend(rules.default_problems());
+        match problems.is_empty() {
+            true => Ok(rules),
+            false => Err(problems),
+        }
+    }
+
+    /// The request's tags over the defaults, or every tag rule they break.
+    pub(super) fn check(
+        &self,
+        requested: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, Vec<Violation>> {
+        let mut tags = self.config.defaults.clone();
+        tags.extend(requested.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let violations = self.violations(&tags);
+        match violations.is_empty() {
+            true => Ok(tags),
+            false => Err(violations),
+        }
+    }
+
+    fn violations(&self, tags: &BTreeMap<String, String>) -> Vec<Violation> {
+        let mut violations: Vec<Violation> = count_violation(tags.len()).into_iter().collect();
+        for (key, value) in tags {
+            violations.extend(key_violations(key));
+            violations.extend(value_violation(key, value));
+            violations.extend(self.allowed_violation(key, value));
+        }
+        violations.extend(self.required_violations(tags));
+        violations
+    }
+
+    fn required_violations(&self, tags: &BTreeMap<String, String>) -> Vec<Violation> {
+        self.config
+            .required
+            .iter()
+            .filter(|key| tags.get(*key).is_none_or(|value| value.trim().is_empty()))
+            .map(|key| {
+                Violation::new(
+                    key_field(key),
+                    "tags.required",
+                    format!("every repository carries the tag `{key}` with a non-blank value; add it to settings.tags"),
+                )
+            })
+            .collect()
+    }
+
+    fn allowed_violation(&self, key: &str, value: &str) -> Option<Violation> {
+        let expected = match self.allowed.get(key)? {
+            AllowedRule::Values(values) if values.iter().any(|v| v == value) => return None,
+            AllowedRule::Pattern { regex, .. } if regex.is_match(value) => return None,
+            AllowedRule::Values(values) => format!("use one of: {}", backticked(values)),
+            AllowedRule::Pattern { source, .. } => format!("the value must match `{source}`"),
+        };
+        Some(Violation::new(
+            key_field(key),
+            "tags.allowed-values",
+            format!("`{key}` = `{value}` is not allowed; {expected}"),
+        ))
+    }
+
+    fn default_problems(&self) -> Vec<String> {
+        let defaults = &self.config.defaults;
+        let mut violations: Vec<Violation> = count_violation(defaults.len()).into_iter().collect();
+        for (key, value) in defaults {
+            violations.extend(key_violations(key));
+            violations.extend(value_violation(key, value));
+            violations.extend(self.allowed_violation(key, value));
+        }
+        violations
+            .into_iter()
+            .map(|v| format!("policy.tags.defaults: {}", v.description))
+            .collect()
+    }
+}
+
+fn compile_allowed(key: &str, values: &AllowedValues) -> Result<AllowedRule, String> {
+    let config_key = format!("policy.tags.allowed.{key}");
+    match values {
+        AllowedValues::Values { values } if values.is_empty() => Err(format!(
+            "{config_key}: `values` is empty, so no value could pass; list at least one"
+        )),
+        AllowedValues::Values { values } => Ok(AllowedRule::Values(values.clone())),
+        AllowedValues::Pattern { pattern } => {
+            super::anchored_regex(&format!("{config_key}.pattern"), pattern).map(|regex| {
+                AllowedRule::Pattern {
+                    source: pattern.clone(),
+                    regex,
+                }
+            })
+        }
+    }
+}
+
+/// `settings.tags["key"]`, escaped like a JSON string.
+fn key_field(key: &str) -> String {
+    format!("{FIELD}[{key:?}]")
+}
+
+fn count_violation(count: usize) -> Option<Violation> {
+    (count > MAX_TAGS).then(|| {
+        Violation::new(
+            FIELD,
+            "tags.count",
+            format!("{count} tags, counting the gateway's defaults; AWS allows at most {MAX_TAGS} per repository: remove {}", count - MAX_TAGS),
+        )
+    })
+}
+
+fn key_violations(key: &str) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let length = key.chars().count();
+    if !(1..=MAX_KEY_LENGTH).contains(&length) {
+        violations.push(Violation::new(
+            key_field(key),
+            "tags.key-length",
+            format!("the tag key has {length} characters; AWS tag keys have 1 to {MAX_KEY_LENGTH}"),
+        ));
+    }
+    if key
+        .get(..RESERVED_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX))
+    {
+        violations.push(Violation::new(
+            key_field(key),
+            "tags.reserved-prefix",
+            format!(
+                "`{key}` starts with `aws:`, which AWS reserves for its own tags; choose a key without it"
+            ),
+        ));
+    }
+    violations
+}
+
+fn value_violation(key: &str, value: &str) -> Option<Violation> {
+    let length = value.chars().count();
+    (length > MAX_VALUE_LENGTH).then(|| {
+        Violation::new(
+            key_field(key),
+            "tags.value-length",
+            format!(
+                "the value of `{key}` has {length} characters; AWS tag values have at most {MAX_VALUE_LENGTH}"
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+#[path = "tags_tests.rs"]
+mod tests;
