@@ -1,0 +1,144 @@
+//! Recording the audit trail. Mutations write a pending record in the same
+//! transaction that claims the operation, before ECR is called, and finalise
+//! it with the cache update ([`store::audit_events`]). Read calls and calls
+//! rejected before any change hand a finished record to [`AuditLog::record`],
+//! which a background writer stores in batches; shutdown drains it.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::domain::AuditRecord;
+use crate::store::{Store, insert_final_batch};
+
+/// Largest `requestParameters` / `responseElements` kept whole, in bytes (CloudTrail's cap).
+pub const MAX_ELEMENT_BYTES: usize = 100 * 1024;
+/// Largest `userAgent` kept, in bytes.
+pub const MAX_USER_AGENT_BYTES: usize = 1024;
+/// Records written per statement by the background writer.
+const BATCH: usize = 500;
+/// Records waiting for the writer before `record` waits for room.
+const QUEUE: usize = 10_000;
+
+/// Hands finished records to the background writer.
+#[derive(Clone, Debug)]
+pub struct AuditLog {
+    sender: mpsc::Sender<AuditRecord>,
+}
+
+/// The background writer; `shutdown` waits until every queued record is stored.
+#[derive(Debug)]
+pub struct AuditWriter {
+    task: JoinHandle<()>,
+}
+
+impl AuditLog {
+    /// Starts the background writer.
+    pub fn start(store: Store) -> (AuditLog, AuditWriter) {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(write_batches(store, receiver));
+        (AuditLog { sender }, AuditWriter { task })
+    }
+
+    /// Queues a finished record; waits for room when the writer is behind.
+    pub async fn record(&self, record: AuditRecord) {
+        if let Err(error) = self.sender.send(record).await {
+            tracing::error!(event_id = %error.0.event_id, "audit writer stopped; record logged instead: {:?}", error.0);
+        }
+    }
+}
+
+impl AuditWriter {
+    /// Waits until every queued record is written (all senders must be gone).
+    pub async fn shutdown(self, grace: Duration) {
+        if tokio::time::timeout(grace, self.task).await.is_err() {
+            tracing::error!("audit writer did not drain within {grace:?}");
+        }
+    }
+}
+
+async fn write_batches(store: Store, mut receiver: mpsc::Receiver<AuditRecord>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while receiver.recv_many(&mut batch, BATCH).await > 0 {
+        write_with_retry(&store, &batch).await;
+        batch.clear();
+    }
+}
+
+/// Retries while Postgres is down, so that no record is dropped; the queue's
+/// bound pushes back on callers meanwhile.
+async fn write_with_retry(store: &Store, batch: &[AuditRecord]) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match insert_final_batch(store.pool(), batch).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(
+                    records = batch.len(),
+                    "writing audit records failed, retrying in {delay:?}: {error}"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Cuts a JSON element that is larger than [`MAX_ELEMENT_BYTES`], keeping a marker.
+pub fn cap_element(value: Value) -> Value {
+    let text = value.to_string();
+    if text.len() <= MAX_ELEMENT_BYTES {
+        return value;
+    }
+    let mut cut = MAX_ELEMENT_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    serde_json::json!({
+        "truncated": true,
+        "originalBytes": text.len(),
+        "preview": &text[..cut],
+    })
+}
+
+/// Cuts a user agent to [`MAX_USER_AGENT_BYTES`] on a character boundary.
+pub fn cap_user_agent(agent: &str) -> String {
+    let mut cut = agent.len().min(MAX_USER_AGENT_BYTES);
+    while !agent.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    agent[..cut].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_elements_are_kept_whole() {
+        let value = serde_json::json!({"repository": "payments/api"});
+        assert_eq!(cap_element(value.clone()), value);
+    }
+
+    #[test]
+    fn large_elements_are_cut_with_a_marker() {
+        let value = serde_json::json!({"policy": "x".repeat(MAX_ELEMENT_BYTES * 2)});
+        let capped = cap_element(value);
+        assert_eq!(capped["truncated"], true);
+        assert!(
+            capped["preview"]
+                .as_str()
+                .is_some_and(|p| p.len() <= MAX_ELEMENT_BYTES)
+        );
+    }
+
+    #[test]
+    fn user_agents_are_cut_on_a_character_boundary() {
+        let agent = "é".repeat(MAX_USER_AGENT_BYTES);
+        let capped = cap_user_agent(&agent);
+        assert!(capped.len() <= MAX_USER_AGENT_BYTES);
+        assert!(capped.chars().all(|c| c == 'é'));
+    }
+}

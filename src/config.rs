@@ -1,0 +1,407 @@
+//! Typed, layered settings: built-in defaults, then a TOML file (`--config`),
+//! then environment variables `ECR_GATEWAY__SECTION__KEY`. Unknown keys are an
+//! error naming the key; every other problem is collected and reported at once.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::AccountId;
+use crate::policy::{OrgPolicy, OrgPolicyConfig};
+
+/// The environment-variable prefix; `__` separates nesting levels.
+pub const ENV_PREFIX: &str = "ECR_GATEWAY__";
+
+/// Everything the gateway is configured with.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The gRPC listener and its limits.
+    pub server: ServerConfig,
+    /// The Postgres connection.
+    pub database: DatabaseConfig,
+    /// How callers are identified.
+    pub auth: AuthConfig,
+    /// The ECR registries the gateway manages; the first is the default unless one says `default = true`.
+    pub registries: Vec<RegistryConfig>,
+    /// The organisation's rules for repositories.
+    pub policy: OrgPolicyConfig,
+    /// Background inventory refresh.
+    pub sync: SyncConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the gRPC listener.
+    pub listen: String,
+    /// Upper bound of a call's duration; a shorter `grpc-timeout` from the caller wins.
+    pub request_timeout_seconds: u64,
+    /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
+    pub shutdown_grace_seconds: u64,
+    /// Largest request or response message, in bytes.
+    pub max_message_bytes: usize,
+    /// Concurrent calls served per connection.
+    pub concurrency_limit_per_connection: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            request_timeout_seconds: 30,
+            shutdown_grace_seconds: 20,
+            max_message_bytes: 4 * 1024 * 1024,
+            concurrency_limit_per_connection: 256,
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host:port/database`; the password is redacted in `check-config`.
+    pub url: String,
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long to wait for a connection before answering UNAVAILABLE.
+    pub acquire_timeout_seconds: u64,
+    /// Apply pending migrations at start (under an advisory lock).
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/ecr_gateway".into(),
+            max_connections: 16,
+            acquire_timeout_seconds: 3,
+            migrate_on_start: true,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `insecure-dev` (identity from metadata headers; local use only). Unset refuses to start.
+    pub mode: Option<AuthMode>,
+}
+
+/// How callers are identified.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// Trust `x-ecr-gateway-principal` / `x-ecr-gateway-groups`. Never in production.
+    InsecureDev,
+}
+
+/// `[[registries]]`: one ECR registry (an AWS account in a region).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// The name callers use in `registry` fields.
+    pub alias: String,
+    /// The AWS account id that owns the registry (12 digits).
+    pub account_id: String,
+    /// AWS region, e.g. `eu-west-1`.
+    pub region: String,
+    /// Endpoint override: a VPC endpoint or an emulator.
+    pub endpoint_url: Option<String>,
+    /// Role to assume for calls into this registry's account.
+    pub role_arn: Option<String>,
+    /// Marks the registry used when a request leaves `registry` empty.
+    pub default: bool,
+    /// Timeout of one ECR API attempt.
+    pub attempt_timeout_seconds: Option<u64>,
+    /// Timeout of one ECR operation, retries included.
+    pub operation_timeout_seconds: Option<u64>,
+    /// Attempts per ECR operation (adaptive retry).
+    pub max_attempts: Option<u32>,
+}
+
+/// `[sync]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Interval of the repository reconcile per registry; 0 disables the background loop.
+    pub repositories_interval_seconds: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            repositories_interval_seconds: 300,
+        }
+    }
+}
+
+/// A configuration that failed to load or check; each line names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", problems.join("\n  - "))]
+pub struct ConfigError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(problem: impl Into<String>) -> Self {
+        Self {
+            problems: vec![problem.into()],
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the TOML file (if any), then `ECR_GATEWAY__*` variables, and checks the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::one(format!(
+                    "--config {}: no such file",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").lowercase(true));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::one(describe_figment_error(e)))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document on top of the defaults (no environment); for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::one(describe_figment_error(e)))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Every cross-field rule, reported together.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "server.listen: `{}` is not an address like 127.0.0.1:50051",
+                self.server.listen
+            ));
+        }
+        if self.server.request_timeout_seconds == 0 {
+            problems.push("server.request_timeout_seconds: must be at least 1".into());
+        }
+        if self.server.max_message_bytes < 1024 {
+            problems.push("server.max_message_bytes: must be at least 1024".into());
+        }
+        if !self.database.url.starts_with("postgres://") && !self.database.url.starts_with("postgresql://") {
+            problems.push("database.url: must start with postgres:// or postgresql://".into());
+        }
+        if self.database.max_connections == 0 {
+            problems.push("database.max_connections: must be at least 1".into());
+        }
+        if self.auth.mode.is_none() {
+            problems.push(
+                "auth.mode: not set; the gateway refuses to start without a way to identify callers \
+                 (for local use: mode = \"insecure-dev\")"
+                    .into(),
+            );
+        }
+        problems.extend(self.registry_problems());
+        if let Err(policy_problems) = OrgPolicy::compile(&self.policy) {
+            problems.extend(policy_problems);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    fn registry_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.registries.is_empty() {
+            problems.push("registries: at least one [[registries]] entry is required".into());
+        }
+        let mut aliases = std::collections::BTreeSet::new();
+        let mut places = std::collections::BTreeSet::new();
+        for (i, registry) in self.registries.iter().enumerate() {
+            let key = format!("registries[{i}]");
+            if !is_valid_alias(&registry.alias) {
+                problems.push(format!(
+                    "{key}.alias: `{}` must be 1-63 characters of [a-z0-9-]",
+                    registry.alias
+                ));
+            } else if !aliases.insert(registry.alias.clone()) {
+                problems.push(format!("{key}.alias: `{}` is used twice", registry.alias));
+            }
+            if AccountId::parse(&registry.account_id).is_err() {
+                problems.push(format!(
+                    "{key}.account_id: `{}` must be a 12-digit AWS account id",
+                    registry.account_id
+                ));
+            }
+            if registry.region.is_empty() {
+                problems.push(format!("{key}.region: required, e.g. \"eu-west-1\""));
+            }
+            if !places.insert((registry.account_id.clone(), registry.region.clone())) {
+                problems.push(format!(
+                    "{key}: account {} in {} is configured twice",
+                    registry.account_id, registry.region
+                ));
+            }
+            if let Some(url) = &registry.endpoint_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                problems.push(format!(
+                    "{key}.endpoint_url: `{url}` must start with http:// or https://"
+                ));
+            }
+            if let Some(arn) = &registry.role_arn
+                && !arn.starts_with("arn:aws")
+            {
+                problems.push(format!("{key}.role_arn: `{arn}` is not an IAM role ARN"));
+            }
+        }
+        if self.registries.iter().filter(|r| r.default).count() > 1 {
+            problems.push("registries: more than one entry says default = true".into());
+        }
+        problems
+    }
+
+    /// The registry used when a request leaves `registry` empty.
+    pub fn default_registry(&self) -> Option<&RegistryConfig> {
+        self.registries
+            .iter()
+            .find(|r| r.default)
+            .or_else(|| self.registries.first())
+    }
+
+    /// Listener timeout as a `Duration`.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.request_timeout_seconds)
+    }
+
+    /// The configuration as TOML with secrets (the database password) redacted.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database.url = redact_url_password(&shown.database.url);
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+fn is_valid_alias(alias: &str) -> bool {
+    (1..=63).contains(&alias.len())
+        && alias
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+fn describe_figment_error(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("{key}: {}{source}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [auth]
+        mode = "insecure-dev"
+        [[registries]]
+        alias = "main"
+        account_id = "123456789012"
+        region = "us-east-1"
+    "#;
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let config = Config::from_toml(MINIMAL).expect("valid");
+        assert_eq!(config.server.listen, "127.0.0.1:50051");
+        assert_eq!(config.default_registry().map(|r| r.alias.as_str()), Some("main"));
+        assert_eq!(config.auth.mode, Some(AuthMode::InsecureDev));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_the_key() {
+        let text = format!("{MINIMAL}\n[server]\nlisten_adress = \"x\"\n");
+        let err = Config::from_toml(&text).expect_err("unknown key");
+        let message = err.to_string();
+        assert!(message.contains("listen_adress"), "{message}");
+    }
+
+    #[test]
+    fn missing_auth_mode_refuses_to_start() {
+        let text = MINIMAL.replace("mode = \"insecure-dev\"", "");
+        let err = Config::from_toml(&text).expect_err("no auth");
+        assert!(err.to_string().contains("auth.mode"), "{err}");
+    }
+
+    #[test]
+    fn every_registry_problem_is_reported_at_once() {
+        let text = r#"
+            [auth]
+            mode = "insecure-dev"
+            [[registries]]
+            alias = "Main"
+            account_id = "12345"
+            region = ""
+            endpoint_url = "localhost:5000"
+        "#;
+        let err = Config::from_toml(text).expect_err("bad registry");
+        let joined = err.problems.join("\n");
+        for key in ["alias", "account_id", "region", "endpoint_url"] {
+            assert!(joined.contains(&format!("registries[0].{key}")), "{joined}");
+        }
+    }
+
+    #[test]
+    fn redaction_hides_only_the_password() {
+        assert_eq!(
+            redact_url_password("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact_url_password("postgres://app@db/x"), "postgres://app@db/x");
+    }
+}

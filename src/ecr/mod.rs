@@ -1,0 +1,147 @@
+//! The only code that talks to AWS. One [`Registry`] per configured registry,
+//! each with its own SDK client (credentials, optional assumed role, optional
+//! endpoint), typed calls and error classification ([`EcrError`]).
+
+mod error;
+mod repositories;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_ecr::config::Region;
+
+pub use error::{EcrError, classify, classify_code};
+pub use repositories::{collect_pages, state_from_detail};
+
+use crate::config::RegistryConfig;
+use crate::domain::RegistryRef;
+
+/// The ECR request ids a call caused, collected for its audit record.
+#[derive(Debug, Clone, Default)]
+pub struct CallLog {
+    ids: Arc<Mutex<Vec<String>>>,
+}
+
+impl CallLog {
+    /// Remembers one ECR request id.
+    pub fn record(&self, request_id: Option<&str>) {
+        if let Some(id) = request_id
+            && let Ok(mut ids) = self.ids.lock()
+        {
+            ids.push(id.to_owned());
+        }
+    }
+
+    /// All ids recorded so far.
+    pub fn ids(&self) -> Vec<String> {
+        self.ids.lock().map(|ids| ids.clone()).unwrap_or_default()
+    }
+}
+
+/// One configured registry and its client.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    /// Alias, account and region.
+    pub reference: RegistryRef,
+    client: aws_sdk_ecr::Client,
+}
+
+impl Registry {
+    /// Builds the SDK client: the default credential chain, then the role to assume, if any.
+    pub async fn connect(config: &RegistryConfig) -> Registry {
+        let region = Region::new(config.region.clone());
+        let base = aws_config::defaults(BehaviorVersion::latest())
+            .region(region.clone())
+            .load()
+            .await;
+        let mut builder = aws_sdk_ecr::config::Builder::from(&base)
+            .retry_config(RetryConfig::adaptive().with_max_attempts(config.max_attempts.unwrap_or(3)))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(
+                        config.attempt_timeout_seconds.unwrap_or(10),
+                    ))
+                    .operation_timeout(Duration::from_secs(
+                        config.operation_timeout_seconds.unwrap_or(25),
+                    ))
+                    .build(),
+            );
+        if let Some(role_arn) = &config.role_arn {
+            let sts_config = match &config.endpoint_url {
+                // An emulator or private endpoint that also serves STS.
+                Some(url) => base.to_builder().endpoint_url(url).build(),
+                None => base.clone(),
+            };
+            let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+                .session_name("ecr-gateway")
+                .region(region)
+                .configure(&sts_config)
+                .build()
+                .await;
+            builder = builder.credentials_provider(provider);
+        }
+        if let Some(url) = &config.endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
+        Registry {
+            reference: RegistryRef {
+                alias: config.alias.clone(),
+                account_id: config.account_id.clone(),
+                region: config.region.clone(),
+            },
+            client: aws_sdk_ecr::Client::from_conf(builder.build()),
+        }
+    }
+}
+
+/// Every configured registry, by alias.
+#[derive(Clone, Debug)]
+pub struct Registries {
+    by_alias: BTreeMap<String, Registry>,
+    default_alias: String,
+}
+
+impl Registries {
+    /// Connects a client per configured registry.
+    pub async fn connect(configs: &[RegistryConfig]) -> Registries {
+        let mut by_alias = BTreeMap::new();
+        for config in configs {
+            by_alias.insert(config.alias.clone(), Registry::connect(config).await);
+        }
+        let default_alias = configs
+            .iter()
+            .find(|c| c.default)
+            .or_else(|| configs.first())
+            .map(|c| c.alias.clone())
+            .unwrap_or_default();
+        Registries {
+            by_alias,
+            default_alias,
+        }
+    }
+
+    /// The registry for `alias`; empty means the default.
+    pub fn get(&self, alias: &str) -> Option<&Registry> {
+        let alias = if alias.is_empty() {
+            self.default_alias.as_str()
+        } else {
+            alias
+        };
+        self.by_alias.get(alias)
+    }
+
+    /// All registries, by alias.
+    pub fn all(&self) -> impl Iterator<Item = &Registry> {
+        self.by_alias.values()
+    }
+
+    /// The configured aliases, for error messages.
+    pub fn aliases(&self) -> Vec<String> {
+        self.by_alias.keys().cloned().collect()
+    }
+}
