@@ -1,0 +1,134 @@
+//! What every handler needs about a call: who, from where, its audit record,
+//! and the two ways a call ends — recorded as a read, or through a mutation
+//! whose pending record was already written ([`crate::api::mutation`]).
+
+use chrono::Utc;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use crate::audit::{AuditLog, cap_element, cap_user_agent};
+use crate::auth::{Caller, MissingIdentity};
+use crate::domain::{AuditOutcome, AuditRecord, AuditResource, AuditStatus, Identity, RegistryRef};
+
+/// One call in progress.
+#[derive(Debug)]
+pub struct Call {
+    /// The caller, or why there is none.
+    caller: Result<Caller, MissingIdentity>,
+    /// Its audit record; the outcome is filled in when the call ends.
+    pub record: AuditRecord,
+    /// True once a pending record is in the database (the mutation path owns it then).
+    pub persisted: bool,
+}
+
+impl Call {
+    /// Starts a call: identity, source, user agent and the audit record's skeleton.
+    pub fn start<T>(request: &tonic::Request<T>, event_name: &str, read_only: bool) -> Call {
+        let caller = Caller::from_request(request);
+        let identity = match &caller {
+            Ok(caller) => caller.identity.clone(),
+            Err(_) => Identity {
+                principal: "anonymous".into(),
+                principal_type: "Anonymous".into(),
+                groups: Vec::new(),
+                auth_method: "none".into(),
+            },
+        };
+        let user_agent = request
+            .metadata()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .map(cap_user_agent);
+        let record = AuditRecord {
+            event_id: Uuid::now_v7(),
+            event_time: Utc::now(),
+            event_name: event_name.to_owned(),
+            read_only,
+            identity,
+            source_ip: request.remote_addr().map(|a| a.ip().to_string()),
+            user_agent,
+            registry: None,
+            gateway_request_id: Uuid::new_v4(),
+            client_request_id: None,
+            request_parameters: Value::Object(Default::default()),
+            resources: Vec::new(),
+            outcome: AuditOutcome {
+                status: AuditStatus::Pending,
+                response_elements: None,
+                error_code: None,
+                error_message: None,
+                ecr_request_ids: Vec::new(),
+            },
+        };
+        Call {
+            caller,
+            record,
+            persisted: false,
+        }
+    }
+
+    /// The authenticated caller, or UNAUTHENTICATED saying why.
+    pub fn caller(&self) -> Result<&Caller, ApiError> {
+        self.caller.as_ref().map_err(|missing| ApiError::Unauthenticated {
+            description: missing.reason.clone(),
+        })
+    }
+
+    /// Records what the caller asked (size-capped).
+    pub fn set_parameters(&mut self, parameters: Value) {
+        self.record.request_parameters = cap_element(parameters);
+    }
+
+    /// Records the registry and the repository the call is about.
+    pub fn set_repository(&mut self, registry: &RegistryRef, arn: String) {
+        self.record.registry = Some(registry.clone());
+        self.record.resources = vec![AuditResource {
+            resource_type: "AWS::ECR::Repository".into(),
+            arn,
+        }];
+    }
+
+    /// Ends the call: records the outcome (unless the mutation path already
+    /// finalised the persisted record) and turns errors into statuses.
+    pub async fn finish<R>(
+        mut self,
+        audit: &AuditLog,
+        result: Result<(R, Value), ApiError>,
+    ) -> Result<tonic::Response<R>, tonic::Status> {
+        let (result, outcome) = match result {
+            Ok((response, elements)) => (Ok(response), succeeded(elements, Vec::new())),
+            Err(error) => {
+                let outcome = failed(&error, Vec::new());
+                (Err(error), outcome)
+            }
+        };
+        if !self.persisted {
+            self.record.outcome = outcome;
+            audit.record(self.record).await;
+        }
+        result.map(tonic::Response::new).map_err(|e| e.to_status())
+    }
+}
+
+/// The outcome of a succeeded call.
+pub fn succeeded(elements: Value, ecr_request_ids: Vec<String>) -> AuditOutcome {
+    AuditOutcome {
+        status: AuditStatus::Succeeded,
+        response_elements: Some(cap_element(elements)),
+        error_code: None,
+        error_message: None,
+        ecr_request_ids,
+    }
+}
+
+/// The outcome of a failed call.
+pub fn failed(error: &ApiError, ecr_request_ids: Vec<String>) -> AuditOutcome {
+    AuditOutcome {
+        status: AuditStatus::Failed,
+        response_elements: None,
+        error_code: Some(format!("{:?}", error.code())),
+        error_message: Some(error.to_string()),
+        ecr_request_ids,
+    }
+}

@@ -1,0 +1,371 @@
+//! The one mapping from the gateway's errors to gRPC statuses. Every status
+//! carries `google.rpc.ErrorInfo` (domain `ecr-gateway`, reason in
+//! UPPER_SNAKE_CASE) and the detail that helps: `BadRequest` with one field
+//! violation per broken rule, `PreconditionFailure`, `ResourceInfo`,
+//! `RetryInfo`. Internal causes go to the log, never to the caller.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use uuid::Uuid;
+
+use crate::domain::Violation;
+use crate::ecr::EcrError;
+use crate::store::StoreError;
+
+/// The `ErrorInfo.domain` of every error.
+pub const ERROR_DOMAIN: &str = "ecr-gateway";
+
+/// A state conflict, reported as one `PreconditionFailure` violation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Precondition {
+    /// Violation type, e.g. `REPOSITORY_NOT_EMPTY`.
+    pub kind: String,
+    /// What it is about, e.g. `main/payments/api`.
+    pub subject: String,
+    /// What is wrong and how to fix it.
+    pub description: String,
+}
+
+/// Everything a handler can answer with besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request breaks rules. → INVALID_ARGUMENT with one `BadRequest` violation per rule
+    #[error("{}", summarize(.violations))]
+    InvalidArgument {
+        /// `ErrorInfo.reason`.
+        reason: &'static str,
+        /// Every broken rule.
+        violations: Vec<Violation>,
+    },
+    /// The resource does not exist. → NOT_FOUND with `ResourceInfo`
+    #[error("{description}")]
+    NotFound {
+        /// e.g. `ecr.repository`.
+        resource_type: &'static str,
+        /// e.g. `main/payments/api`.
+        resource_name: String,
+        /// What is missing and what to check.
+        description: String,
+    },
+    /// The resource exists already. → ALREADY_EXISTS with `ResourceInfo`
+    #[error("{description}")]
+    AlreadyExists {
+        /// e.g. `ecr.repository`.
+        resource_type: &'static str,
+        /// e.g. `main/payments/api`.
+        resource_name: String,
+        /// What exists and what to do.
+        description: String,
+    },
+    /// The resource's state forbids the call. → FAILED_PRECONDITION with `PreconditionFailure`
+    #[error("{}", .violations.iter().map(|v| v.description.as_str()).collect::<Vec<_>>().join("; "))]
+    FailedPrecondition {
+        /// `ErrorInfo.reason`.
+        reason: &'static str,
+        /// The conflicts.
+        violations: Vec<Precondition>,
+    },
+    /// A call with the same `request_id` is running. → ABORTED with `RetryInfo`
+    #[error("{description}")]
+    Aborted {
+        /// What is running and when to retry.
+        description: String,
+        /// When a retry makes sense.
+        retry_after: Duration,
+    },
+    /// No identity. → UNAUTHENTICATED
+    #[error("{description}")]
+    Unauthenticated {
+        /// Why no identity could be established.
+        description: String,
+    },
+    /// The gateway's own AWS identity was refused by ECR. → PERMISSION_DENIED
+    #[error("{description}")]
+    PermissionDenied {
+        /// `ErrorInfo.reason`.
+        reason: &'static str,
+        /// What was refused.
+        description: String,
+    },
+    /// A dependency (Postgres, ECR) is down or throttling. → UNAVAILABLE with `RetryInfo`
+    #[error("{description}")]
+    Unavailable {
+        /// `ErrorInfo.reason`.
+        reason: &'static str,
+        /// What is unavailable and whether anything changed.
+        description: String,
+        /// When a retry makes sense.
+        retry_after: Duration,
+    },
+    /// A bug. → INTERNAL; the caller sees only a reference to the log line.
+    #[error("internal error (reference {reference})")]
+    Internal {
+        /// Printed in the log next to the cause.
+        reference: Uuid,
+    },
+}
+
+impl ApiError {
+    /// One field violation.
+    pub fn invalid(field: impl Into<String>, rule: &'static str, description: impl Into<String>) -> Self {
+        ApiError::InvalidArgument {
+            reason: "INVALID_REQUEST",
+            violations: vec![Violation::new(field, rule, description)],
+        }
+    }
+
+    /// Logs the cause with its whole chain and returns an opaque INTERNAL.
+    pub fn internal(cause: &dyn std::error::Error) -> Self {
+        let reference = Uuid::new_v4();
+        let mut chain = cause.to_string();
+        let mut source = cause.source();
+        while let Some(next) = source {
+            chain.push_str(": ");
+            chain.push_str(&next.to_string());
+            source = next.source();
+        }
+        tracing::error!(%reference, "internal error: {chain}");
+        ApiError::Internal { reference }
+    }
+
+    /// The gRPC code this error becomes.
+    pub fn code(&self) -> Code {
+        match self {
+            ApiError::InvalidArgument { .. } => Code::InvalidArgument,
+            ApiError::NotFound { .. } => Code::NotFound,
+            ApiError::AlreadyExists { .. } => Code::AlreadyExists,
+            ApiError::FailedPrecondition { .. } => Code::FailedPrecondition,
+            ApiError::Aborted { .. } => Code::Aborted,
+            ApiError::Unauthenticated { .. } => Code::Unauthenticated,
+            ApiError::PermissionDenied { .. } => Code::PermissionDenied,
+            ApiError::Unavailable { .. } => Code::Unavailable,
+            ApiError::Internal { .. } => Code::Internal,
+        }
+    }
+
+    /// The `ErrorInfo.reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::InvalidArgument { reason, .. }
+            | ApiError::FailedPrecondition { reason, .. }
+            | ApiError::PermissionDenied { reason, .. }
+            | ApiError::Unavailable { reason, .. } => reason,
+            ApiError::NotFound { .. } => "NOT_FOUND",
+            ApiError::AlreadyExists { .. } => "ALREADY_EXISTS",
+            ApiError::Aborted { .. } => "OPERATION_IN_PROGRESS",
+            ApiError::Unauthenticated { .. } => "UNAUTHENTICATED",
+            ApiError::Internal { .. } => "INTERNAL",
+        }
+    }
+
+    /// The status sent to the caller.
+    pub fn to_status(&self) -> Status {
+        let mut details = ErrorDetails::new();
+        let mut metadata = HashMap::new();
+        match self {
+            ApiError::InvalidArgument { violations, .. } => {
+                let rules: Vec<&str> = violations.iter().map(|v| v.rule).collect();
+                metadata.insert("rules".to_owned(), rules.join(","));
+                details.set_bad_request(violations.iter().map(field_violation).collect::<Vec<_>>());
+            }
+            ApiError::NotFound {
+                resource_type,
+                resource_name,
+                description,
+            }
+            | ApiError::AlreadyExists {
+                resource_type,
+                resource_name,
+                description,
+            } => {
+                details.set_resource_info(*resource_type, resource_name.clone(), "", description.clone());
+            }
+            ApiError::FailedPrecondition { violations, .. } => {
+                for v in violations {
+                    details.add_precondition_failure_violation(
+                        v.kind.clone(),
+                        v.subject.clone(),
+                        v.description.clone(),
+                    );
+                }
+            }
+            ApiError::Aborted { retry_after, .. } | ApiError::Unavailable { retry_after, .. } => {
+                details.set_retry_info(Some(*retry_after));
+            }
+            ApiError::Internal { reference } => {
+                metadata.insert("reference".to_owned(), reference.to_string());
+            }
+            ApiError::Unauthenticated { .. } | ApiError::PermissionDenied { .. } => {}
+        }
+        details.set_error_info(self.reason(), ERROR_DOMAIN, metadata);
+        Status::with_error_details(self.code(), self.to_string(), details)
+    }
+}
+
+/// The rule id as a google.rpc reason: `naming.max-depth` → `NAMING_MAX_DEPTH`.
+pub fn rule_reason(rule: &str) -> String {
+    rule.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn field_violation(violation: &Violation) -> FieldViolation {
+    FieldViolation {
+        field: violation.field.clone(),
+        description: format!("[{}] {}", violation.rule, violation.description),
+        reason: rule_reason(violation.rule),
+        localized_message: None,
+    }
+}
+
+fn summarize(violations: &[Violation]) -> String {
+    let listed: Vec<String> = violations
+        .iter()
+        .map(|v| format!("{}: {} [{}]", v.field, v.description, v.rule))
+        .collect();
+    match violations.len() {
+        1 => listed.join(""),
+        n => format!("{n} problems: {}", listed.join("; ")),
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(cause) => {
+                tracing::warn!("database unavailable: {cause}");
+                ApiError::Unavailable {
+                    reason: "DATABASE_UNAVAILABLE",
+                    description: "the gateway's database is unavailable; nothing was changed, retry later"
+                        .into(),
+                    retry_after: Duration::from_secs(2),
+                }
+            }
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+impl From<EcrError> for ApiError {
+    fn from(error: EcrError) -> Self {
+        match error {
+            EcrError::NotFound {
+                operation, message, ..
+            } => ApiError::NotFound {
+                resource_type: "ecr.resource",
+                resource_name: String::new(),
+                description: format!("ECR {operation}: {message}"),
+            },
+            EcrError::AlreadyExists {
+                operation, message, ..
+            } => ApiError::AlreadyExists {
+                resource_type: "ecr.resource",
+                resource_name: String::new(),
+                description: format!("ECR {operation}: {message}"),
+            },
+            EcrError::Conflict {
+                operation,
+                code,
+                message,
+            } => ApiError::FailedPrecondition {
+                reason: "ECR_CONFLICT",
+                violations: vec![Precondition {
+                    kind: code,
+                    subject: operation.to_owned(),
+                    description: format!("ECR {operation}: {message}"),
+                }],
+            },
+            EcrError::Throttled {
+                operation, message, ..
+            } => ApiError::Unavailable {
+                reason: "ECR_THROTTLED",
+                description: format!("ECR throttled {operation} after retries ({message}); retry later"),
+                retry_after: Duration::from_secs(5),
+            },
+            EcrError::AccessDenied {
+                operation, message, ..
+            } => ApiError::PermissionDenied {
+                reason: "ECR_ACCESS_DENIED",
+                description: format!(
+                    "ECR refused {operation} to the gateway's own AWS identity ({message}); the platform team must grant it"
+                ),
+            },
+            EcrError::Invalid {
+                operation,
+                code,
+                message,
+            } => ApiError::InvalidArgument {
+                reason: "ECR_REJECTED",
+                violations: vec![Violation::new(
+                    "",
+                    "ecr.rejected",
+                    format!("ECR {operation} rejected the request: {code}: {message}"),
+                )],
+            },
+            EcrError::Unavailable { operation, message } => {
+                tracing::warn!(operation, "ECR unavailable: {message}");
+                ApiError::Unavailable {
+                    reason: "ECR_UNAVAILABLE",
+                    description: format!("ECR could not be reached for {operation}; retry later"),
+                    retry_after: Duration::from_secs(5),
+                }
+            }
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        error.to_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_violation_becomes_a_field_violation_with_its_rule() {
+        let error = ApiError::InvalidArgument {
+            reason: "ORG_POLICY_VIOLATION",
+            violations: vec![
+                Violation::new("repository", "naming.namespace", "use a team namespace"),
+                Violation::new("settings.tags", "tags.required", "add `team`"),
+            ],
+        };
+        let status = error.to_status();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let bad_request = details.bad_request().expect("bad request");
+        assert_eq!(bad_request.field_violations.len(), 2);
+        assert_eq!(bad_request.field_violations[0].reason, "NAMING_NAMESPACE");
+        assert_eq!(details.error_info().expect("info").domain, ERROR_DOMAIN);
+        assert!(status.message().starts_with("2 problems"));
+    }
+
+    #[test]
+    fn unavailable_carries_retry_info() {
+        let status = ApiError::Unavailable {
+            reason: "ECR_UNAVAILABLE",
+            description: "down".into(),
+            retry_after: Duration::from_secs(5),
+        }
+        .to_status();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.get_details_retry_info().is_some());
+    }
+
+    #[test]
+    fn rule_ids_become_upper_snake_reasons() {
+        assert_eq!(rule_reason("naming.max-depth"), "NAMING_MAX_DEPTH");
+    }
+}

@@ -1,0 +1,52 @@
+//! The gRPC edge: one file per service. Each RPC decodes into domain types,
+//! checks identity, calls, records, encodes. Proto types stay in this module.
+
+pub mod call;
+pub mod convert;
+pub mod error;
+pub mod mutation;
+pub mod page_token;
+pub mod repository;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::audit::AuditLog;
+use crate::domain::Violation;
+use crate::ecr::{Registries, Registry};
+use crate::policy::OrgPolicy;
+use crate::store::Store;
+
+/// Everything handlers share, built once in `server.rs`.
+#[derive(Debug)]
+pub struct AppState {
+    /// The compiled org policy.
+    pub policy: OrgPolicy,
+    /// Postgres.
+    pub store: Store,
+    /// ECR clients by alias.
+    pub registries: Registries,
+    /// The audit writer for finished records.
+    pub audit: AuditLog,
+    /// How long a mutation owns its `request_id` before a retry may take over.
+    pub mutation_lease: Duration,
+}
+
+/// Shared handle to the state.
+pub type Shared = Arc<AppState>;
+
+impl AppState {
+    /// The registry a request names (empty: the default), or a violation listing the aliases.
+    pub fn registry(&self, alias: &str) -> Result<&Registry, Violation> {
+        self.registries.get(alias).ok_or_else(|| {
+            Violation::new(
+                "registry",
+                "registry.unknown",
+                format!(
+                    "`{alias}` is not a configured registry; use one of: {} (or leave it empty for the default)",
+                    self.registries.aliases().join(", ")
+                ),
+            )
+        })
+    }
+}

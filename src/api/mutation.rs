@@ -1,0 +1,250 @@
+//! The path every mutation takes after validation:
+//! 1. claim the caller's `request_id` and write the pending audit record in
+//!    one transaction (if that fails, ECR is not touched: UNAVAILABLE);
+//! 2. call ECR (converging, so a retry finishes a half-done job);
+//! 3. in one transaction: update the cache, finalise the audit record, and
+//!    store the response to replay for a repeated `request_id`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::Utc;
+use prost::Message;
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use super::call::{Call, failed, succeeded};
+use super::error::ApiError;
+use crate::domain::{RegistryRef, RepositoryName, RepositoryState, Violation};
+use crate::ecr::CallLog;
+use crate::store::operations::{self, Claim};
+use crate::store::{Store, Tx, audit_events, repositories};
+
+/// Longest `request_id`.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The cache change a mutation made in ECR.
+#[derive(Debug)]
+pub enum CacheChange {
+    /// The repository now looks like this.
+    Upsert(RegistryRef, RepositoryState),
+    /// The repository is gone.
+    Delete(RegistryRef, RepositoryName),
+}
+
+/// What the work of a mutation is told.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// 1 on the first call with this `request_id` (or without one); more on retries.
+    pub number: i32,
+    /// Collects the ECR request ids for the audit record.
+    pub log: CallLog,
+}
+
+/// What the work of a mutation returns.
+pub struct Done<R> {
+    /// The response.
+    pub response: R,
+    /// The cache change to commit with the audit record.
+    pub change: CacheChange,
+    /// The audit record's `responseElements`.
+    pub elements: Value,
+}
+
+/// Checks a caller's `request_id`: empty (no idempotency) or 1-128 of `[A-Za-z0-9._:-]`.
+pub fn check_request_id(request_id: &str) -> Option<Violation> {
+    let valid = request_id.len() <= MAX_REQUEST_ID
+        && request_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    (!valid).then(|| {
+        Violation::new(
+            "request_id",
+            "request-id.format",
+            format!("use 1-{MAX_REQUEST_ID} characters of [A-Za-z0-9._:-], e.g. a UUID"),
+        )
+    })
+}
+
+/// Runs a validated mutation; returns its response and whether it was replayed.
+pub async fn run<R, F, Fut>(
+    store: &Store,
+    call: &mut Call,
+    request_id: &str,
+    request: &impl Message,
+    lease: Duration,
+    work: F,
+) -> Result<(R, bool), ApiError>
+where
+    R: Message + Default,
+    F: FnOnce(Attempt) -> Fut,
+    Fut: Future<Output = Result<Done<R>, ApiError>>,
+{
+    let principal = call.caller()?.identity.principal.clone();
+    let hash = request_hash(&call.record.event_name, request);
+    let mut tx = store.begin().await.map_err(audit_unavailable)?;
+    let number = if request_id.is_empty() {
+        1
+    } else {
+        let lease_until = Utc::now() + lease;
+        match operations::claim(
+            &mut tx,
+            &principal,
+            request_id,
+            &call.record.event_name,
+            &hash,
+            lease_until,
+        )
+        .await
+        .map_err(audit_unavailable)?
+        {
+            Claim::Owned { attempt } => attempt,
+            Claim::Succeeded(stored) => return replay(stored.response),
+            Claim::InProgress { lease_until } => return Err(in_progress(request_id, lease_until)),
+            Claim::Mismatch { method } => return Err(reused(request_id, &method)),
+        }
+    };
+    audit_events::insert(&mut tx, &call.record)
+        .await
+        .map_err(audit_unavailable)?;
+    tx.commit().await.map_err(|e| audit_unavailable(e.into()))?;
+    call.persisted = true;
+
+    let log = CallLog::default();
+    let result = work(Attempt {
+        number,
+        log: log.clone(),
+    })
+    .await;
+    match result {
+        Ok(done) => finish_success(store, call, &principal, request_id, done, log.ids()).await,
+        Err(error) => {
+            finish_failure(store, call, &principal, request_id, &error, log.ids()).await;
+            Err(error)
+        }
+    }
+}
+
+async fn finish_success<R: Message>(
+    store: &Store,
+    call: &Call,
+    principal: &str,
+    request_id: &str,
+    done: Done<R>,
+    ecr_ids: Vec<String>,
+) -> Result<(R, bool), ApiError> {
+    let outcome = succeeded(done.elements, ecr_ids);
+    let commit = async {
+        let mut tx = store.begin().await?;
+        apply_change(&mut tx, &done.change).await?;
+        audit_events::finalize(&mut tx, call.record.event_id, &outcome).await?;
+        if !request_id.is_empty() {
+            operations::succeed(&mut tx, principal, request_id, &done.response.encode_to_vec()).await?;
+        }
+        tx.commit().await?;
+        Ok::<_, crate::store::StoreError>(())
+    };
+    match commit.await {
+        Ok(()) => Ok((done.response, false)),
+        Err(error) => {
+            tracing::error!(event_id = %call.record.event_id, "ECR was changed but the outcome could not be recorded: {error}");
+            Err(ApiError::Unavailable {
+                reason: "OUTCOME_NOT_RECORDED",
+                description: "ECR was changed but the gateway's database did not take the outcome; \
+                              retry with the same request_id to converge"
+                    .into(),
+                retry_after: Duration::from_secs(2),
+            })
+        }
+    }
+}
+
+async fn finish_failure(
+    store: &Store,
+    call: &Call,
+    principal: &str,
+    request_id: &str,
+    error: &ApiError,
+    ecr_ids: Vec<String>,
+) {
+    let outcome = failed(error, ecr_ids);
+    let commit = async {
+        let mut tx = store.begin().await?;
+        audit_events::finalize(&mut tx, call.record.event_id, &outcome).await?;
+        if !request_id.is_empty() {
+            let code = format!("{:?}", error.code());
+            operations::fail(&mut tx, principal, request_id, &code, &error.to_string()).await?;
+        }
+        tx.commit().await?;
+        Ok::<_, crate::store::StoreError>(())
+    };
+    if let Err(store_error) = commit.await {
+        // The pending record stays; start-up recovery resolves it against ECR.
+        tracing::error!(event_id = %call.record.event_id, "could not record a failed mutation: {store_error}");
+    }
+}
+
+async fn apply_change(tx: &mut Tx, change: &CacheChange) -> Result<(), crate::store::StoreError> {
+    match change {
+        CacheChange::Upsert(registry, state) => repositories::upsert(tx, registry, state, Utc::now()).await,
+        CacheChange::Delete(registry, name) => repositories::delete(tx, registry, name).await,
+    }
+}
+
+fn replay<R: Message + Default>(bytes: Vec<u8>) -> Result<(R, bool), ApiError> {
+    R::decode(bytes.as_slice())
+        .map(|response| (response, true))
+        .map_err(|e| ApiError::internal(&e))
+}
+
+fn request_hash(method: &str, request: &impl Message) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(method.as_bytes());
+    hasher.update(request.encode_to_vec());
+    hasher.finalize().to_vec()
+}
+
+fn audit_unavailable(error: crate::store::StoreError) -> ApiError {
+    tracing::warn!("cannot record the audit event, refusing the mutation: {error}");
+    ApiError::Unavailable {
+        reason: "AUDIT_UNAVAILABLE",
+        description: "the audit record could not be written, so ECR was not touched; retry later".into(),
+        retry_after: Duration::from_secs(2),
+    }
+}
+
+fn in_progress(request_id: &str, lease_until: chrono::DateTime<Utc>) -> ApiError {
+    let wait = (lease_until - Utc::now())
+        .to_std()
+        .unwrap_or(Duration::from_secs(1));
+    ApiError::Aborted {
+        description: format!(
+            "a call with request_id `{request_id}` is still running; retry after it finishes (at the latest {lease_until})"
+        ),
+        retry_after: wait.min(Duration::from_secs(30)),
+    }
+}
+
+fn reused(request_id: &str, method: &str) -> ApiError {
+    ApiError::invalid(
+        "request_id",
+        "request-id.reused",
+        format!(
+            "`{request_id}` was already used by you for a different {method} request; \
+             use a new request_id for a new request"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_follow_the_documented_grammar() {
+        assert!(check_request_id("").is_none());
+        assert!(check_request_id("0f8e2b1c-demo:1.2_3").is_none());
+        assert!(check_request_id("has space").is_some());
+        assert!(check_request_id(&"x".repeat(129)).is_some());
+    }
+}

@@ -1,0 +1,30 @@
+//! ecr-gateway: a gRPC service that internal platforms call instead of Amazon ECR.
+//!
+//! Map of the modules (edges own the outside world; the middle is pure):
+//! - [`api`]: one file per gRPC service: decode, identify, call, record, encode;
+//!   the one mapping of errors to gRPC statuses.
+//! - [`domain`]: validated newtypes (`RepositoryName`, `Digest`, …) and plain records. No I/O.
+//! - [`policy`]: the organisation's rules as pure functions.
+//! - [`ecr`]: the only code that talks to AWS.
+//! - [`store`]: the only code that talks to Postgres.
+//! - [`audit`]: the CloudTrail-shaped audit trail.
+//! - [`auth`]: caller identity (a tower layer).
+//! - [`inventory`]: keeps the cache true.
+//! - [`config`], [`server`]: settings and wiring.
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod ecr;
+pub mod inventory;
+pub mod policy;
+pub mod server;
+pub mod store;
+
+/// Generated protobuf types and gRPC stubs of `ecrgateway.v1`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("ecrgateway.v1");
+}

@@ -1,0 +1,164 @@
+//! Wiring: builds the state once, starts the background tasks, serves gRPC
+//! with health, reflection (v1 and v1alpha) and the tower layers, and shuts
+//! down gracefully: health flips to NOT_SERVING first, in-flight calls drain
+//! within the grace period, the audit writer is flushed last.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::repository::RepositoryApi;
+use crate::api::{AppState, Shared};
+use crate::audit::AuditLog;
+use crate::auth::IdentityLayer;
+use crate::config::{AuthMode, Config};
+use crate::ecr::Registries;
+use crate::pb::repository_service_server::RepositoryServiceServer;
+use crate::policy::OrgPolicy;
+use crate::store::Store;
+
+/// The encoded descriptor set of the gateway's protos, for reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ecrgateway_descriptor");
+
+/// Services whose health is reported besides the overall "" entry.
+const SERVICES: &[&str] = &["ecrgateway.v1.RepositoryService"];
+
+/// How often the database is probed for the health status.
+const DATABASE_PROBE: Duration = Duration::from_secs(2);
+
+/// Serves until `shutdown` completes, then drains.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mode = config
+        .auth
+        .mode
+        .context("auth.mode is not set; refusing to start")?;
+    if mode == AuthMode::InsecureDev {
+        tracing::warn!(
+            "auth.mode = \"insecure-dev\": callers are whoever the x-ecr-gateway-principal header says. Never use this outside local development."
+        );
+    }
+    let policy = OrgPolicy::compile(&config.policy)
+        .map_err(|problems| anyhow::anyhow!("policy: {}", problems.join("; ")))?;
+    let store = Store::connect_lazy(&config.database)?;
+    if config.database.migrate_on_start {
+        store.migrate().await.context("applying database migrations")?;
+    }
+    let registries = Registries::connect(&config.registries).await;
+    let (audit, audit_writer) = AuditLog::start(store.clone());
+    let state: Shared = Arc::new(AppState {
+        policy,
+        store: store.clone(),
+        registries: registries.clone(),
+        audit,
+        mutation_lease: config.request_timeout() * 2,
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::Serving).await;
+    let probe = tokio::spawn(probe_database(store.clone(), reporter.clone(), stop_rx.clone()));
+    let sync = (config.sync.repositories_interval_seconds > 0).then(|| {
+        tokio::spawn(crate::inventory::run_repository_sync(
+            store.clone(),
+            registries.all().cloned().collect(),
+            Duration::from_secs(config.sync.repositories_interval_seconds),
+            stop_rx.clone(),
+        ))
+    });
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let max_message = config.server.max_message_bytes;
+    let repository_service = RepositoryServiceServer::new(RepositoryApi::new(state.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    drop(state);
+
+    let local = listener.local_addr()?;
+    tracing::info!(%local, "ecr-gateway listening");
+    let (draining_tx, mut draining_rx) = watch::channel(false);
+    let reporter_for_shutdown = reporter.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: health NOT_SERVING, draining in-flight calls");
+        set_health(&reporter_for_shutdown, ServingStatus::NotServing).await;
+        let _ = draining_tx.send(true);
+    };
+    let serve = Server::builder()
+        .timeout(config.request_timeout())
+        .concurrency_limit_per_connection(config.server.concurrency_limit_per_connection)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(IdentityLayer::new(mode))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(repository_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
+    let deadline = async move {
+        let _ = draining_rx.wait_for(|draining| *draining).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = serve => result.context("serving gRPC")?,
+        _ = deadline => tracing::warn!("in-flight calls did not finish within {grace:?}; stopping anyway"),
+    }
+    let _ = stop_tx.send(true);
+    let _ = probe.await;
+    if let Some(sync) = sync {
+        sync.abort();
+    }
+    audit_writer.shutdown(grace).await;
+    tracing::info!("ecr-gateway stopped");
+    Ok(())
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for service in SERVICES {
+        reporter.set_service_status(*service, status).await;
+    }
+}
+
+/// Reports NOT_SERVING while Postgres does not answer, SERVING again when it does.
+async fn probe_database(store: Store, reporter: HealthReporter, mut stop: watch::Receiver<bool>) {
+    let mut healthy = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(DATABASE_PROBE) => {}
+            _ = stop.changed() => return,
+        }
+        let ok = tokio::time::timeout(DATABASE_PROBE, store.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if ok != healthy {
+            healthy = ok;
+            if ok {
+                tracing::info!("database reachable again: SERVING");
+                set_health(&reporter, ServingStatus::Serving).await;
+            } else {
+                tracing::warn!("database unreachable: NOT_SERVING");
+                set_health(&reporter, ServingStatus::NotServing).await;
+            }
+        }
+    }
+}
