@@ -1,0 +1,398 @@
+//! Test harness: real parts only. A real moto server (ECR emulator) started
+//! from the venv that `scripts/test` creates, a fresh Postgres database per
+//! test, the real gateway on port 0, and generated tonic clients.
+#![allow(dead_code)]
+
+pub mod images;
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Once, OnceLock};
+use std::time::{Duration, Instant};
+
+use ecr_gateway::config::Config;
+use ecr_gateway::pb::repository_service_client::RepositoryServiceClient;
+use sqlx::{Connection, PgConnection};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// Account of the default test registry (moto's default account).
+pub const ACCOUNT: &str = "123456789012";
+/// Account reached by assuming a role (moto maps the role's account).
+pub const OTHER_ACCOUNT: &str = "222222222222";
+/// Region of the test registries.
+pub const REGION: &str = "us-east-1";
+
+static ENV: Once = Once::new();
+
+/// Sets the fake AWS credentials moto accepts. Runs before any test starts a
+/// thread that reads the environment (every test calls it first).
+pub fn init() {
+    ENV.call_once(|| {
+        for (key, value) in [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", REGION),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ] {
+            if std::env::var_os(key).is_none() {
+                // SAFETY: called once, before any test spawns threads that read the environment.
+                unsafe { std::env::set_var(key, value) };
+            }
+        }
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn moto_binary() -> PathBuf {
+    let path = std::env::var_os("ECR_GATEWAY_TEST_MOTO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/moto_server"));
+    assert!(
+        path.exists(),
+        "moto_server not found at {}: run `scripts/test` (it creates .venv with the pinned moto[server]), \
+         or set ECR_GATEWAY_TEST_MOTO",
+        path.display()
+    );
+    path
+}
+
+/// Picks a free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A moto server process; killed on drop.
+pub struct Moto {
+    /// Its base URL.
+    pub endpoint: String,
+    child: Child,
+}
+
+impl Moto {
+    /// Starts a dedicated moto (for tests that stop it or need a clean state).
+    pub fn start() -> Moto {
+        init();
+        let port = free_port();
+        let child = Command::new(moto_binary())
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning moto_server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen on {port} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { endpoint, child }
+    }
+
+    /// The moto shared by the tests of this binary. Started from a thread that
+    /// lives as long as the process; tests keep their names apart.
+    pub fn shared() -> &'static str {
+        static SHARED: OnceLock<String> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let moto = Moto::start();
+            let endpoint = moto.endpoint.clone();
+            // Keep the process (and its Drop) alive for the whole test binary.
+            std::mem::forget(moto);
+            endpoint
+        })
+    }
+
+    /// Stops the server (simulates ECR going away).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A database of its own for one test; dropped at the end.
+pub struct TestDb {
+    /// Its URL.
+    pub url: String,
+    name: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    /// Creates an empty database (the gateway migrates it at start).
+    pub async fn create() -> TestDb {
+        init();
+        let admin_url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("ecrgw_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!("cannot reach Postgres at {admin_url} ({e}): start it, or set DATABASE_URL; scripts/test does both")
+        });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("DATABASE_URL {admin_url} has no database part"),
+        };
+        TestDb { url, name, admin_url }
+    }
+
+    /// A pool on the test database (for assertions).
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.url).await.expect("connect test db")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The demo-like org policy the tests run under.
+pub const POLICY: &str = r#"
+[policy.naming]
+namespaces = ["payments", "search"]
+max_depth = 3
+reserved = ["aws", "admin"]
+
+[policy.tags]
+required = ["team", "cost-center"]
+[policy.tags.defaults]
+managed-by = "ecr-gateway"
+[policy.tags.allowed]
+team = { values = ["payments", "search"] }
+cost-center = { pattern = "^cc-[0-9]{4}$" }
+
+[policy.settings]
+allowed_tag_mutability = ["IMMUTABLE", "IMMUTABLE_WITH_EXCLUSION"]
+default_tag_mutability = "IMMUTABLE"
+allowed_exclusion_filters = ["latest", "dev-*"]
+require_scan_on_push = true
+
+[policy.settings.encryption]
+type = "AES256"
+
+[policy.settings.lifecycle_templates]
+default = '''{"rules":[{"rulePriority":1,"description":"expire untagged images after 14 days","selection":{"tagStatus":"untagged","countType":"sinceImagePushed","countUnit":"days","countNumber":14},"action":{"type":"expire"}}]}'''
+
+[policy.repository_policy]
+forbid_wildcard_principal = true
+allowed_accounts = ["210987654321"]
+"#;
+
+/// A configuration for a gateway on `db` with the main registry at `endpoint`.
+pub fn config(db: &TestDb, endpoint: &str, extra: &str) -> Config {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace_seconds = 5
+request_timeout_seconds = 20
+
+[database]
+url = "{url}"
+max_connections = 5
+acquire_timeout_seconds = 2
+
+[auth]
+mode = "insecure-dev"
+
+[sync]
+repositories_interval_seconds = 0
+
+[[registries]]
+alias = "main"
+account_id = "{ACCOUNT}"
+region = "{REGION}"
+endpoint_url = "{endpoint}"
+attempt_timeout_seconds = 3
+operation_timeout_seconds = 8
+max_attempts = 2
+
+{extra}
+{POLICY}
+"#,
+        url = db.url,
+    );
+    Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+/// A gateway running in this test's runtime.
+pub struct Gateway {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A channel to it.
+    pub channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Gateway {
+    /// Starts the real server on port 0 and connects to it.
+    pub async fn start(config: Config) -> Gateway {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let task = tokio::spawn(ecr_gateway::server::run(config, listener, async move {
+            let _ = signal.await;
+        }));
+        let channel = connect(addr).await;
+        Gateway {
+            addr,
+            channel,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    /// A RepositoryService client.
+    pub fn repositories(&self) -> RepositoryServiceClient<Channel> {
+        RepositoryServiceClient::new(self.channel.clone())
+    }
+
+    /// Stops the server and waits until it has drained.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+        {
+            Ok(channel) => return channel,
+            Err(error) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "gateway did not come up at {addr}: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Adds the insecure-dev identity headers to a request.
+pub fn as_user<T>(message: T, principal: &str, groups: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-ecr-gateway-principal", principal.parse().expect("principal"));
+    request
+        .metadata_mut()
+        .insert("x-ecr-gateway-groups", groups.parse().expect("groups"));
+    request
+}
+
+/// The tests' own ECR client (never the gateway's) against `endpoint`.
+pub async fn ecr_client(endpoint: &str) -> aws_sdk_ecr::Client {
+    init();
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_sdk_ecr::config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .load()
+        .await;
+    aws_sdk_ecr::Client::new(&config)
+}
+
+/// The tests' own ECR client acting in another account through an assumed role (moto maps the role's account).
+pub async fn ecr_client_assuming(endpoint: &str, role_arn: &str) -> aws_sdk_ecr::Client {
+    init();
+    let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_sdk_ecr::config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .load()
+        .await;
+    let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+        .session_name("ecr-gateway-tests")
+        .configure(&base)
+        .build()
+        .await;
+    let config = aws_sdk_ecr::config::Builder::from(&base)
+        .credentials_provider(provider)
+        .build();
+    aws_sdk_ecr::Client::from_conf(config)
+}
+
+/// A name no other test uses: `<namespace>/<stem>-<random>`.
+pub fn unique(namespace: &str, stem: &str) -> String {
+    format!(
+        "{namespace}/{stem}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// Waits (up to 10 s) until the audit table holds `expected` rows matching `filter` (SQL after WHERE).
+pub async fn wait_for_audit_rows(pool: &sqlx::PgPool, filter: &str, expected: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM audit_events WHERE {filter}"
+        )))
+        .fetch_one(pool)
+        .await
+        .expect("count audit rows");
+        if count >= expected || Instant::now() > deadline {
+            return count;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,132 @@
+//! A small fault-injecting HTTP proxy between the gateway's AWS SDK and moto:
+//! it forwards every request unless told to fail an ECR action (answering
+//! like ECR does, with a JSON error) or to drop every connection.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+#[derive(Default)]
+struct Faults {
+    /// ECR actions (the X-Amz-Target suffix, e.g. `PutLifecyclePolicy`) answered with a server error.
+    failing: HashSet<String>,
+    /// Close every connection without answering.
+    drop_all: bool,
+}
+
+/// A running proxy; configure faults while it runs.
+#[derive(Clone)]
+pub struct FaultProxy {
+    /// The URL to give the gateway as its endpoint.
+    pub endpoint: String,
+    faults: Arc<Mutex<Faults>>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy in front of `upstream` (e.g. moto's URL).
+    pub async fn start(upstream: &str) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let upstream = upstream.to_owned();
+        let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let shared = faults.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                if shared.lock().expect("faults").drop_all {
+                    drop(stream);
+                    continue;
+                }
+                let (client, upstream, faults) = (client.clone(), upstream.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        forward(client.clone(), upstream.clone(), faults.clone(), request)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FaultProxy { endpoint, faults }
+    }
+
+    /// Answers the ECR action with a server error until [`FaultProxy::heal`].
+    pub fn fail_action(&self, action: &str) {
+        self.faults
+            .lock()
+            .expect("faults")
+            .failing
+            .insert(action.to_owned());
+    }
+
+    /// Refuses every new connection.
+    pub fn drop_all(&self) {
+        self.faults.lock().expect("faults").drop_all = true;
+    }
+
+    /// Forwards everything again.
+    pub fn heal(&self) {
+        let mut faults = self.faults.lock().expect("faults");
+        faults.failing.clear();
+        faults.drop_all = false;
+    }
+}
+
+async fn forward(
+    client: Client<HttpConnector, Full<Bytes>>,
+    upstream: String,
+    faults: Arc<Mutex<Faults>>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let action = request
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit('.').next())
+        .unwrap_or_default()
+        .to_owned();
+    if faults.lock().expect("faults").failing.contains(&action) {
+        let body = format!(r#"{{"__type":"ServerException","message":"injected failure of {action}"}}"#);
+        return Ok(Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("x-amzn-requestid", "injected-failure")
+            .body(Full::new(Bytes::from(body)))
+            .expect("response"));
+    }
+    let (mut parts, body) = request.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_owned();
+    parts.uri = format!("{upstream}{path}").parse().expect("upstream uri");
+    let answer = match client.request(Request::from_parts(parts, Full::new(body))).await {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            Response::from_parts(parts, Full::new(body))
+        }
+        Err(error) => Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .body(Full::new(Bytes::from(error.to_string())))
+            .expect("response"),
+    };
+    Ok(answer)
+}
