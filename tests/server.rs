@@ -227,3 +227,62 @@ async fn shutdown_flips_health_and_drains() {
         .await;
     assert!(after.is_err(), "no longer answering after shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_starting_together_migrate_once_and_both_serve() {
+    let db = TestDb::create().await;
+
+    let (a, b) = tokio::join!(
+        Gateway::start(config(&db, Moto::shared(), "")),
+        Gateway::start(config(&db, Moto::shared(), ""))
+    );
+
+    assert_eq!(health(&a, "").await, ServingStatus::Serving);
+    assert_eq!(health(&b, "").await, ServingStatus::Serving);
+    let pool = db.pool().await;
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .expect("dir")
+        .count() as i64;
+    assert_eq!(applied, files);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_deadline_shorter_than_the_server_timeout_wins() {
+    let db = TestDb::create().await;
+    // An endpoint that accepts connections but never answers keeps the ECR call hanging.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", silent.local_addr().expect("addr"));
+    let gateway = Gateway::start(config(&db, &endpoint, "")).await;
+    let mut request = as_user(
+        pb::GetRepositoryRequest {
+            repository: "payments/slow".into(),
+            consistency: pb::Consistency::Strong as i32,
+            ..Default::default()
+        },
+        "alice",
+        "",
+    );
+    request.set_timeout(Duration::from_millis(500));
+
+    let started = std::time::Instant::now();
+    let status = gateway
+        .repositories()
+        .get_repository(request)
+        .await
+        .expect_err("deadline");
+
+    assert!(
+        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{status:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
