@@ -7,6 +7,7 @@ pub mod images;
 pub mod proxy;
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Once, OnceLock};
@@ -87,12 +88,20 @@ impl Moto {
     pub fn start() -> Moto {
         init();
         let port = free_port();
-        let child = Command::new(moto_binary())
+        let mut command = Command::new(moto_binary());
+        command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning moto_server");
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe; it asks the kernel to kill moto
+        // when the thread that started it ends, so no server outlives the tests.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("spawning moto_server");
         let endpoint = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -110,11 +119,17 @@ impl Moto {
     pub fn shared() -> &'static str {
         static SHARED: OnceLock<String> = OnceLock::new();
         SHARED.get_or_init(|| {
-            let moto = Moto::start();
-            let endpoint = moto.endpoint.clone();
-            // Keep the process (and its Drop) alive for the whole test binary.
-            std::mem::forget(moto);
-            endpoint
+            // Started from a thread that never ends, so the death signal set in
+            // `start` fires only when the test process itself exits.
+            let (sender, receiver) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let moto = Moto::start();
+                let _ = sender.send(moto.endpoint.clone());
+                loop {
+                    std::thread::park();
+                }
+            });
+            receiver.recv().expect("shared moto started")
         })
     }
 
