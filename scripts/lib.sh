@@ -50,7 +50,9 @@ ensure_buf() {
   fi
   log "Installing buf from npm"
   command -v npm >/dev/null || die "npm is required (Node.js 18 or newer)"
-  (cd "$REPO_ROOT" && npm ci --no-audit --no-fund --loglevel=error)
+  # `npm install` (not `ci`): the lock pins buf, and npm versions disagree about
+  # listing the optional per-platform packages in it.
+  (cd "$REPO_ROOT" && npm install --no-audit --no-fund --loglevel=error)
 }
 
 buf() { "$REPO_ROOT/node_modules/.bin/buf" "$@"; }

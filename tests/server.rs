@@ -121,6 +121,7 @@ async fn grpcurl_lists_services_and_creates_a_repository_from_json() {
     let db = TestDb::create().await;
     let gateway = Gateway::start(config(&db, Moto::shared(), "")).await;
     let addr = gateway.addr.to_string();
+    let gateway_addr = addr.clone();
     let grpcurl = grpcurl();
 
     let listed = tokio::task::spawn_blocking({
@@ -178,6 +179,31 @@ async fn grpcurl_lists_services_and_creates_a_repository_from_json() {
         .send()
         .await
         .expect("created in ECR");
+
+    let rejected = tokio::task::spawn_blocking(move || {
+        Command::new(self::grpcurl())
+            .args([
+                "-plaintext",
+                "-H",
+                "x-ecr-gateway-principal: ops@example.com",
+                "-d",
+            ])
+            .arg(r#"{"repository": "Payments/Bad_Name"}"#)
+            .args([
+                gateway_addr.as_str(),
+                "ecrgateway.v1.RepositoryService/CreateRepository",
+            ])
+            .output()
+            .expect("run grpcurl")
+    })
+    .await
+    .expect("join");
+    let shown =
+        String::from_utf8_lossy(&rejected.stdout).to_string() + &String::from_utf8_lossy(&rejected.stderr);
+    assert!(shown.contains("InvalidArgument"), "{shown}");
+    // Reflection serves google.rpc's descriptors, so grpcurl prints the details decoded.
+    assert!(shown.contains("NAMING_NAMESPACE"), "{shown}");
+    assert!(!shown.contains("not recognized"), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
