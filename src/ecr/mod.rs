@@ -2,7 +2,9 @@
 //! each with its own SDK client (credentials, optional assumed role, optional
 //! endpoint), typed calls and error classification ([`EcrError`]).
 
+mod budget;
 mod error;
+mod images;
 mod repositories;
 
 use std::collections::BTreeMap;
@@ -14,7 +16,9 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ecr::config::Region;
 
+pub use budget::Budget;
 pub use error::{EcrError, classify, classify_code};
+pub use images::{RawManifest, image_from_detail};
 pub use repositories::{collect_pages, state_from_detail};
 
 use crate::config::RegistryConfig;
@@ -48,6 +52,7 @@ pub struct Registry {
     /// Alias, account and region.
     pub reference: RegistryRef,
     client: aws_sdk_ecr::Client,
+    budget: Arc<Budget>,
 }
 
 impl Registry {
@@ -95,6 +100,7 @@ impl Registry {
                 region: config.region.clone(),
             },
             client: aws_sdk_ecr::Client::from_conf(builder.build()),
+            budget: Arc::new(Budget::new(config.rates_with_defaults())),
         }
     }
 }

@@ -67,6 +67,7 @@ impl Registry {
     }
 
     async fn list_tags(&self, log: &CallLog, arn: &str) -> Result<BTreeMap<String, String>, EcrError> {
+        self.budget.acquire("ListTagsForResource").await;
         let output = self
             .client
             .list_tags_for_resource()
@@ -435,6 +436,7 @@ impl Registry {
     /// Every repository of the registry with its tags (policies are not read here).
     pub async fn list_repositories(&self, log: &CallLog) -> Result<Vec<RepositoryState>, EcrError> {
         let details = collect_pages(|token| async move {
+            self.budget.acquire("DescribeRepositories").await;
             let output = self
                 .client
                 .describe_repositories()

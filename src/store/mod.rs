@@ -2,8 +2,11 @@
 //! under sqlx's advisory lock, and one file per table family.
 
 pub mod audit_events;
+pub mod image_reads;
+pub mod images;
 pub mod operations;
 pub mod repositories;
+pub mod sync;
 
 use std::time::Duration;
 

@@ -159,6 +159,21 @@ pub async fn replace_registry(
     Ok(removed)
 }
 
+/// Names of the registry's cached repositories.
+pub async fn names(pool: &sqlx::PgPool, registry: &RegistryRef) -> Result<Vec<RepositoryName>, StoreError> {
+    let names = sqlx::query_scalar!(
+        "SELECT name FROM repositories WHERE account_id = $1 AND region = $2 ORDER BY name",
+        registry.account_id,
+        registry.region,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(names
+        .iter()
+        .filter_map(|n| RepositoryName::parse(n).ok())
+        .collect())
+}
+
 /// Removes one repository's row.
 pub async fn delete(tx: &mut Tx, registry: &RegistryRef, name: &RepositoryName) -> Result<(), StoreError> {
     sqlx::query!(

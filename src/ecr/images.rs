@@ -1,0 +1,178 @@
+//! Image calls: list every image of a repository (archived ones included)
+//! and fetch manifests in batches of 100.
+
+use aws_sdk_ecr::operation::RequestId;
+use aws_sdk_ecr::types::{DescribeImagesFilter, ImageDetail, ImageIdentifier, ImageStatusFilter};
+use chrono::{DateTime, Utc};
+
+use super::error::{EcrError, classify};
+use super::repositories::collect_pages;
+use super::{CallLog, Registry};
+use crate::domain::{Digest, ImageRecord, ImageSelector, RepositoryName};
+
+/// ECR's largest page for DescribeImages.
+const PAGE_SIZE: i32 = 1000;
+/// ECR's largest batch for BatchGetImage.
+const BATCH: usize = 100;
+
+/// A manifest as ECR returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawManifest {
+    /// The manifest digest.
+    pub digest: Digest,
+    /// The exact manifest text.
+    pub manifest: String,
+    /// ECR's `imageManifestMediaType`.
+    pub media_type: Option<String>,
+}
+
+impl Registry {
+    /// Every image of the repository and the number of pages read, following `nextToken`, with
+    /// `imageStatus = ANY`: without it ECR silently leaves out archived images.
+    pub async fn describe_images(
+        &self,
+        log: &CallLog,
+        repository: &RepositoryName,
+    ) -> Result<(Vec<ImageRecord>, i32), EcrError> {
+        let pages = std::sync::atomic::AtomicI32::new(0);
+        let details = collect_pages(|token| async {
+            self.budget.acquire("DescribeImages").await;
+            pages.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let output = self
+                .client
+                .describe_images()
+                .registry_id(&self.reference.account_id)
+                .repository_name(repository.as_str())
+                .filter(
+                    DescribeImagesFilter::builder()
+                        .image_status(ImageStatusFilter::Any)
+                        .build(),
+                )
+                .max_results(PAGE_SIZE)
+                .set_next_token(token)
+                .send()
+                .await
+                .inspect_err(|e| log.record(e.request_id()))
+                .map_err(|e| classify("DescribeImages", e))?;
+            log.record(output.request_id());
+            Ok((output.image_details.unwrap_or_default(), output.next_token))
+        })
+        .await?;
+        let records = details
+            .iter()
+            .filter_map(|d| image_from_detail(repository, d))
+            .collect();
+        Ok((records, pages.into_inner()))
+    }
+
+    /// The manifests of `digests`, 100 per call. Digests ECR no longer has are left out.
+    pub async fn batch_get_manifests(
+        &self,
+        log: &CallLog,
+        repository: &RepositoryName,
+        digests: &[Digest],
+    ) -> Result<Vec<RawManifest>, EcrError> {
+        let mut manifests = Vec::with_capacity(digests.len());
+        for chunk in digests.chunks(BATCH) {
+            let ids = chunk
+                .iter()
+                .map(|d| ImageIdentifier::builder().image_digest(d.as_str()).build())
+                .collect();
+            self.budget.acquire("BatchGetImage").await;
+            let output = self
+                .client
+                .batch_get_image()
+                .registry_id(&self.reference.account_id)
+                .repository_name(repository.as_str())
+                .set_image_ids(Some(ids))
+                .accepted_media_types("application/vnd.docker.distribution.manifest.v2+json")
+                .accepted_media_types("application/vnd.docker.distribution.manifest.list.v2+json")
+                .accepted_media_types("application/vnd.oci.image.manifest.v1+json")
+                .accepted_media_types("application/vnd.oci.image.index.v1+json")
+                .send()
+                .await
+                .inspect_err(|e| log.record(e.request_id()))
+                .map_err(|e| classify("BatchGetImage", e))?;
+            log.record(output.request_id());
+            manifests.extend(output.images.unwrap_or_default().into_iter().filter_map(|image| {
+                let digest = Digest::parse(image.image_id.as_ref()?.image_digest.as_deref()?).ok()?;
+                Some(RawManifest {
+                    digest,
+                    manifest: image.image_manifest?,
+                    media_type: image.image_manifest_media_type,
+                })
+            }));
+        }
+        Ok(manifests)
+    }
+}
+
+/// Reads an `ImageDetail` into a record; `None` when ECR left out the digest.
+pub fn image_from_detail(repository: &RepositoryName, detail: &ImageDetail) -> Option<ImageRecord> {
+    let digest = Digest::parse(detail.image_digest.as_deref()?).ok()?;
+    let mut tags = detail.image_tags.clone().unwrap_or_default();
+    tags.sort();
+    tags.dedup();
+    Some(ImageRecord {
+        repository: repository.clone(),
+        digest,
+        tags,
+        size_bytes: detail.image_size_in_bytes,
+        pushed_at: detail.image_pushed_at.as_ref().and_then(to_chrono),
+        last_pulled_at: detail.last_recorded_pull_time.as_ref().and_then(to_chrono),
+        manifest_media_type: detail.image_manifest_media_type.clone(),
+        artifact_media_type: detail.artifact_media_type.clone(),
+        status: detail
+            .image_status
+            .as_ref()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_else(|| "ACTIVE".to_owned()),
+        subject_digest: detail.subject_manifest_digest.clone(),
+    })
+}
+
+fn to_chrono(time: &aws_smithy_types::DateTime) -> Option<DateTime<Utc>> {
+    DateTime::<Utc>::from_timestamp(time.secs(), time.subsec_nanos())
+}
+
+impl Registry {
+    /// One image by tag or digest, or `None` when ECR does not have it.
+    pub async fn describe_image(
+        &self,
+        log: &CallLog,
+        repository: &RepositoryName,
+        selector: &ImageSelector,
+    ) -> Result<Option<ImageRecord>, EcrError> {
+        let id = match selector {
+            ImageSelector::Tag(tag) => ImageIdentifier::builder().image_tag(tag.as_str()).build(),
+            ImageSelector::Digest(digest) => ImageIdentifier::builder().image_digest(digest.as_str()).build(),
+        };
+        self.budget.acquire("DescribeImages").await;
+        let result = self
+            .client
+            .describe_images()
+            .registry_id(&self.reference.account_id)
+            .repository_name(repository.as_str())
+            .image_ids(id)
+            .send()
+            .await;
+        match result {
+            Ok(output) => {
+                log.record(output.request_id());
+                Ok(output
+                    .image_details
+                    .unwrap_or_default()
+                    .iter()
+                    .find_map(|d| image_from_detail(repository, d)))
+            }
+            Err(error) => {
+                log.record(error.request_id());
+                let error = classify("DescribeImages", error);
+                match &error {
+                    EcrError::NotFound { code, .. } if code == "ImageNotFoundException" => Ok(None),
+                    _ => Err(error),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! Reads of the image inventory: the ResolveImage fast path, one image with
+//! its referrers, and keyset-paginated listings and searches.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgPool, QueryBuilder};
+
+use super::StoreError;
+use crate::domain::RegistryRef;
+
+/// One cached image.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ImageRow {
+    /// AWS account id.
+    pub account_id: String,
+    /// AWS region.
+    pub region: String,
+    /// Repository name.
+    pub repository: String,
+    /// Manifest digest.
+    pub digest: String,
+    /// Tags, sorted.
+    pub tags: Vec<String>,
+    /// imageSizeInBytes.
+    pub size_bytes: Option<i64>,
+    /// Push time.
+    pub pushed_at: DateTime<Utc>,
+    /// Last recorded pull.
+    pub last_pulled_at: Option<DateTime<Utc>>,
+    /// Manifest media type.
+    pub manifest_media_type: Option<String>,
+    /// Artifact media type.
+    pub artifact_media_type: Option<String>,
+    /// ACTIVE / ARCHIVED / ACTIVATING.
+    pub status: String,
+    /// Subject digest (referrers).
+    pub subject_digest: Option<String>,
+    /// image / index / artifact / unknown; None until the manifest was read.
+    pub kind: Option<String>,
+    /// Artifact type.
+    pub artifact_type: Option<String>,
+    /// Index children.
+    pub children: Value,
+    /// When the row last changed from a sync.
+    pub synced_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "i.account_id, i.region, i.repository, i.digest, i.tags, i.size_bytes, i.pushed_at, \
+     i.last_pulled_at, i.manifest_media_type, i.artifact_media_type, i.status, i.subject_digest, i.kind, \
+     i.artifact_type, i.children, i.synced_at";
+
+/// What ResolveImage needs about a tag, in one query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedTag {
+    /// The digest the tag points at.
+    pub digest: String,
+    /// When the repository was last synced completely.
+    pub last_synced_at: Option<DateTime<Utc>>,
+    /// When the image row last changed (write-through refreshes).
+    pub row_synced_at: DateTime<Utc>,
+    /// The repository's tag mutability, if the repository is cached.
+    pub tag_mutability: Option<String>,
+    /// Its exclusion filters.
+    pub exclusion_filters: Value,
+}
+
+/// The digest a tag points at, with the repository's freshness and mutability.
+pub async fn resolve_tag(
+    pool: &PgPool,
+    registry: &RegistryRef,
+    repository: &str,
+    tag: &str,
+) -> Result<Option<ResolvedTag>, StoreError> {
+    let row = sqlx::query!(
+        r#"SELECT t.digest, i.synced_at, s.last_synced_at AS "last_synced_at?",
+                  r.tag_mutability AS "tag_mutability?", r.exclusion_filters AS "exclusion_filters?"
+           FROM image_tags t
+           JOIN images i ON i.account_id = t.account_id AND i.region = t.region
+                        AND i.repository = t.repository AND i.digest = t.digest
+           LEFT JOIN sync_state s ON s.account_id = t.account_id AND s.region = t.region AND s.repository = t.repository
+           LEFT JOIN repositories r ON r.account_id = t.account_id AND r.region = t.region AND r.name = t.repository
+           WHERE t.account_id = $1 AND t.region = $2 AND t.repository = $3 AND t.tag = $4"#,
+        registry.account_id,
+        registry.region,
+        repository,
+        tag,
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| ResolvedTag {
+        digest: r.digest,
+        last_synced_at: r.last_synced_at,
+        row_synced_at: r.synced_at,
+        tag_mutability: r.tag_mutability,
+        exclusion_filters: r.exclusion_filters.unwrap_or(Value::Null),
+    }))
+}
+
+/// One image by digest.
+pub async fn get(
+    pool: &PgPool,
+    registry: &RegistryRef,
+    repository: &str,
+    digest: &str,
+) -> Result<Option<ImageRow>, StoreError> {
+    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM images i WHERE i.account_id = "));
+    query.push_bind(registry.account_id.clone());
+    query.push(" AND i.region = ").push_bind(registry.region.clone());
+    query
+        .push(" AND i.repository = ")
+        .push_bind(repository.to_owned());
+    query.push(" AND i.digest = ").push_bind(digest.to_owned());
+    Ok(query.build_query_as::<ImageRow>().fetch_optional(pool).await?)
+}
+
+/// Artifacts whose subject is `digest`.
+pub async fn referrers(
+    pool: &PgPool,
+    registry: &RegistryRef,
+    repository: &str,
+    digest: &str,
+) -> Result<Vec<ImageRow>, StoreError> {
+    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM images i WHERE i.account_id = "));
+    query.push_bind(registry.account_id.clone());
+    query.push(" AND i.region = ").push_bind(registry.region.clone());
+    query
+        .push(" AND i.repository = ")
+        .push_bind(repository.to_owned());
+    query
+        .push(" AND i.subject_digest = ")
+        .push_bind(digest.to_owned());
+    query.push(" ORDER BY i.pushed_at DESC, i.digest DESC LIMIT 100");
+    Ok(query.build_query_as::<ImageRow>().fetch_all(pool).await?)
+}
+
+/// Filters of ListImages.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImageFilter {
+    /// Some(true): tagged only; Some(false): untagged only.
+    pub tagged: Option<bool>,
+    /// LIKE pattern (already translated from a glob) a tag must match.
+    pub tag_like: Option<String>,
+    /// Pushed at or after.
+    pub pushed_after: Option<DateTime<Utc>>,
+    /// Pushed before.
+    pub pushed_before: Option<DateTime<Utc>>,
+    /// ECR status.
+    pub status: Option<String>,
+    /// Manifest media type.
+    pub media_type: Option<String>,
+    /// Order by digest instead of newest first.
+    pub by_digest: bool,
+}
+
+/// Keyset position of ListImages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListPosition {
+    /// Push time of the last row (newest-first order).
+    pub pushed_at: Option<DateTime<Utc>>,
+    /// Digest of the last row.
+    pub digest: String,
+}
+
+/// A page of one repository's images.
+pub async fn list(
+    pool: &PgPool,
+    registry: &RegistryRef,
+    repository: &str,
+    filter: &ImageFilter,
+    after: Option<&ListPosition>,
+    limit: i64,
+) -> Result<Vec<ImageRow>, StoreError> {
+    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM images i WHERE i.account_id = "));
+    query.push_bind(registry.account_id.clone());
+    query.push(" AND i.region = ").push_bind(registry.region.clone());
+    query
+        .push(" AND i.repository = ")
+        .push_bind(repository.to_owned());
+    match filter.tagged {
+        Some(true) => {
+            query.push(" AND cardinality(i.tags) > 0");
+        }
+        Some(false) => {
+            query.push(" AND cardinality(i.tags) = 0");
+        }
+        None => {}
+    }
+    if let Some(pattern) = &filter.tag_like {
+        query.push(" AND EXISTS (SELECT 1 FROM unnest(i.tags) AS t(tag) WHERE t.tag LIKE ");
+        query.push_bind(pattern.clone()).push(")");
+    }
+    if let Some(after_time) = filter.pushed_after {
+        query.push(" AND i.pushed_at >= ").push_bind(after_time);
+    }
+    if let Some(before) = filter.pushed_before {
+        query.push(" AND i.pushed_at < ").push_bind(before);
+    }
+    if let Some(status) = &filter.status {
+        query.push(" AND i.status = ").push_bind(status.clone());
+    }
+    if let Some(media_type) = &filter.media_type {
+        query
+            .push(" AND i.manifest_media_type = ")
+            .push_bind(media_type.clone());
+    }
+    if filter.by_digest {
+        if let Some(position) = after {
+            query.push(" AND i.digest > ").push_bind(position.digest.clone());
+        }
+        query.push(" ORDER BY i.digest");
+    } else {
+        if let Some(position) = after {
+            query.push(" AND (i.pushed_at, i.digest) < (");
+            query.push_bind(position.pushed_at.unwrap_or(DateTime::<Utc>::UNIX_EPOCH));
+            query.push(", ").push_bind(position.digest.clone()).push(")");
+        }
+        query.push(" ORDER BY i.pushed_at DESC, i.digest DESC");
+    }
+    query.push(" LIMIT ").push_bind(limit);
+    Ok(query.build_query_as::<ImageRow>().fetch_all(pool).await?)
+}
+
+/// What SearchImages looks for.
+#[derive(Debug, Clone, Serialize)]
+pub enum SearchQuery {
+    /// Exactly this digest.
+    Digest(String),
+    /// A tag matching this LIKE pattern.
+    TagLike(String),
+    /// Repositories whose name starts with this (LIKE-escaped) prefix.
+    RepositoryLike(String),
+}
+
+/// Keyset position of SearchImages: (account, region, repository, digest).
+pub type SearchPosition = (String, String, String, String);
+
+/// A page of images across `registries` matching `search`.
+pub async fn search(
+    pool: &PgPool,
+    registries: &[(String, String)],
+    search: &SearchQuery,
+    after: Option<&SearchPosition>,
+    limit: i64,
+) -> Result<Vec<ImageRow>, StoreError> {
+    let (accounts, regions): (Vec<String>, Vec<String>) = registries.iter().cloned().unzip();
+    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM images i WHERE "));
+    match search {
+        SearchQuery::Digest(digest) => {
+            query.push("i.digest = ").push_bind(digest.clone());
+        }
+        SearchQuery::TagLike(pattern) => {
+            query.push("EXISTS (SELECT 1 FROM image_tags t WHERE t.account_id = i.account_id AND t.region = i.region ");
+            query.push("AND t.repository = i.repository AND t.digest = i.digest AND t.tag LIKE ");
+            query.push_bind(pattern.clone()).push(")");
+        }
+        SearchQuery::RepositoryLike(pattern) => {
+            query.push("i.repository LIKE ").push_bind(pattern.clone());
+        }
+    }
+    query.push(" AND (i.account_id, i.region) IN (SELECT * FROM UNNEST(");
+    query
+        .push_bind(accounts)
+        .push("::text[], ")
+        .push_bind(regions)
+        .push("::text[]))");
+    if let Some((account, region, repository, digest)) = after {
+        query.push(" AND (i.account_id, i.region, i.repository, i.digest) > (");
+        query
+            .push_bind(account.clone())
+            .push(", ")
+            .push_bind(region.clone())
+            .push(", ");
+        query
+            .push_bind(repository.clone())
+            .push(", ")
+            .push_bind(digest.clone())
+            .push(")");
+    }
+    query
+        .push(" ORDER BY i.account_id, i.region, i.repository, i.digest LIMIT ")
+        .push_bind(limit);
+    Ok(query.build_query_as::<ImageRow>().fetch_all(pool).await?)
+}
+
+/// Translates a glob (`*`, `?`) into a LIKE pattern, escaping LIKE's own wildcards.
+pub fn glob_to_like(glob: &str) -> String {
+    let mut pattern = String::with_capacity(glob.len() + 4);
+    for c in glob.chars() {
+        match c {
+            '*' => pattern.push('%'),
+            '?' => pattern.push('_'),
+            '%' | '_' | '\\' => {
+                pattern.push('\\');
+                pattern.push(c);
+            }
+            other => pattern.push(other),
+        }
+    }
+    pattern
+}
+
+/// Escapes a literal prefix for LIKE and appends `%`.
+pub fn prefix_to_like(prefix: &str) -> String {
+    glob_to_like(&prefix.replace(['*', '?'], "")) + "%"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_become_like_patterns_with_literal_underscores() {
+        assert_eq!(glob_to_like("v1.*"), "v1.%");
+        assert_eq!(glob_to_like("build_?"), "build\\__");
+        assert_eq!(glob_to_like("100%"), "100\\%");
+    }
+
+    #[test]
+    fn prefixes_match_literally() {
+        assert_eq!(prefix_to_like("pay_ments/"), "pay\\_ments/%");
+    }
+}
