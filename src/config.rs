@@ -2,6 +2,7 @@
 //! then environment variables `ECR_GATEWAY__SECTION__KEY`. Unknown keys are an
 //! error naming the key; every other problem is collected and reported at once.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -125,20 +126,46 @@ pub struct RegistryConfig {
     pub operation_timeout_seconds: Option<u64>,
     /// Attempts per ECR operation (adaptive retry).
     pub max_attempts: Option<u32>,
+    /// Request budget: calls per second by ECR action, e.g. `DescribeImages = 5.0`.
+    /// Actions not named get the defaults of [`RegistryConfig::rates_with_defaults`].
+    pub rates: BTreeMap<String, f64>,
+}
+
+impl RegistryConfig {
+    /// The configured rates over the defaults, which stay well under ECR's
+    /// published limits (BatchGetImage 2,000/s) and budget the unpublished ones.
+    pub fn rates_with_defaults(&self) -> BTreeMap<String, f64> {
+        let mut rates: BTreeMap<String, f64> = [
+            ("DescribeRepositories", 5.0),
+            ("DescribeImages", 10.0),
+            ("ListTagsForResource", 10.0),
+            ("BatchGetImage", 100.0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        rates.extend(self.rates.clone());
+        rates
+    }
 }
 
 /// `[sync]`
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyncConfig {
-    /// Interval of the repository reconcile per registry; 0 disables the background loop.
-    pub repositories_interval_seconds: u64,
+    /// Interval of the background reconcile (repositories, then each repository's
+    /// images) per registry; 0 disables the background loop.
+    pub interval_seconds: u64,
+    /// How long a replica's lease on a repository holds; another replica may
+    /// take over a repository whose lease expired (its holder died).
+    pub lease_seconds: u64,
 }
 
 impl Default for SyncConfig {
     fn default() -> Self {
         Self {
-            repositories_interval_seconds: 300,
+            interval_seconds: 300,
+            lease_seconds: 120,
         }
     }
 }
@@ -267,6 +294,13 @@ impl Config {
                 problems.push(format!(
                     "{key}.endpoint_url: `{url}` must start with http:// or https://"
                 ));
+            }
+            for (action, rate) in &registry.rates {
+                if !(rate.is_finite() && *rate > 0.0) {
+                    problems.push(format!(
+                        "{key}.rates.{action}: must be a positive number of calls per second"
+                    ));
+                }
             }
             if let Some(arn) = &registry.role_arn
                 && !arn.starts_with("arn:aws")

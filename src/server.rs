@@ -15,12 +15,14 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::api::image::ImageApi;
 use crate::api::repository::RepositoryApi;
 use crate::api::{AppState, Shared};
 use crate::audit::AuditLog;
 use crate::auth::IdentityLayer;
 use crate::config::{AuthMode, Config};
 use crate::ecr::Registries;
+use crate::pb::image_service_server::ImageServiceServer;
 use crate::pb::repository_service_server::RepositoryServiceServer;
 use crate::policy::OrgPolicy;
 use crate::store::Store;
@@ -29,7 +31,7 @@ use crate::store::Store;
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ecrgateway_descriptor");
 
 /// Services whose health is reported besides the overall "" entry.
-const SERVICES: &[&str] = &["ecrgateway.v1.RepositoryService"];
+const SERVICES: &[&str] = &["ecrgateway.v1.RepositoryService", "ecrgateway.v1.ImageService"];
 
 /// How often the database is probed for the health status.
 const DATABASE_PROBE: Duration = Duration::from_secs(2);
@@ -63,17 +65,22 @@ pub async fn run(
         registries: registries.clone(),
         audit,
         mutation_lease: config.request_timeout() * 2,
+        syncer: crate::inventory::Syncer {
+            store: store.clone(),
+            holder: replica_name(),
+            lease: Duration::from_secs(config.sync.lease_seconds),
+        },
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::Serving).await;
     let probe = tokio::spawn(probe_database(store.clone(), reporter.clone(), stop_rx.clone()));
-    let sync = (config.sync.repositories_interval_seconds > 0).then(|| {
-        tokio::spawn(crate::inventory::run_repository_sync(
-            store.clone(),
+    let sync = (config.sync.interval_seconds > 0).then(|| {
+        tokio::spawn(crate::inventory::run_sync_loop(
+            state.syncer.clone(),
             registries.all().cloned().collect(),
-            Duration::from_secs(config.sync.repositories_interval_seconds),
+            Duration::from_secs(config.sync.interval_seconds),
             stop_rx.clone(),
         ))
     });
@@ -82,6 +89,9 @@ pub async fn run(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let max_message = config.server.max_message_bytes;
     let repository_service = RepositoryServiceServer::new(RepositoryApi::new(state.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let image_service = ImageServiceServer::new(ImageApi::new(state.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     drop(state);
@@ -106,6 +116,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(repository_service)
+        .add_service(image_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
     let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
     let deadline = async move {
@@ -135,6 +146,12 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
+
+/// This replica's name in sync leases: host and process id.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", std::process::id())
 }
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {

@@ -4,6 +4,7 @@
 pub mod call;
 pub mod convert;
 pub mod error;
+pub mod image;
 pub mod mutation;
 pub mod page_token;
 pub mod repository;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub audit: AuditLog,
     /// How long a mutation owns its `request_id` before a retry may take over.
     pub mutation_lease: Duration,
+    /// The inventory sync (on demand and write-through).
+    pub syncer: crate::inventory::Syncer,
 }
 
 /// Shared handle to the state.

@@ -18,7 +18,7 @@ use super::error::ApiError;
 use crate::domain::{RegistryRef, RepositoryName, RepositoryState, Violation};
 use crate::ecr::CallLog;
 use crate::store::operations::{self, Claim};
-use crate::store::{Store, Tx, audit_events, repositories};
+use crate::store::{Store, Tx, audit_events, images, repositories};
 
 /// Longest `request_id`.
 const MAX_REQUEST_ID: usize = 128;
@@ -187,7 +187,10 @@ async fn finish_failure(
 async fn apply_change(tx: &mut Tx, change: &CacheChange) -> Result<(), crate::store::StoreError> {
     match change {
         CacheChange::Upsert(registry, state) => repositories::upsert(tx, registry, state, Utc::now()).await,
-        CacheChange::Delete(registry, name) => repositories::delete(tx, registry, name).await,
+        CacheChange::Delete(registry, name) => {
+            images::delete_repository(tx, registry, name).await?;
+            repositories::delete(tx, registry, name).await
+        }
     }
 }
 

@@ -1,12 +1,17 @@
-//! Keeps the cache true. For now: the repository reconcile, which lists each
-//! registry's repositories (all pages) and replaces the registry's cache rows
-//! in one transaction, so repositories made or removed outside the gateway
-//! appear and disappear within one interval.
+//! Keeps the cache true: the repository reconcile lists each registry's
+//! repositories (all pages) and replaces the registry's cache rows in one
+//! transaction; the image reconcile ([`Syncer`]) then brings each repository's
+//! images up to date. What changes outside the gateway appears and disappears
+//! within one interval; mutations through the gateway write through.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::watch;
+
+mod images;
+
+pub use images::{PAGE, SyncOutcome, Syncer, Trigger, facts_of};
 
 use crate::ecr::{CallLog, EcrError, Registry};
 use crate::store::{Store, StoreError, repositories};
@@ -51,27 +56,56 @@ pub async fn sync_repositories(
     })
 }
 
-/// Reconciles every registry now and then every `interval` until `shutdown` flips.
-pub async fn run_repository_sync(
-    store: Store,
+/// Reconciles every registry now and then every `interval` until `shutdown`
+/// flips: the repository listing first, then each cached repository's images
+/// (skipping repositories another replica is syncing).
+pub async fn run_sync_loop(
+    syncer: Syncer,
     registries: Vec<Registry>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         for registry in &registries {
-            match sync_repositories(&store, registry).await {
-                Ok(report) => {
-                    tracing::info!(registry = %registry.reference.alias, ?report, "repositories reconciled")
-                }
-                Err(error) => {
-                    tracing::warn!(registry = %registry.reference.alias, "repository reconcile failed: {error}")
-                }
+            sync_registry(&syncer, registry, &mut shutdown).await;
+            if *shutdown.borrow() {
+                return;
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn sync_registry(syncer: &Syncer, registry: &Registry, shutdown: &mut watch::Receiver<bool>) {
+    let alias = &registry.reference.alias;
+    match sync_repositories(&syncer.store, registry).await {
+        Ok(report) => tracing::info!(registry = %alias, ?report, "repositories reconciled"),
+        Err(error) => {
+            tracing::warn!(registry = %alias, "repository reconcile failed: {error}");
+            return;
+        }
+    }
+    let names = match repositories::names(syncer.store.pool(), &registry.reference).await {
+        Ok(names) => names,
+        Err(error) => {
+            tracing::warn!(registry = %alias, "cannot list cached repositories: {error}");
+            return;
+        }
+    };
+    for name in names {
+        if *shutdown.borrow() {
+            return;
+        }
+        match syncer.sync_repository(registry, &name, Trigger::Interval).await {
+            Ok(outcome) => {
+                tracing::debug!(registry = %alias, repository = %name, ?outcome, "images reconciled")
+            }
+            Err(error) => {
+                tracing::warn!(registry = %alias, repository = %name, "image reconcile failed: {error}")
+            }
         }
     }
 }

@@ -1,0 +1,274 @@
+//! The image reconcile of one repository: list every image (all pages,
+//! archived included), upsert them a page per statement, remove what ECR no
+//! longer has, then read the manifests not read before (index children,
+//! artifacts, referrers). Replicas share the work through per-repository
+//! leases in Postgres; a replica that dies loses its lease when it expires.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+
+use super::SyncError;
+use crate::domain::{Digest, ImageRecord, ImageSelector, Manifest, ManifestKind, RepositoryName};
+use crate::ecr::{CallLog, Registry};
+use crate::store::images::{self, ManifestFacts};
+use crate::store::sync::{self, RunCounts};
+use crate::store::{Store, StoreError, repositories};
+
+/// Rows written per statement (ECR's DescribeImages page size).
+pub const PAGE: usize = 1000;
+
+/// Why a sync ran (recorded with the run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The background loop.
+    Interval,
+    /// `RefreshInventory`.
+    OnDemand,
+    /// After a mutation through the gateway.
+    WriteThrough,
+}
+
+impl Trigger {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Interval => "interval",
+            Trigger::OnDemand => "on-demand",
+            Trigger::WriteThrough => "write-through",
+        }
+    }
+}
+
+/// Who syncs and for how long a lease holds.
+#[derive(Debug, Clone)]
+pub struct Syncer {
+    /// Postgres.
+    pub store: Store,
+    /// This replica's name in leases.
+    pub holder: String,
+    /// How long a lease holds before another replica may take over.
+    pub lease: Duration,
+}
+
+/// How a repository sync ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// It ran; here is what it did.
+    Ran(RunCounts),
+    /// Another replica holds the lease.
+    Busy,
+}
+
+impl Syncer {
+    /// Reconciles one repository's images, unless another replica is at it.
+    pub async fn sync_repository(
+        &self,
+        registry: &Registry,
+        repository: &RepositoryName,
+        trigger: Trigger,
+    ) -> Result<SyncOutcome, SyncError> {
+        let until = Utc::now() + self.lease;
+        let pool = self.store.pool();
+        if !sync::try_lease(pool, &registry.reference, repository, &self.holder, until).await? {
+            return Ok(SyncOutcome::Busy);
+        }
+        let run_id = sync::start_run(
+            pool,
+            &registry.reference,
+            Some(repository),
+            trigger.as_str(),
+            &self.holder,
+        )
+        .await?;
+        let log = CallLog::default();
+        let result = self.reconcile(registry, repository, &log).await;
+        let error = result.as_ref().err().map(|e| e.to_string());
+        let mut counts = result.as_ref().map(|c| *c).unwrap_or_default();
+        counts.ecr_calls = log.ids().len() as i32;
+        let mut tx = self.store.begin().await?;
+        let synced_at = error.is_none().then(Utc::now);
+        sync::release(
+            &mut tx,
+            &registry.reference,
+            repository,
+            &self.holder,
+            synced_at,
+            error.as_deref(),
+        )
+        .await?;
+        sync::finish_run(&mut *tx, run_id, counts, error.as_deref()).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        result.map(SyncOutcome::Ran)
+    }
+
+    async fn reconcile(
+        &self,
+        registry: &Registry,
+        repository: &RepositoryName,
+        log: &CallLog,
+    ) -> Result<RunCounts, SyncError> {
+        let listing = registry.describe_images(log, repository).await;
+        let (records, pages) = match listing {
+            Ok(listing) => listing,
+            Err(error) if error.is_not_found() => return self.forget_repository(registry, repository).await,
+            Err(error) => return Err(error.into()),
+        };
+        let started = Utc::now();
+        let mut counts = RunCounts {
+            pages,
+            seen: records.len() as i32,
+            ..RunCounts::default()
+        };
+        let mut tx = self.store.begin().await?;
+        for page in records.chunks(PAGE) {
+            let page_counts =
+                images::upsert_page(&mut tx, &registry.reference, repository, page, started).await?;
+            counts.added += page_counts.added as i32;
+            counts.changed += page_counts.changed as i32;
+        }
+        counts.removed =
+            images::finish_reconcile(&mut tx, &registry.reference, repository, &records).await? as i32;
+        let unread = images::digests_without_manifest(&mut tx, &registry.reference, repository).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        self.read_manifests(registry, repository, log, &unread).await?;
+        Ok(counts)
+    }
+
+    /// The repository is gone from ECR: its images and its cache row go too.
+    async fn forget_repository(
+        &self,
+        registry: &Registry,
+        repository: &RepositoryName,
+    ) -> Result<RunCounts, SyncError> {
+        let mut tx = self.store.begin().await?;
+        let removed = images::delete_repository(&mut tx, &registry.reference, repository).await?;
+        repositories::delete(&mut tx, &registry.reference, repository).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(RunCounts {
+            removed: removed as i32,
+            ..RunCounts::default()
+        })
+    }
+
+    /// Reads the manifests of `digests` and stores what they say.
+    async fn read_manifests(
+        &self,
+        registry: &Registry,
+        repository: &RepositoryName,
+        log: &CallLog,
+        digests: &[String],
+    ) -> Result<(), SyncError> {
+        let digests: Vec<Digest> = digests.iter().filter_map(|d| Digest::parse(d).ok()).collect();
+        if digests.is_empty() {
+            return Ok(());
+        }
+        let manifests = registry.batch_get_manifests(log, repository, &digests).await?;
+        let facts: Vec<ManifestFacts> = manifests
+            .iter()
+            .map(|raw| facts_of(raw.digest.as_str(), &raw.manifest, raw.media_type.as_deref()))
+            .collect();
+        let mut tx = self.store.begin().await?;
+        images::store_manifest_facts(&mut tx, &registry.reference, repository, &facts).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+}
+
+/// What a manifest says, as stored. A manifest that does not parse is
+/// recorded as kind `unknown` so that it is not fetched again and again.
+pub fn facts_of(digest: &str, manifest: &str, media_type: Option<&str>) -> ManifestFacts {
+    match Manifest::parse(manifest, media_type) {
+        Ok(parsed) => ManifestFacts {
+            digest: digest.to_owned(),
+            kind: match parsed.kind {
+                ManifestKind::Image => "image",
+                ManifestKind::Index => "index",
+                ManifestKind::Artifact => "artifact",
+            }
+            .to_owned(),
+            artifact_type: parsed.artifact_type.clone(),
+            subject_digest: parsed.subject.as_ref().map(|s| s.digest.to_string()),
+            children: serde_json::Value::Array(
+                parsed
+                    .manifests
+                    .iter()
+                    .map(|child| {
+                        json!({
+                            "digest": child.digest.as_str(),
+                            "mediaType": child.media_type,
+                            "size": child.size,
+                            "platform": child.platform.as_ref().map(|p| json!({
+                                "os": p.os, "architecture": p.architecture, "variant": p.variant,
+                            })),
+                        })
+                    })
+                    .collect(),
+            ),
+        },
+        Err(error) => {
+            tracing::warn!(digest, "manifest could not be read: {error}");
+            ManifestFacts {
+                digest: digest.to_owned(),
+                kind: "unknown".to_owned(),
+                artifact_type: None,
+                subject_digest: None,
+                children: serde_json::Value::Array(Vec::new()),
+            }
+        }
+    }
+}
+
+impl Syncer {
+    /// Re-reads one image (by tag or digest) and updates the cache: its row and
+    /// tags, or its removal when ECR no longer has it. Returns the fresh record.
+    pub async fn refresh_image(
+        &self,
+        registry: &Registry,
+        repository: &RepositoryName,
+        selector: &ImageSelector,
+        log: &CallLog,
+    ) -> Result<Option<ImageRecord>, SyncError> {
+        let found = registry.describe_image(log, repository, selector).await?;
+        let mut tx = self.store.begin().await?;
+        match (&found, selector) {
+            (Some(image), _) => {
+                images::upsert_one(&mut tx, &registry.reference, repository, image, Utc::now()).await?;
+            }
+            (None, ImageSelector::Digest(digest)) => {
+                images::delete_one(&mut tx, &registry.reference, repository, digest.as_str()).await?;
+            }
+            (None, ImageSelector::Tag(tag)) => {
+                images::untag(&mut tx, &registry.reference, repository, tag.as_str()).await?;
+            }
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        if let Some(image) = &found {
+            let unread = self
+                .unread_digest(registry, repository, image.digest.as_str())
+                .await?;
+            self.read_manifests(registry, repository, log, &unread).await?;
+        }
+        Ok(found)
+    }
+
+    async fn unread_digest(
+        &self,
+        registry: &Registry,
+        repository: &RepositoryName,
+        digest: &str,
+    ) -> Result<Vec<String>, SyncError> {
+        let row = crate::store::image_reads::get(
+            self.store.pool(),
+            &registry.reference,
+            repository.as_str(),
+            digest,
+        )
+        .await?;
+        Ok(row
+            .filter(|r| r.kind.is_none())
+            .map(|r| vec![r.digest])
+            .unwrap_or_default())
+    }
+}
