@@ -116,7 +116,7 @@ url = "{url}"
 [auth]
 mode = "insecure-dev"
 [sync]
-repositories_interval_seconds = 0
+interval_seconds = 0
 [[registries]]
 alias = "main"
 account_id = "{account}"

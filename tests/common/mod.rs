@@ -253,7 +253,7 @@ acquire_timeout_seconds = 2
 mode = "insecure-dev"
 
 [sync]
-repositories_interval_seconds = 0
+interval_seconds = 0
 
 [[registries]]
 alias = "main"
