@@ -1,0 +1,491 @@
+//! Benchmarks of the inventory (see docs/benchmarks.md for results and commands).
+//!
+//! - `seed`: fills a database with N images over M repositories through the
+//!   real ingest path (deterministic names, tags and digests, push times
+//!   spread over two years), so the load commands can build valid requests
+//!   without reading the database.
+//! - `ingest`: feeds recorded-shape `DescribeImages` pages (SDK `ImageDetail`s)
+//!   through the sync's ingest path and reports images per second.
+//! - `load`: drives one RPC of a running gateway from C concurrent workers,
+//!   closed loop or paced to a target rate, and reports the rate, latency
+//!   percentiles, gRPC status codes and the server's RSS.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ecr::types::ImageDetail;
+use chrono::{TimeZone, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+use ecr_gateway::domain::{RegistryRef, RepositoryName, digest_of};
+use ecr_gateway::ecr::image_from_detail;
+use ecr_gateway::pb;
+use ecr_gateway::store::{Store, images};
+use tokio::sync::Mutex;
+
+#[derive(Parser)]
+#[command(about = "ecr-gateway benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Seed a database (migrated first) with images.
+    Seed {
+        /// Postgres URL of the database to fill.
+        #[arg(long)]
+        database_url: String,
+        /// Repositories.
+        #[arg(long, default_value_t = 1000)]
+        repositories: usize,
+        /// Images per repository.
+        #[arg(long, default_value_t = 1000)]
+        images_per_repository: usize,
+    },
+    /// Measure ingest throughput of DescribeImages pages into Postgres.
+    Ingest {
+        /// Postgres URL of a scratch database.
+        #[arg(long)]
+        database_url: String,
+        /// Repositories to ingest.
+        #[arg(long, default_value_t = 100)]
+        repositories: usize,
+        /// Images per repository.
+        #[arg(long, default_value_t = 1000)]
+        images_per_repository: usize,
+    },
+    /// Drive one RPC of a running gateway.
+    Load {
+        /// host:port of the gateway.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        target: String,
+        /// What to call.
+        #[arg(long, value_enum)]
+        rpc: Rpc,
+        /// Concurrent workers (each with its own HTTP/2 connection every 16 workers).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Target calls per second in total (0: as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Seeded repositories (to build requests).
+        #[arg(long, default_value_t = 1000)]
+        repositories: usize,
+        /// Seeded images per repository.
+        #[arg(long, default_value_t = 1000)]
+        images_per_repository: usize,
+        /// Server process id, to report its RSS.
+        #[arg(long)]
+        server_pid: Option<u32>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Rpc {
+    /// grpc.health.v1.Health/Check
+    Health,
+    /// ImageService/ResolveImage by tag
+    Resolve,
+    /// ImageService/ListImages, first page of 100
+    ListFirst,
+    /// ImageService/ListImages, the 5th page of 100
+    ListDeep,
+    /// ImageService/SearchImages by digest
+    SearchDigest,
+}
+
+/// The registry seeded images belong to (the dev/bench configuration's main registry).
+fn registry() -> RegistryRef {
+    RegistryRef {
+        alias: "main".into(),
+        account_id: "123456789012".into(),
+        region: "us-east-1".into(),
+    }
+}
+
+fn repository_name(r: usize) -> String {
+    let team = if r.is_multiple_of(2) { "payments" } else { "search" };
+    format!("{team}/svc-{r:04}")
+}
+
+fn seed_of(r: usize, i: usize) -> String {
+    format!("{}#{i}", repository_name(r))
+}
+
+fn digest(r: usize, i: usize) -> String {
+    digest_of(seed_of(r, i).as_bytes()).to_string()
+}
+
+/// Every 5th image is untagged; the others carry a semver tag, every 10th also `build-N`.
+fn tags(i: usize) -> Vec<String> {
+    match i % 10 {
+        4 | 9 => Vec::new(),
+        0 => vec![format!("v1.{}.{}", i / 100, i % 100), format!("build-{i}")],
+        _ => vec![format!("v1.{}.{}", i / 100, i % 100)],
+    }
+}
+
+/// A page of `ImageDetail`s as DescribeImages returns them.
+fn recorded_page(r: usize, range: std::ops::Range<usize>) -> Vec<ImageDetail> {
+    let start = Utc
+        .with_ymd_and_hms(2024, 11, 1, 0, 0, 0)
+        .single()
+        .unwrap_or_default()
+        .timestamp();
+    range
+        .map(|i| {
+            let pushed = start + (i as i64) * 60_000 + r as i64;
+            ImageDetail::builder()
+                .registry_id("123456789012")
+                .repository_name(repository_name(r))
+                .image_digest(digest(r, i))
+                .set_image_tags(Some(tags(i)))
+                .image_size_in_bytes(20_000_000 + (i as i64) * 1_000)
+                .image_pushed_at(aws_smithy_types::DateTime::from_secs(pushed))
+                .image_manifest_media_type("application/vnd.docker.distribution.manifest.v2+json")
+                .artifact_media_type("application/vnd.docker.container.image.v1+json")
+                .build()
+        })
+        .collect()
+}
+
+async fn ingest_repository(store: &Store, r: usize, per_repository: usize) -> anyhow::Result<usize> {
+    let registry = registry();
+    let name = RepositoryName::parse(&repository_name(r)).map_err(|v| anyhow::anyhow!("{v}"))?;
+    let mut records = Vec::with_capacity(per_repository);
+    for page_start in (0..per_repository).step_by(1000) {
+        let page = recorded_page(r, page_start..(page_start + 1000).min(per_repository));
+        records.extend(page.iter().filter_map(|d| image_from_detail(&name, d)));
+    }
+    let now = Utc::now();
+    let mut tx = store.begin().await?;
+    for page in records.chunks(1000) {
+        images::upsert_page(&mut tx, &registry, &name, page, now).await?;
+    }
+    images::finish_reconcile(&mut tx, &registry, &name, &records).await?;
+    // Seeded images are plain Docker images; mark their manifests read.
+    sqlx::query("UPDATE images SET kind = 'image' WHERE account_id = $1 AND region = $2 AND repository = $3")
+        .bind(&registry.account_id)
+        .bind(&registry.region)
+        .bind(name.as_str())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO sync_state (account_id, region, repository, last_synced_at) VALUES ($1, $2, $3, now())
+         ON CONFLICT (account_id, region, repository) DO UPDATE SET last_synced_at = now()",
+    )
+    .bind(&registry.account_id)
+    .bind(&registry.region)
+    .bind(name.as_str())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(records.len())
+}
+
+async fn connect(database_url: &str) -> anyhow::Result<Store> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(database_url)
+        .await?;
+    let store = Store::from_pool(pool);
+    store.migrate().await?;
+    Ok(store)
+}
+
+async fn seed(database_url: &str, repositories: usize, per_repository: usize) -> anyhow::Result<()> {
+    let store = connect(database_url).await?;
+    let started = Instant::now();
+    let mut total = 0;
+    for r in 0..repositories {
+        total += ingest_repository(&store, r, per_repository).await?;
+        if (r + 1).is_multiple_of(100) {
+            println!(
+                "seeded {} repositories, {total} images, {:.0?}",
+                r + 1,
+                started.elapsed()
+            );
+        }
+    }
+    sqlx::query("ANALYZE").execute(store.pool()).await?;
+    println!("seeded {total} images in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+async fn ingest(database_url: &str, repositories: usize, per_repository: usize) -> anyhow::Result<()> {
+    let store = connect(database_url).await?;
+    sqlx::query("TRUNCATE images, image_tags, sync_state CASCADE")
+        .execute(store.pool())
+        .await?;
+    let started = Instant::now();
+    let mut total = 0;
+    for r in 0..repositories {
+        total += ingest_repository(&store, r, per_repository).await?;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "ingested {total} images ({repositories} repositories, pages of 1000) in {elapsed:.2?}: {:.0} images/s",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// What the workers measured.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    codes: BTreeMap<String, u64>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn load(
+    target: &str,
+    rpc: Rpc,
+    concurrency: usize,
+    seconds: u64,
+    rate: u64,
+    repositories: usize,
+    per_repository: usize,
+    server_pid: Option<u32>,
+) -> anyhow::Result<()> {
+    let mut channels = Vec::new();
+    for _ in 0..concurrency.div_ceil(16) {
+        channels.push(
+            tonic::transport::Channel::from_shared(format!("http://{target}"))?
+                .connect()
+                .await?,
+        );
+    }
+    let deep_tokens = if rpc == Rpc::ListDeep {
+        deep_tokens(&channels[0], repositories.min(200)).await?
+    } else {
+        Vec::new()
+    };
+    let deep_tokens = Arc::new(deep_tokens);
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let counter = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let rss_before = server_pid.and_then(rss_kib);
+    let mut workers = Vec::new();
+    for w in 0..concurrency {
+        let channel = channels[w / 16].clone();
+        let (tally, counter, deep_tokens) = (tally.clone(), counter.clone(), deep_tokens.clone());
+        workers.push(tokio::spawn(async move {
+            let mut local = Tally::default();
+            let mut pace = (rate > 0).then(|| {
+                let mut interval =
+                    tokio::time::interval(Duration::from_secs_f64(concurrency as f64 / rate as f64));
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                interval
+            });
+            while Instant::now() < deadline {
+                if let Some(pace) = pace.as_mut() {
+                    pace.tick().await;
+                }
+                let n = counter.fetch_add(1, Ordering::Relaxed) as usize;
+                let started = Instant::now();
+                let code = call(&channel, rpc, n, repositories, per_repository, &deep_tokens).await;
+                local
+                    .latencies_us
+                    .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                *local.codes.entry(code).or_default() += 1;
+            }
+            let mut tally = tally.lock().await;
+            tally.latencies_us.extend(local.latencies_us);
+            for (code, count) in local.codes {
+                *tally.codes.entry(code).or_default() += count;
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await?;
+    }
+    let rss_after = server_pid.and_then(rss_kib);
+    let mut tally = tally.lock().await;
+    tally.latencies_us.sort_unstable();
+    let calls = tally.latencies_us.len();
+    let pct = |p: f64| {
+        tally
+            .latencies_us
+            .get(((calls as f64 * p) as usize).min(calls.saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    println!(
+        "{rpc:?}: {calls} calls in {seconds} s = {:.0}/s (concurrency {concurrency}{}), p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, codes {:?}{}",
+        calls as f64 / seconds as f64,
+        if rate > 0 {
+            format!(", paced at {rate}/s")
+        } else {
+            String::new()
+        },
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        pct(1.0),
+        tally.codes,
+        match (rss_before, rss_after) {
+            (Some(b), Some(a)) => format!(
+                ", server RSS {:.1} MiB before, {:.1} MiB after",
+                b as f64 / 1024.0,
+                a as f64 / 1024.0
+            ),
+            _ => String::new(),
+        }
+    );
+    Ok(())
+}
+
+fn with_identity<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "x-ecr-gateway-principal",
+        tonic::metadata::MetadataValue::from_static("bench"),
+    );
+    request
+}
+
+async fn call(
+    channel: &tonic::transport::Channel,
+    rpc: Rpc,
+    n: usize,
+    repositories: usize,
+    per_repository: usize,
+    deep_tokens: &[(String, String)],
+) -> String {
+    // Spread requests over the seeded set with a multiplicative hash.
+    let spread = n.wrapping_mul(2_654_435_761) % (repositories * per_repository);
+    let (r, mut i) = (spread / per_repository, spread % per_repository);
+    if tags(i).is_empty() {
+        i = (i + 1) % per_repository;
+    }
+    let mut images = pb::image_service_client::ImageServiceClient::new(channel.clone());
+    let result = match rpc {
+        Rpc::Health => tonic_health::pb::health_client::HealthClient::new(channel.clone())
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|_| ()),
+        Rpc::Resolve => {
+            let tag = tags(i).into_iter().next().unwrap_or_default();
+            images
+                .resolve_image(with_identity(pb::ResolveImageRequest {
+                    reference: format!("{}:{tag}", repository_name(r)),
+                    ..Default::default()
+                }))
+                .await
+                .map(|_| ())
+        }
+        Rpc::ListFirst => images
+            .list_images(with_identity(pb::ListImagesRequest {
+                repository: repository_name(r),
+                page_size: 100,
+                ..Default::default()
+            }))
+            .await
+            .map(|_| ()),
+        Rpc::ListDeep => {
+            let (repository, token) = &deep_tokens[n % deep_tokens.len()];
+            images
+                .list_images(with_identity(pb::ListImagesRequest {
+                    repository: repository.clone(),
+                    page_size: 100,
+                    page_token: token.clone(),
+                    ..Default::default()
+                }))
+                .await
+                .map(|_| ())
+        }
+        Rpc::SearchDigest => images
+            .search_images(with_identity(pb::SearchImagesRequest {
+                digest: digest(r, i),
+                ..Default::default()
+            }))
+            .await
+            .map(|_| ()),
+    };
+    match result {
+        Ok(()) => "OK".into(),
+        Err(status) => format!("{:?}", status.code()),
+    }
+}
+
+/// Tokens of the 5th page of 100 for the first `count` repositories.
+async fn deep_tokens(
+    channel: &tonic::transport::Channel,
+    count: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut client = pb::image_service_client::ImageServiceClient::new(channel.clone());
+    let mut tokens = Vec::new();
+    for r in 0..count {
+        let mut token = String::new();
+        for _ in 0..4 {
+            let page = client
+                .list_images(with_identity(pb::ListImagesRequest {
+                    repository: repository_name(r),
+                    page_size: 100,
+                    page_token: token,
+                    ..Default::default()
+                }))
+                .await?
+                .into_inner();
+            token = page.next_page_token;
+        }
+        tokens.push((repository_name(r), token));
+    }
+    Ok(tokens)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Seed {
+            database_url,
+            repositories,
+            images_per_repository,
+        } => seed(&database_url, repositories, images_per_repository).await,
+        Command::Ingest {
+            database_url,
+            repositories,
+            images_per_repository,
+        } => ingest(&database_url, repositories, images_per_repository).await,
+        Command::Load {
+            target,
+            rpc,
+            concurrency,
+            seconds,
+            rate,
+            repositories,
+            images_per_repository,
+            server_pid,
+        } => {
+            load(
+                &target,
+                rpc,
+                concurrency,
+                seconds,
+                rate,
+                repositories,
+                images_per_repository,
+                server_pid,
+            )
+            .await
+        }
+    }
+}
