@@ -17,7 +17,7 @@ use crate::ecr::{CallLog, Registry};
 use crate::inventory::{SyncOutcome, Trigger};
 use crate::pb;
 use crate::pb::image_service_server::ImageService;
-use crate::store::image_reads::{self, ImageFilter, ImageRow, ListPosition, SearchQuery};
+use crate::store::image_reads::{self, ImageFilter, ImageRow, ListOrder, ListPosition, SearchQuery};
 use crate::store::sync::{self, SyncRun};
 
 /// The ImageService implementation.
@@ -517,6 +517,7 @@ async fn list_images(
             &fingerprint,
             &ListPosition {
                 pushed_at: Some(last.pushed_at),
+                tag: last.tags.first().cloned().unwrap_or_default(),
                 digest: last.digest.clone(),
             },
         )
@@ -583,15 +584,17 @@ fn image_filter(request: &pb::ListImagesRequest) -> Result<(ImageFilter, i64), A
             None
         }
     };
-    let by_digest = match pb::ImageOrder::try_from(request.order_by) {
-        Ok(order) => order == pb::ImageOrder::Digest,
+    let order = match pb::ImageOrder::try_from(request.order_by) {
+        Ok(pb::ImageOrder::Unspecified | pb::ImageOrder::PushedDesc) => ListOrder::PushedDesc,
+        Ok(pb::ImageOrder::Digest) => ListOrder::Digest,
+        Ok(pb::ImageOrder::Tag) => ListOrder::Tag,
         Err(_) => {
             violations.push(Violation::new(
                 "order_by",
                 "enum.unknown-value",
-                "use IMAGE_ORDER_PUSHED_DESC or IMAGE_ORDER_DIGEST",
+                "use IMAGE_ORDER_PUSHED_DESC, IMAGE_ORDER_DIGEST or IMAGE_ORDER_TAG",
             ));
-            false
+            ListOrder::PushedDesc
         }
     };
     if let Some(v) = check_glob("tag_glob", &request.tag_glob) {
@@ -623,7 +626,7 @@ fn image_filter(request: &pb::ListImagesRequest) -> Result<(ImageFilter, i64), A
                 pushed_before,
                 status,
                 media_type: (!request.media_type.is_empty()).then(|| request.media_type.clone()),
-                by_digest,
+                order,
             },
             limit,
         )),

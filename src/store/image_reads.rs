@@ -149,8 +149,20 @@ pub struct ImageFilter {
     pub status: Option<String>,
     /// Manifest media type.
     pub media_type: Option<String>,
-    /// Order by digest instead of newest first.
-    pub by_digest: bool,
+    /// The order.
+    pub order: ListOrder,
+}
+
+/// Orders of ListImages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub enum ListOrder {
+    /// Newest push first.
+    #[default]
+    PushedDesc,
+    /// By digest.
+    Digest,
+    /// By first tag, then digest.
+    Tag,
 }
 
 /// Keyset position of ListImages.
@@ -158,6 +170,9 @@ pub struct ImageFilter {
 pub struct ListPosition {
     /// Push time of the last row (newest-first order).
     pub pushed_at: Option<DateTime<Utc>>,
+    /// First tag of the last row (tag order; empty when untagged).
+    #[serde(default)]
+    pub tag: String,
     /// Digest of the last row.
     pub digest: String,
 }
@@ -204,18 +219,32 @@ pub async fn list(
             .push(" AND i.manifest_media_type = ")
             .push_bind(media_type.clone());
     }
-    if filter.by_digest {
-        if let Some(position) = after {
-            query.push(" AND i.digest > ").push_bind(position.digest.clone());
+    match filter.order {
+        ListOrder::Tag => {
+            if let Some(position) = after {
+                query.push(" AND (COALESCE(i.tags[1], ''), i.digest) > (");
+                query
+                    .push_bind(position.tag.clone())
+                    .push(", ")
+                    .push_bind(position.digest.clone())
+                    .push(")");
+            }
+            query.push(" ORDER BY COALESCE(i.tags[1], ''), i.digest");
         }
-        query.push(" ORDER BY i.digest");
-    } else {
-        if let Some(position) = after {
-            query.push(" AND (i.pushed_at, i.digest) < (");
-            query.push_bind(position.pushed_at.unwrap_or(DateTime::<Utc>::UNIX_EPOCH));
-            query.push(", ").push_bind(position.digest.clone()).push(")");
+        ListOrder::Digest => {
+            if let Some(position) = after {
+                query.push(" AND i.digest > ").push_bind(position.digest.clone());
+            }
+            query.push(" ORDER BY i.digest");
         }
-        query.push(" ORDER BY i.pushed_at DESC, i.digest DESC");
+        ListOrder::PushedDesc => {
+            if let Some(position) = after {
+                query.push(" AND (i.pushed_at, i.digest) < (");
+                query.push_bind(position.pushed_at.unwrap_or(DateTime::<Utc>::UNIX_EPOCH));
+                query.push(", ").push_bind(position.digest.clone()).push(")");
+            }
+            query.push(" ORDER BY i.pushed_at DESC, i.digest DESC");
+        }
     }
     query.push(" LIMIT ").push_bind(limit);
     Ok(query.build_query_as::<ImageRow>().fetch_all(pool).await?)
