@@ -1013,3 +1013,54 @@ async fn every_call_leaves_exactly_one_audit_record() {
             .contains(&format!("repository/{name}"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_aws_cli_sees_every_enforced_setting_of_a_created_repository() {
+    let aws = std::env::var_os("ECR_GATEWAY_TEST_AWS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/aws"));
+    assert!(
+        aws.exists(),
+        "AWS CLI not found at {}: run scripts/test (it installs awscli into .venv) or set ECR_GATEWAY_TEST_AWS",
+        aws.display()
+    );
+    let db = TestDb::create().await;
+    let gateway = start(&db).await;
+    let name = unique("payments", "cli");
+    gateway
+        .repositories()
+        .create_repository(alice(create_request(&name, "cli-1")))
+        .await
+        .expect("created");
+
+    let output = tokio::task::spawn_blocking({
+        let name = name.clone();
+        move || {
+            std::process::Command::new(aws)
+                .args([
+                    "--endpoint-url",
+                    Moto::shared(),
+                    "--region",
+                    common::REGION,
+                    "--output",
+                    "json",
+                ])
+                .args(["ecr", "describe-repositories", "--repository-names", &name])
+                .output()
+                .expect("run aws")
+        }
+    })
+    .await
+    .expect("join");
+
+    assert!(
+        output.status.success(),
+        "aws failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let described: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let repository = &described["repositories"][0];
+    assert_eq!(repository["imageTagMutability"], "IMMUTABLE_WITH_EXCLUSION");
+    assert_eq!(repository["imageScanningConfiguration"]["scanOnPush"], true);
+    assert_eq!(repository["encryptionConfiguration"]["encryptionType"], "AES256");
+}
