@@ -18,7 +18,7 @@ pub const MAX_ELEMENT_BYTES: usize = 100 * 1024;
 /// Largest `userAgent` kept, in bytes.
 pub const MAX_USER_AGENT_BYTES: usize = 1024;
 /// Records written per statement by the background writer.
-const BATCH: usize = 500;
+const BATCH: usize = 1000;
 /// Records waiting for the writer before `record` waits for room.
 const QUEUE: usize = 10_000;
 

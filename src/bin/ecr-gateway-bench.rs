@@ -155,7 +155,27 @@ fn recorded_page(r: usize, range: std::ops::Range<usize>) -> Vec<ImageDetail> {
         .collect()
 }
 
+/// Time spent in each ingest step, summed over repositories.
+#[derive(Default, Debug)]
+struct StepTimes {
+    upsert: Duration,
+    reconcile: Duration,
+    commit: Duration,
+}
+
 async fn ingest_repository(store: &Store, r: usize, per_repository: usize) -> anyhow::Result<usize> {
+    let mut times = StepTimes::default();
+    let count = ingest_timed(store, r, per_repository, &mut times).await?;
+    mark_seeded(store, r).await?;
+    Ok(count)
+}
+
+async fn ingest_timed(
+    store: &Store,
+    r: usize,
+    per_repository: usize,
+    times: &mut StepTimes,
+) -> anyhow::Result<usize> {
     let registry = registry();
     let name = RepositoryName::parse(&repository_name(r)).map_err(|v| anyhow::anyhow!("{v}"))?;
     let mut records = Vec::with_capacity(per_repository);
@@ -165,15 +185,29 @@ async fn ingest_repository(store: &Store, r: usize, per_repository: usize) -> an
     }
     let now = Utc::now();
     let mut tx = store.begin().await?;
+    let started = Instant::now();
     for page in records.chunks(1000) {
         images::upsert_page(&mut tx, &registry, &name, page, now).await?;
     }
+    times.upsert += started.elapsed();
+    let started = Instant::now();
     images::finish_reconcile(&mut tx, &registry, &name, &records).await?;
-    // Seeded images are plain Docker images; mark their manifests read.
+    times.reconcile += started.elapsed();
+    let started = Instant::now();
+    tx.commit().await?;
+    times.commit += started.elapsed();
+    Ok(records.len())
+}
+
+/// Marks a seeded repository's manifests read and the repository synced (seed only).
+async fn mark_seeded(store: &Store, r: usize) -> anyhow::Result<()> {
+    let registry = registry();
+    let name = repository_name(r);
+    let mut tx = store.begin().await?;
     sqlx::query("UPDATE images SET kind = 'image' WHERE account_id = $1 AND region = $2 AND repository = $3")
         .bind(&registry.account_id)
         .bind(&registry.region)
-        .bind(name.as_str())
+        .bind(&name)
         .execute(&mut *tx)
         .await?;
     sqlx::query(
@@ -182,11 +216,11 @@ async fn ingest_repository(store: &Store, r: usize, per_repository: usize) -> an
     )
     .bind(&registry.account_id)
     .bind(&registry.region)
-    .bind(name.as_str())
+    .bind(&name)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(records.len())
+    Ok(())
 }
 
 async fn connect(database_url: &str) -> anyhow::Result<Store> {
@@ -225,12 +259,13 @@ async fn ingest(database_url: &str, repositories: usize, per_repository: usize) 
         .await?;
     let started = Instant::now();
     let mut total = 0;
+    let mut times = StepTimes::default();
     for r in 0..repositories {
-        total += ingest_repository(&store, r, per_repository).await?;
+        total += ingest_timed(&store, r, per_repository, &mut times).await?;
     }
     let elapsed = started.elapsed();
     println!(
-        "ingested {total} images ({repositories} repositories, pages of 1000) in {elapsed:.2?}: {:.0} images/s",
+        "ingested {total} images ({repositories} repositories, pages of 1000) in {elapsed:.2?}: {:.0} images/s ({times:?})",
         total as f64 / elapsed.as_secs_f64()
     );
     Ok(())

@@ -16,15 +16,106 @@ pub async fn insert(tx: &mut Tx, record: &AuditRecord) -> Result<(), StoreError>
     Ok(())
 }
 
-/// Writes many finalised records in one statement.
+/// Writes many finalised records in one prepared statement (arrays, UNNEST):
+/// the same plan whatever the batch size, and no statement with thousands of
+/// bind parameters to parse.
 pub async fn insert_final_batch(pool: &PgPool, records: &[AuditRecord]) -> Result<(), StoreError> {
     if records.is_empty() {
         return Ok(());
     }
-    let mut builder = insert_builder();
-    push_values(&mut builder, records);
-    builder.push(" ON CONFLICT (event_id) DO NOTHING");
-    builder.build().execute(pool).await?;
+    let now = chrono::Utc::now();
+    let ids: Vec<Uuid> = records.iter().map(|r| r.event_id).collect();
+    let times: Vec<chrono::DateTime<chrono::Utc>> = records.iter().map(|r| r.event_time).collect();
+    let names: Vec<String> = records.iter().map(|r| r.event_name.clone()).collect();
+    let read_only: Vec<bool> = records.iter().map(|r| r.read_only).collect();
+    let status: Vec<String> = records
+        .iter()
+        .map(|r| r.outcome.status.as_str().to_owned())
+        .collect();
+    let principals: Vec<String> = records.iter().map(|r| r.identity.principal.clone()).collect();
+    let principal_types: Vec<String> = records
+        .iter()
+        .map(|r| r.identity.principal_type.clone())
+        .collect();
+    let groups: Vec<Value> = records
+        .iter()
+        .map(|r| Value::from(r.identity.groups.clone()))
+        .collect();
+    let methods: Vec<String> = records.iter().map(|r| r.identity.auth_method.clone()).collect();
+    let ips: Vec<Option<String>> = records.iter().map(|r| r.source_ip.clone()).collect();
+    let agents: Vec<Option<String>> = records.iter().map(|r| r.user_agent.clone()).collect();
+    let aliases: Vec<Option<String>> = records
+        .iter()
+        .map(|r| r.registry.as_ref().map(|g| g.alias.clone()))
+        .collect();
+    let accounts: Vec<Option<String>> = records
+        .iter()
+        .map(|r| r.registry.as_ref().map(|g| g.account_id.clone()))
+        .collect();
+    let regions: Vec<Option<String>> = records
+        .iter()
+        .map(|r| r.registry.as_ref().map(|g| g.region.clone()))
+        .collect();
+    let gateway_ids: Vec<Uuid> = records.iter().map(|r| r.gateway_request_id).collect();
+    let client_ids: Vec<Option<String>> = records.iter().map(|r| r.client_request_id.clone()).collect();
+    let parameters: Vec<Value> = records.iter().map(|r| r.request_parameters.clone()).collect();
+    let responses: Vec<Value> = records
+        .iter()
+        .map(|r| r.outcome.response_elements.clone().unwrap_or(Value::Null))
+        .collect();
+    let codes: Vec<Option<String>> = records.iter().map(|r| r.outcome.error_code.clone()).collect();
+    let messages: Vec<Option<String>> = records.iter().map(|r| r.outcome.error_message.clone()).collect();
+    let ecr_ids: Vec<Value> = records
+        .iter()
+        .map(|r| Value::from(r.outcome.ecr_request_ids.clone()))
+        .collect();
+    let resources: Vec<Value> = records
+        .iter()
+        .map(|r| serde_json::to_value(&r.resources).unwrap_or(Value::Array(Vec::new())))
+        .collect();
+    sqlx::query!(
+        r#"INSERT INTO audit_events (event_id, event_time, event_name, event_source, read_only, status,
+               principal, principal_type, groups, auth_method, source_ip, user_agent, registry_alias, account_id,
+               region, gateway_request_id, client_request_id, request_parameters, response_elements, error_code,
+               error_message, ecr_request_ids, resources, finalized_at)
+           SELECT u.id, u.at, u.name, $23, u.read_only, u.status, u.principal, u.principal_type,
+                  ARRAY(SELECT jsonb_array_elements_text(u.groups)), u.method, u.ip, u.agent, u.alias, u.account,
+                  u.region, u.gateway_id, u.client_id, u.parameters, NULLIF(u.response, 'null'::jsonb), u.code,
+                  u.message, ARRAY(SELECT jsonb_array_elements_text(u.ecr_ids)), u.resources, $24
+           FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[],
+                       $8::jsonb[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                       $15::uuid[], $16::text[], $17::jsonb[], $18::jsonb[], $19::text[], $20::text[], $21::jsonb[],
+                       $22::jsonb[])
+                AS u(id, at, name, read_only, status, principal, principal_type, groups, method, ip, agent, alias,
+                     account, region, gateway_id, client_id, parameters, response, code, message, ecr_ids, resources)
+           ON CONFLICT (event_id) DO NOTHING"#,
+        &ids,
+        &times,
+        &names,
+        &read_only,
+        &status,
+        &principals,
+        &principal_types,
+        &groups,
+        &methods,
+        &ips as &[Option<String>],
+        &agents as &[Option<String>],
+        &aliases as &[Option<String>],
+        &accounts as &[Option<String>],
+        &regions as &[Option<String>],
+        &gateway_ids,
+        &client_ids as &[Option<String>],
+        &parameters,
+        &responses,
+        &codes as &[Option<String>],
+        &messages as &[Option<String>],
+        &ecr_ids,
+        &resources,
+        crate::domain::AUDIT_EVENT_SOURCE,
+        now,
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

@@ -83,7 +83,7 @@ pub async fn upsert_page(
 }
 
 /// Makes the repository's tag index and image set exactly what ECR listed:
-/// upserts moved or new tags, deletes tags and images ECR no longer has.
+/// deletes images and tags ECR no longer has, upserts moved or new tags.
 /// Returns how many images were removed.
 pub async fn finish_reconcile(
     tx: &mut Tx,
@@ -97,8 +97,9 @@ pub async fn finish_reconcile(
         .flat_map(|i| i.tags.iter().map(move |t| (t.clone(), i.digest.to_string())))
         .unzip();
     let removed = sqlx::query!(
+        // NOT IN over a subquery is planned as a hashed subplan: linear, not n × m.
         r#"DELETE FROM images WHERE account_id = $1 AND region = $2 AND repository = $3
-           AND NOT (digest = ANY($4))"#,
+           AND digest NOT IN (SELECT unnest($4::text[]))"#,
         registry.account_id,
         registry.region,
         repository.as_str(),
@@ -108,14 +109,13 @@ pub async fn finish_reconcile(
     .await?
     .rows_affected();
     sqlx::query!(
-        r#"DELETE FROM image_tags t WHERE t.account_id = $1 AND t.region = $2 AND t.repository = $3
-           AND NOT EXISTS (SELECT 1 FROM UNNEST($4::text[], $5::text[]) AS u(tag, digest)
-                           WHERE u.tag = t.tag AND u.digest = t.digest)"#,
+        // Tags ECR no longer lists; a tag that moved is updated by the upsert below.
+        r#"DELETE FROM image_tags WHERE account_id = $1 AND region = $2 AND repository = $3
+           AND tag NOT IN (SELECT unnest($4::text[]))"#,
         registry.account_id,
         registry.region,
         repository.as_str(),
         &tag_names,
-        &tag_digests,
     )
     .execute(&mut **tx)
     .await?;
@@ -135,12 +135,20 @@ pub async fn finish_reconcile(
     Ok(removed)
 }
 
-/// Removes every image of a repository (the repository is gone).
+/// Removes every image of a repository, and its tags (the repository is gone).
 pub async fn delete_repository(
     tx: &mut Tx,
     registry: &RegistryRef,
     repository: &RepositoryName,
 ) -> Result<u64, StoreError> {
+    sqlx::query!(
+        "DELETE FROM image_tags WHERE account_id = $1 AND region = $2 AND repository = $3",
+        registry.account_id,
+        registry.region,
+        repository.as_str(),
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(sqlx::query!(
         "DELETE FROM images WHERE account_id = $1 AND region = $2 AND repository = $3",
         registry.account_id,
@@ -274,13 +282,22 @@ pub async fn upsert_one(
     Ok(())
 }
 
-/// Removes one image (ECR no longer has it).
+/// Removes one image and its tags (ECR no longer has it).
 pub async fn delete_one(
     tx: &mut Tx,
     registry: &RegistryRef,
     repository: &RepositoryName,
     digest: &str,
 ) -> Result<bool, StoreError> {
+    sqlx::query!(
+        "DELETE FROM image_tags WHERE account_id = $1 AND region = $2 AND repository = $3 AND digest = $4",
+        registry.account_id,
+        registry.region,
+        repository.as_str(),
+        digest,
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(sqlx::query!(
         "DELETE FROM images WHERE account_id = $1 AND region = $2 AND repository = $3 AND digest = $4",
         registry.account_id,

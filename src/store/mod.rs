@@ -65,7 +65,14 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(Duration::from_secs(config.acquire_timeout_seconds.max(1)))
-            .connect_lazy_with(options.application_name("ecr-gateway"));
+            .connect_lazy_with(
+                options
+                    .application_name("ecr-gateway")
+                    // Every query is a parameterised key or keyset lookup whose generic
+                    // plan is the right one; planning each execution afresh (custom
+                    // plans) cost the ResolveImage fast path more than running it.
+                    .options([("plan_cache_mode", "force_generic_plan")]),
+            );
         Ok(Store { pool })
     }
 
