@@ -113,20 +113,6 @@ impl ImageService for ImageApi {
     }
 }
 
-/// Decodes `registry` + `repository`, reporting both at once.
-fn locate<'a>(
-    state: &'a AppState,
-    registry: &str,
-    repository: &str,
-) -> Result<(&'a Registry, RepositoryName), ApiError> {
-    match (state.registry(registry), RepositoryName::parse(repository)) {
-        (Ok(registry), Ok(name)) => Ok((registry, name)),
-        (registry, name) => Err(invalid(
-            [registry.err(), name.err()].into_iter().flatten().collect(),
-        )),
-    }
-}
-
 fn invalid(violations: Vec<Violation>) -> ApiError {
     ApiError::InvalidArgument {
         reason: "INVALID_REQUEST",
@@ -345,7 +331,7 @@ async fn get_image(
     request: &pb::GetImageRequest,
 ) -> Result<(pb::Image, Value), ApiError> {
     call.caller()?;
-    let (registry, repository) = locate(state, &request.registry, &request.repository)?;
+    let (registry, repository) = state.locate(&request.registry, &request.repository)?;
     let selector = match (request.tag.is_empty(), request.digest.is_empty()) {
         (false, true) => ImageSelector::Tag(ImageTag::parse(&request.tag).map_err(|v| invalid(vec![v]))?),
         (true, false) => ImageSelector::Digest(Digest::parse(&request.digest).map_err(|v| invalid(vec![v]))?),
@@ -494,7 +480,7 @@ async fn list_images(
     request: &pb::ListImagesRequest,
 ) -> Result<(pb::ListImagesResponse, Value), ApiError> {
     call.caller()?;
-    let (registry, repository) = locate(state, &request.registry, &request.repository)?;
+    let (registry, repository) = state.locate(&request.registry, &request.repository)?;
     let (filter, limit) = image_filter(request)?;
     call.set_repository(
         &registry.reference,

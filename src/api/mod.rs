@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::audit::AuditLog;
-use crate::domain::Violation;
+use crate::domain::{RepositoryName, Violation};
 use crate::ecr::{Registries, Registry};
 use crate::policy::OrgPolicy;
 use crate::store::Store;
@@ -39,6 +39,21 @@ pub struct AppState {
 pub type Shared = Arc<AppState>;
 
 impl AppState {
+    /// Decodes a request's `registry` and `repository`, reporting both problems at once.
+    pub fn locate(
+        &self,
+        registry: &str,
+        repository: &str,
+    ) -> Result<(&Registry, RepositoryName), error::ApiError> {
+        match (self.registry(registry), RepositoryName::parse(repository)) {
+            (Ok(registry), Ok(name)) => Ok((registry, name)),
+            (registry, name) => Err(error::ApiError::InvalidArgument {
+                reason: "INVALID_REQUEST",
+                violations: [registry.err(), name.err()].into_iter().flatten().collect(),
+            }),
+        }
+    }
+
     /// The registry a request names (empty: the default), or a violation listing the aliases.
     pub fn registry(&self, alias: &str) -> Result<&Registry, Violation> {
         self.registries.get(alias).ok_or_else(|| {

@@ -252,30 +252,13 @@ fn not_found(registry: &RegistryRef, name: &RepositoryName) -> ApiError {
     }
 }
 
-/// Decodes `registry` + `repository`, reporting both at once.
-fn locate<'a>(
-    state: &'a AppState,
-    registry: &str,
-    repository: &str,
-) -> Result<(&'a Registry, RepositoryName), ApiError> {
-    let registry = state.registry(registry);
-    let name = RepositoryName::parse(repository);
-    match (registry, name) {
-        (Ok(registry), Ok(name)) => Ok((registry, name)),
-        (registry, name) => Err(ApiError::InvalidArgument {
-            reason: "INVALID_REQUEST",
-            violations: [registry.err(), name.err()].into_iter().flatten().collect(),
-        }),
-    }
-}
-
 async fn get(
     state: &AppState,
     call: &mut Call,
     request: &pb::GetRepositoryRequest,
 ) -> Result<(pb::Repository, Value), ApiError> {
     call.caller()?;
-    let (registry, name) = locate(state, &request.registry, &request.repository)?;
+    let (registry, name) = state.locate(&request.registry, &request.repository)?;
     call.set_repository(&registry.reference, registry.reference.repository_arn(&name));
     let strong = match pb::Consistency::try_from(request.consistency) {
         Ok(consistency) => consistency == pb::Consistency::Strong,
@@ -420,7 +403,7 @@ async fn update(
     request: &pb::UpdateRepositoryRequest,
 ) -> Result<(pb::UpdateRepositoryResponse, Value), ApiError> {
     call.caller()?;
-    let (registry, name) = locate(state, &request.registry, &request.repository)?;
+    let (registry, name) = state.locate(&request.registry, &request.repository)?;
     let paths = check_update_request(request)?;
     call.set_repository(&registry.reference, registry.reference.repository_arn(&name));
     let log = CallLog::default();
@@ -587,7 +570,7 @@ async fn delete(
     request: &pb::DeleteRepositoryRequest,
 ) -> Result<(pb::DeleteRepositoryResponse, Value), ApiError> {
     call.caller()?;
-    let (registry, name) = locate(state, &request.registry, &request.repository)?;
+    let (registry, name) = state.locate(&request.registry, &request.repository)?;
     if let Some(violation) = check_request_id(&request.request_id) {
         return Err(ApiError::InvalidArgument {
             reason: "INVALID_REQUEST",

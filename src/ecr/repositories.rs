@@ -310,38 +310,29 @@ impl Registry {
         name: &RepositoryName,
         policy: Option<&str>,
     ) -> Result<(), EcrError> {
+        let (account, repository) = (&self.reference.account_id, name.as_str());
         let request_id = match policy {
-            Some(text) => self
-                .client
-                .put_lifecycle_policy()
-                .registry_id(&self.reference.account_id)
-                .repository_name(name.as_str())
-                .lifecycle_policy_text(text)
-                .send()
-                .await
-                .inspect_err(|e| log.record(e.request_id()))
-                .map_err(|e| classify("PutLifecyclePolicy", e))?
-                .request_id()
-                .map(str::to_owned),
-            None => match self
-                .client
-                .delete_lifecycle_policy()
-                .registry_id(&self.reference.account_id)
-                .repository_name(name.as_str())
-                .send()
-                .await
-            {
-                Ok(output) => output.request_id().map(str::to_owned),
-                Err(error) => {
-                    log.record(error.request_id());
-                    let error = classify("DeleteLifecyclePolicy", error);
-                    if error.is_not_found() {
-                        None
-                    } else {
-                        return Err(error);
-                    }
-                }
-            },
+            Some(text) => {
+                let put = self
+                    .client
+                    .put_lifecycle_policy()
+                    .registry_id(account)
+                    .repository_name(repository);
+                let output = put.lifecycle_policy_text(text).send().await;
+                recorded(log, "PutLifecyclePolicy", output)?
+                    .request_id()
+                    .map(str::to_owned)
+            }
+            None => {
+                let delete = self
+                    .client
+                    .delete_lifecycle_policy()
+                    .registry_id(account)
+                    .repository_name(repository);
+                let output = delete.send().await;
+                absent_if_missing(recorded(log, "DeleteLifecyclePolicy", output))?
+                    .and_then(|o| o.request_id().map(str::to_owned))
+            }
         };
         log.record(request_id.as_deref());
         Ok(())
@@ -353,38 +344,29 @@ impl Registry {
         name: &RepositoryName,
         policy: Option<&str>,
     ) -> Result<(), EcrError> {
+        let (account, repository) = (&self.reference.account_id, name.as_str());
         let request_id = match policy {
-            Some(text) => self
-                .client
-                .set_repository_policy()
-                .registry_id(&self.reference.account_id)
-                .repository_name(name.as_str())
-                .policy_text(text)
-                .send()
-                .await
-                .inspect_err(|e| log.record(e.request_id()))
-                .map_err(|e| classify("SetRepositoryPolicy", e))?
-                .request_id()
-                .map(str::to_owned),
-            None => match self
-                .client
-                .delete_repository_policy()
-                .registry_id(&self.reference.account_id)
-                .repository_name(name.as_str())
-                .send()
-                .await
-            {
-                Ok(output) => output.request_id().map(str::to_owned),
-                Err(error) => {
-                    log.record(error.request_id());
-                    let error = classify("DeleteRepositoryPolicy", error);
-                    if error.is_not_found() {
-                        None
-                    } else {
-                        return Err(error);
-                    }
-                }
-            },
+            Some(text) => {
+                let set = self
+                    .client
+                    .set_repository_policy()
+                    .registry_id(account)
+                    .repository_name(repository);
+                let output = set.policy_text(text).send().await;
+                recorded(log, "SetRepositoryPolicy", output)?
+                    .request_id()
+                    .map(str::to_owned)
+            }
+            None => {
+                let delete = self
+                    .client
+                    .delete_repository_policy()
+                    .registry_id(account)
+                    .repository_name(repository);
+                let output = delete.send().await;
+                absent_if_missing(recorded(log, "DeleteRepositoryPolicy", output))?
+                    .and_then(|o| o.request_id().map(str::to_owned))
+            }
         };
         log.record(request_id.as_deref());
         Ok(())
@@ -492,6 +474,31 @@ where
             }
             Some(next) => token = Some(next),
         }
+    }
+}
+
+/// Records a failed call's request id and classifies its error.
+fn recorded<T, E, R>(
+    log: &CallLog,
+    operation: &'static str,
+    result: Result<T, aws_sdk_ecr::error::SdkError<E, R>>,
+) -> Result<T, EcrError>
+where
+    E: aws_sdk_ecr::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+    aws_sdk_ecr::error::SdkError<E, R>: RequestId,
+{
+    result
+        .inspect_err(|e| log.record(e.request_id()))
+        .map_err(|e| classify(operation, e))
+}
+
+/// A resource ECR does not have is `None`, not an error.
+fn absent_if_missing<T>(result: Result<T, EcrError>) -> Result<Option<T>, EcrError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(error) if error.is_not_found() => Ok(None),
+        Err(error) => Err(error),
     }
 }
 

@@ -97,6 +97,17 @@ pub async fn resolve_tag(
     }))
 }
 
+/// `SELECT … FROM images` of one repository, ready for more conditions.
+fn images_of(registry: &RegistryRef, repository: &str) -> QueryBuilder<sqlx::Postgres> {
+    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM images i WHERE i.account_id = "));
+    query.push_bind(registry.account_id.clone());
+    query.push(" AND i.region = ").push_bind(registry.region.clone());
+    query
+        .push(" AND i.repository = ")
+        .push_bind(repository.to_owned());
+    query
+}
+
 /// One image by digest.
 pub async fn get(
     pool: &PgPool,
@@ -104,12 +115,7 @@ pub async fn get(
     repository: &str,
     digest: &str,
 ) -> Result<Option<ImageRow>, StoreError> {
-    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM images i WHERE i.account_id = "));
-    query.push_bind(registry.account_id.clone());
-    query.push(" AND i.region = ").push_bind(registry.region.clone());
-    query
-        .push(" AND i.repository = ")
-        .push_bind(repository.to_owned());
+    let mut query = images_of(registry, repository);
     query.push(" AND i.digest = ").push_bind(digest.to_owned());
     Ok(query.build_query_as::<ImageRow>().fetch_optional(pool).await?)
 }
@@ -121,12 +127,7 @@ pub async fn referrers(
     repository: &str,
     digest: &str,
 ) -> Result<Vec<ImageRow>, StoreError> {
-    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM images i WHERE i.account_id = "));
-    query.push_bind(registry.account_id.clone());
-    query.push(" AND i.region = ").push_bind(registry.region.clone());
-    query
-        .push(" AND i.repository = ")
-        .push_bind(repository.to_owned());
+    let mut query = images_of(registry, repository);
     query
         .push(" AND i.subject_digest = ")
         .push_bind(digest.to_owned());
@@ -186,12 +187,7 @@ pub async fn list(
     after: Option<&ListPosition>,
     limit: i64,
 ) -> Result<Vec<ImageRow>, StoreError> {
-    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM images i WHERE i.account_id = "));
-    query.push_bind(registry.account_id.clone());
-    query.push(" AND i.region = ").push_bind(registry.region.clone());
-    query
-        .push(" AND i.repository = ")
-        .push_bind(repository.to_owned());
+    let mut query = images_of(registry, repository);
     match filter.tagged {
         Some(true) => {
             query.push(" AND cardinality(i.tags) > 0");
