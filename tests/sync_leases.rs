@@ -95,7 +95,8 @@ async fn two_replicas_racing_never_sync_the_same_repository_at_once() {
 async fn a_dead_replicas_lease_expires_and_another_takes_over() {
     let (_db, store, registry, name) = setup().await;
     // replica-a took the lease and died without releasing it.
-    let until = Utc::now() + Duration::from_millis(300);
+    // Long enough that the "busy" check below always runs inside it, even on a loaded CI machine.
+    let until = Utc::now() + Duration::from_secs(2);
     assert!(
         sync::try_lease(store.pool(), &registry.reference, &name, "replica-a", until)
             .await
@@ -109,7 +110,7 @@ async fn a_dead_replicas_lease_expires_and_another_takes_over() {
         SyncOutcome::Busy
     );
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let outcome = b
         .sync_repository(&registry, &name, Trigger::Interval)
         .await
