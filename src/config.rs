@@ -75,6 +75,12 @@ pub struct DatabaseConfig {
     pub acquire_timeout_seconds: u64,
     /// Apply pending migrations at start (under an advisory lock).
     pub migrate_on_start: bool,
+    /// Upper bound of a cached read's age (ResolveImage). Entries are dropped
+    /// as soon as Postgres notifies a change; this bounds the rest. 0 disables
+    /// the cache.
+    pub cache_ttl_seconds: u64,
+    /// How many reads the cache holds (about 200 bytes each).
+    pub cache_max_entries: usize,
 }
 
 impl Default for DatabaseConfig {
@@ -84,6 +90,8 @@ impl Default for DatabaseConfig {
             max_connections: 16,
             acquire_timeout_seconds: 3,
             migrate_on_start: true,
+            cache_ttl_seconds: crate::store::CACHE_TTL.as_secs(),
+            cache_max_entries: crate::store::CACHE_ENTRIES,
         }
     }
 }
@@ -159,6 +167,12 @@ pub struct SyncConfig {
     /// How long a replica's lease on a repository holds; another replica may
     /// take over a repository whose lease expired (its holder died).
     pub lease_seconds: u64,
+    /// Repositories of one registry reconciled at once by this replica (the
+    /// per-registry request budget still bounds the ECR calls).
+    pub concurrency: usize,
+    /// Scans read from ECR per repository and pass (images never read first,
+    /// then unfinished ones); 0 turns scan syncing off.
+    pub scans_per_pass: usize,
 }
 
 impl Default for SyncConfig {
@@ -166,6 +180,8 @@ impl Default for SyncConfig {
         Self {
             interval_seconds: 300,
             lease_seconds: 120,
+            concurrency: 4,
+            scans_per_pass: 50,
         }
     }
 }
@@ -237,6 +253,12 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             problems.push("database.max_connections: must be at least 1".into());
+        }
+        if !(1..=64).contains(&self.sync.concurrency) {
+            problems.push(format!(
+                "sync.concurrency: {} is out of range; use 1 to 64 repositories at once",
+                self.sync.concurrency
+            ));
         }
         if self.auth.mode.is_none() {
             problems.push(

@@ -16,6 +16,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::api::image::ImageApi;
 use crate::api::repository::RepositoryApi;
+use crate::api::scan::ScanApi;
 use crate::api::{AppState, Shared};
 use crate::audit::AuditLog;
 use crate::auth::IdentityLayer;
@@ -23,6 +24,7 @@ use crate::config::{AuthMode, Config};
 use crate::ecr::Registries;
 use crate::pb::image_service_server::ImageServiceServer;
 use crate::pb::repository_service_server::RepositoryServiceServer;
+use crate::pb::scan_service_server::ScanServiceServer;
 use crate::policy::OrgPolicy;
 use crate::store::Store;
 
@@ -30,7 +32,11 @@ use crate::store::Store;
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ecrgateway_descriptor");
 
 /// Services whose health is reported besides the overall "" entry.
-const SERVICES: &[&str] = &["ecrgateway.v1.RepositoryService", "ecrgateway.v1.ImageService"];
+const SERVICES: &[&str] = &[
+    "ecrgateway.v1.RepositoryService",
+    "ecrgateway.v1.ImageService",
+    "ecrgateway.v1.ScanService",
+];
 
 /// How often the database is probed for the health status.
 const DATABASE_PROBE: Duration = Duration::from_secs(2);
@@ -68,6 +74,7 @@ pub async fn run(
             store: store.clone(),
             holder: replica_name(),
             lease: Duration::from_secs(config.sync.lease_seconds),
+            scans_per_pass: config.sync.scans_per_pass,
         },
     });
 
@@ -75,11 +82,13 @@ pub async fn run(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::Serving).await;
     let probe = tokio::spawn(probe_database(store.clone(), reporter.clone(), stop_rx.clone()));
+    let cache_listener = tokio::spawn(store.clone().listen_for_changes(stop_rx.clone()));
     let sync = (config.sync.interval_seconds > 0).then(|| {
         tokio::spawn(crate::inventory::run_sync_loop(
             state.syncer.clone(),
             registries.all().cloned().collect(),
             Duration::from_secs(config.sync.interval_seconds),
+            config.sync.concurrency,
             stop_rx.clone(),
         ))
     });
@@ -91,6 +100,9 @@ pub async fn run(
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     let image_service = ImageServiceServer::new(ImageApi::new(state.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let scan_service = ScanServiceServer::new(ScanApi::new(state.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     drop(state);
@@ -116,6 +128,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(repository_service)
         .add_service(image_service)
+        .add_service(scan_service)
         .serve_with_incoming_shutdown(incoming(listener), signal);
     let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
     let deadline = async move {
@@ -128,6 +141,7 @@ pub async fn run(
     }
     let _ = stop_tx.send(true);
     let _ = probe.await;
+    let _ = cache_listener.await;
     if let Some(sync) = sync {
         sync.abort();
     }

@@ -624,3 +624,92 @@ async fn sync_status_reports_each_run() {
     );
     assert!(run.ecr_calls >= 1);
 }
+
+/// Waits up to 5 s for `reference` to resolve to `want` on `gateway`.
+async fn eventually_resolves(gateway: &Gateway, reference: &str, want: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let got = resolve(gateway, reference, false).await.map(|r| r.digest);
+        if got.as_deref().ok() == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{reference}: still {got:?}, want {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replicas_read_cache_follows_changes_made_by_others() {
+    let db = TestDb::create().await;
+    let a = Gateway::start(config(&db, Moto::shared(), "")).await;
+    let b = Gateway::start(config(&db, Moto::shared(), "")).await;
+    let repository = managed_repository(&a, "replicas").await;
+    let ecr = ecr_client(Moto::shared()).await;
+    let first = push(&ecr, &repository, "latest", &format!("{repository}-1")).await;
+    let other = push(&ecr, &repository, "v1", &format!("{repository}-v1")).await;
+    refresh(&b, &repository).await;
+    let reference = format!("{repository}:latest");
+    eventually_resolves(&a, &reference, &first).await;
+
+    // A row changed behind the triggers' back (session_replication_role =
+    // replica skips them) is not seen: replica A answers from its cache.
+    let pool = db.pool().await;
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET session_replication_role = replica")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE image_tags SET digest = $1 WHERE repository = $2 AND tag = 'latest'")
+        .bind(&other)
+        .bind(&repository)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            resolve(&a, &reference, false).await.unwrap().digest,
+            first,
+            "served from the cache"
+        );
+    }
+    // The same change made normally notifies every replica.
+    sqlx::query("SET session_replication_role = DEFAULT")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE image_tags SET digest = $1 WHERE repository = $2 AND tag = 'latest'")
+        .bind(&first)
+        .bind(&repository)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE image_tags SET digest = $1 WHERE repository = $2 AND tag = 'latest'")
+        .bind(&other)
+        .bind(&repository)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    eventually_resolves(&a, &reference, &other).await;
+    drop(conn);
+    eventually_resolves(&b, &reference, &other).await; // B caches it too
+
+    // A tag moved in ECR and picked up by replica B reaches replica A; a tag
+    // that did not resolve (a cached NOT_FOUND) resolves once B syncs it.
+    let second = push(&ecr, &repository, "latest", &format!("{repository}-2")).await;
+    let missing = format!("{repository}:v2");
+    assert_eq!(
+        resolve(&a, &missing, false).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let v2 = push(&ecr, &repository, "v2", &format!("{repository}-v2")).await;
+    refresh(&b, &repository).await;
+    eventually_resolves(&a, &reference, &second).await;
+    eventually_resolves(&a, &missing, &v2).await;
+    // Replica B reads its own write at once, with no wait for a notification.
+    assert_eq!(resolve(&b, &reference, false).await.unwrap().digest, second);
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

@@ -41,6 +41,7 @@ fn syncer(store: &Store, holder: &str, lease: Duration) -> Syncer {
         store: store.clone(),
         holder: holder.into(),
         lease,
+        scans_per_pass: 50,
     }
 }
 

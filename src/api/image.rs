@@ -17,7 +17,10 @@ use crate::ecr::{CallLog, Registry};
 use crate::inventory::{SyncOutcome, Trigger};
 use crate::pb;
 use crate::pb::image_service_server::ImageService;
-use crate::store::image_reads::{self, ImageFilter, ImageRow, ListOrder, ListPosition, SearchQuery};
+use crate::store::cache::RepoKey;
+use crate::store::image_reads::{
+    self, ImageFilter, ImageRow, ListOrder, ListPosition, Resolution, SearchQuery,
+};
 use crate::store::sync::{self, SyncRun};
 
 /// The ImageService implementation.
@@ -156,43 +159,29 @@ async fn resolve_image(
     if strong {
         refresh(state, call, registry, repository, &reference.selector).await?;
     }
-    let (tag, digest, synced_at, immutable) = match &reference.selector {
-        ImageSelector::Tag(tag) => {
-            let resolved = image_reads::resolve_tag(
-                state.store.pool(),
-                &registry.reference,
-                repository.as_str(),
-                tag.as_str(),
-            )
-            .await?
-            .ok_or_else(|| image_not_found(&registry.reference, repository, &format!(":{tag}")))?;
-            let immutable = tag_is_immutable(
-                resolved.tag_mutability.as_deref(),
-                &resolved.exclusion_filters,
-                tag.as_str(),
-            );
-            let synced_at = newest(resolved.last_synced_at, Some(resolved.row_synced_at));
-            (tag.to_string(), resolved.digest, synced_at, immutable)
-        }
-        ImageSelector::Digest(digest) => {
-            let row = image_reads::get(
-                state.store.pool(),
-                &registry.reference,
-                repository.as_str(),
-                digest.as_str(),
-            )
-            .await?
-            .ok_or_else(|| image_not_found(&registry.reference, repository, &format!("@{digest}")))?;
-            let last =
-                sync::last_synced_at(state.store.pool(), &registry.reference, repository.as_str()).await?;
-            (
-                String::new(),
-                row.digest,
-                newest(last, Some(row.synced_at)),
-                false,
-            )
-        }
+    let tag = match &reference.selector {
+        ImageSelector::Tag(tag) => tag.to_string(),
+        ImageSelector::Digest(_) => String::new(),
     };
+    let Resolution {
+        digest,
+        synced_at,
+        tag_immutable: immutable,
+    } = cached_resolution(
+        state,
+        &registry.reference,
+        repository,
+        &reference.selector,
+        strong,
+    )
+    .await?
+    .ok_or_else(|| {
+        image_not_found(
+            &registry.reference,
+            repository,
+            &selector_suffix(&reference.selector),
+        )
+    })?;
     let pinned = Digest::parse(&digest)
         .map(|d| {
             pinned_uri(
@@ -221,9 +210,82 @@ async fn resolve_image(
     ))
 }
 
+/// The image a request names by `tag` or `digest` (exactly one).
+pub(super) fn image_selector(tag: &str, digest: &str) -> Result<ImageSelector, ApiError> {
+    match (tag.is_empty(), digest.is_empty()) {
+        (false, true) => Ok(ImageSelector::Tag(
+            ImageTag::parse(tag).map_err(|v| invalid(vec![v]))?,
+        )),
+        (true, false) => Ok(ImageSelector::Digest(
+            Digest::parse(digest).map_err(|v| invalid(vec![v]))?,
+        )),
+        _ => Err(ApiError::invalid(
+            "tag",
+            "image.tag-or-digest",
+            "give exactly one of `tag` and `digest`",
+        )),
+    }
+}
+
+fn selector_suffix(selector: &ImageSelector) -> String {
+    match selector {
+        ImageSelector::Tag(tag) => format!(":{tag}"),
+        ImageSelector::Digest(digest) => format!("@{digest}"),
+    }
+}
+
+/// ResolveImage's answer from the in-process cache, else from Postgres (then
+/// cached). A strong read has just refreshed the image and reads Postgres.
+async fn cached_resolution(
+    state: &AppState,
+    registry: &RegistryRef,
+    repository: &RepositoryName,
+    selector: &ImageSelector,
+    strong: bool,
+) -> Result<Option<Resolution>, ApiError> {
+    let cache = state.store.resolutions();
+    let key = RepoKey::new(registry, repository.as_str());
+    let suffix = selector_suffix(selector);
+    if !strong && let Some(hit) = cache.get(&key, suffix.as_str()) {
+        return Ok(hit);
+    }
+    let ticket = state.store.invalidations().ticket();
+    let pool = state.store.pool();
+    let resolution = match selector {
+        ImageSelector::Tag(tag) => {
+            image_reads::resolve_tag(pool, registry, repository.as_str(), tag.as_str())
+                .await?
+                .map(|resolved| Resolution {
+                    tag_immutable: tag_is_immutable(
+                        resolved.tag_mutability.as_deref(),
+                        &resolved.exclusion_filters,
+                        tag.as_str(),
+                    ),
+                    synced_at: newest(resolved.last_synced_at, Some(resolved.row_synced_at)),
+                    digest: resolved.digest,
+                })
+        }
+        ImageSelector::Digest(digest) => {
+            match image_reads::get(pool, registry, repository.as_str(), digest.as_str()).await? {
+                Some(row) => {
+                    let last = sync::last_synced_at(pool, registry, repository.as_str()).await?;
+                    Some(Resolution {
+                        digest: row.digest,
+                        synced_at: newest(last, Some(row.synced_at)),
+                        tag_immutable: false,
+                    })
+                }
+                None => None,
+            }
+        }
+    };
+    cache.insert(ticket, key, suffix, resolution.clone());
+    Ok(resolution)
+}
+
 /// Parses a reference and finds its registry: the one a full ECR URI names
 /// (it must be configured), else `registry` (empty: the default).
-fn decode_reference<'a>(
+pub(super) fn decode_reference<'a>(
     state: &'a AppState,
     alias: &str,
     reference: &str,
@@ -332,17 +394,7 @@ async fn get_image(
 ) -> Result<(pb::Image, Value), ApiError> {
     call.caller()?;
     let (registry, repository) = state.locate(&request.registry, &request.repository)?;
-    let selector = match (request.tag.is_empty(), request.digest.is_empty()) {
-        (false, true) => ImageSelector::Tag(ImageTag::parse(&request.tag).map_err(|v| invalid(vec![v]))?),
-        (true, false) => ImageSelector::Digest(Digest::parse(&request.digest).map_err(|v| invalid(vec![v]))?),
-        _ => {
-            return Err(ApiError::invalid(
-                "tag",
-                "image.tag-or-digest",
-                "give exactly one of `tag` and `digest`",
-            ));
-        }
-    };
+    let selector = image_selector(&request.tag, &request.digest)?;
     let strong = strong(request.consistency)?;
     call.set_repository(
         &registry.reference,
@@ -384,6 +436,9 @@ async fn get_image(
             tags: r.tags.clone(),
         })
         .collect();
+    image.scan = crate::store::scans::get(pool, &registry.reference, repository.as_str(), &digest)
+        .await?
+        .map(|scan| super::scan::summary_message(&registry.reference, &scan));
     let elements = json!({"digest": image.digest, "tags": image.tags});
     Ok((image, elements))
 }
@@ -423,6 +478,7 @@ fn image_message(
             synced_at: synced_at.map(timestamp),
             read_through,
         }),
+        scan: None,
     }
 }
 

@@ -8,6 +8,7 @@ pub mod image;
 pub mod mutation;
 pub mod page_token;
 pub mod repository;
+pub mod scan;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -17,7 +17,9 @@ use super::call::{Call, failed, succeeded};
 use super::error::ApiError;
 use crate::domain::{RegistryRef, RepositoryName, RepositoryState, Violation};
 use crate::ecr::CallLog;
+use crate::ecr::ScanReport;
 use crate::store::operations::{self, Claim};
+use crate::store::scans::{self, ExceptionRow};
 use crate::store::{Store, Tx, audit_events, images, repositories};
 
 /// Longest `request_id`.
@@ -30,6 +32,23 @@ pub enum CacheChange {
     Upsert(RegistryRef, RepositoryState),
     /// The repository is gone.
     Delete(RegistryRef, RepositoryName),
+    /// An image's scan as ECR just reported it.
+    Scan(RegistryRef, RepositoryName, ScanReport),
+    /// A new vulnerability exception.
+    InsertException(Box<ExceptionRow>),
+    /// A vulnerability exception was revoked.
+    RevokeException {
+        /// Its id.
+        id: uuid::Uuid,
+        /// The caller.
+        by: String,
+        /// Why.
+        reason: String,
+        /// When.
+        at: chrono::DateTime<Utc>,
+    },
+    /// Nothing the gateway caches changed.
+    Nothing,
 }
 
 /// What the work of a mutation is told.
@@ -142,6 +161,7 @@ async fn finish_success<R: Message>(
             operations::succeed(&mut tx, principal, request_id, &done.response.encode_to_vec()).await?;
         }
         tx.commit().await?;
+        invalidate_changed(store, &done.change);
         Ok::<_, crate::store::StoreError>(())
     };
     match commit.await {
@@ -191,6 +211,28 @@ async fn apply_change(tx: &mut Tx, change: &CacheChange) -> Result<(), crate::st
             images::delete_repository(tx, registry, name).await?;
             repositories::delete(tx, registry, name).await
         }
+        CacheChange::Scan(registry, name, report) => {
+            scans::store_report(tx, registry, name.as_str(), report, Utc::now()).await
+        }
+        CacheChange::InsertException(row) => scans::insert_exception(tx, row).await,
+        CacheChange::RevokeException { id, by, reason, at } => {
+            scans::revoke_exception(tx, *id, by, reason, *at)
+                .await
+                .map(|_| ())
+        }
+        CacheChange::Nothing => Ok(()),
+    }
+}
+
+/// The writer reads its own writes: drop what this process cached of the changed repository.
+fn invalidate_changed(store: &Store, change: &CacheChange) {
+    match change {
+        CacheChange::Upsert(registry, state) => store.invalidate(registry, state.name.as_str()),
+        CacheChange::Delete(registry, name) | CacheChange::Scan(registry, name, _) => {
+            store.invalidate(registry, name.as_str())
+        }
+        CacheChange::InsertException(_) | CacheChange::RevokeException { .. } => store.invalidate_all(),
+        CacheChange::Nothing => {}
     }
 }
 

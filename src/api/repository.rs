@@ -303,6 +303,7 @@ async fn refresh_cache(
         }
     };
     tx.commit().await.map_err(crate::store::StoreError::from)?;
+    state.store.invalidate(registry, name.as_str());
     result
 }
 

@@ -22,6 +22,7 @@ use ecr_gateway::domain::{RegistryRef, RepositoryName, digest_of};
 use ecr_gateway::ecr::image_from_detail;
 use ecr_gateway::pb;
 use ecr_gateway::store::{Store, images};
+use futures::StreamExt as _;
 use tokio::sync::Mutex;
 
 #[derive(Parser)]
@@ -56,34 +57,44 @@ enum Command {
         /// Images per repository.
         #[arg(long, default_value_t = 1000)]
         images_per_repository: usize,
+        /// Repositories ingested at once (the sync's `sync.concurrency`).
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
     },
     /// Drive one RPC of a running gateway.
-    Load {
-        /// host:port of the gateway.
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        target: String,
-        /// What to call.
-        #[arg(long, value_enum)]
-        rpc: Rpc,
-        /// Concurrent workers (each with its own HTTP/2 connection every 16 workers).
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Seconds to run.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Target calls per second in total (0: as fast as possible).
-        #[arg(long, default_value_t = 0)]
-        rate: u64,
-        /// Seeded repositories (to build requests).
-        #[arg(long, default_value_t = 1000)]
-        repositories: usize,
-        /// Seeded images per repository.
-        #[arg(long, default_value_t = 1000)]
-        images_per_repository: usize,
-        /// Server process id, to report its RSS.
-        #[arg(long)]
-        server_pid: Option<u32>,
-    },
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// host:port of the gateway.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    target: String,
+    /// What to call.
+    #[arg(long, value_enum)]
+    rpc: Rpc,
+    /// Concurrent workers (each with its own HTTP/2 connection every 16 workers).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Target calls per second in total (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Seeded repositories (to build requests).
+    #[arg(long, default_value_t = 1000)]
+    repositories: usize,
+    /// Seeded images per repository.
+    #[arg(long, default_value_t = 1000)]
+    images_per_repository: usize,
+    /// Calls spread over this many distinct images (0: all seeded images).
+    /// A deploy system resolves the releases it ships, a small hot set.
+    #[arg(long, default_value_t = 0)]
+    working_set: usize,
+    /// Server process id, to report its RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -98,6 +109,8 @@ enum Rpc {
     ListDeep,
     /// ImageService/SearchImages by digest
     SearchDigest,
+    /// ScanService/CheckDeployment by digest, environment prod
+    Check,
 }
 
 /// The registry seeded images belong to (the dev/bench configuration's main registry).
@@ -210,6 +223,32 @@ async fn mark_seeded(store: &Store, r: usize) -> anyhow::Result<()> {
         .bind(&name)
         .execute(&mut *tx)
         .await?;
+    // Every image scanned: most clean, one in ten with a HIGH finding, one in
+    // fifty with a CRITICAL one (the gate reads these).
+    sqlx::query(
+        "INSERT INTO image_scans (account_id, region, repository, digest, status, completed_at, critical, high, fetched_at)
+         SELECT account_id, region, repository, digest, 'COMPLETE', now() - interval '1 day',
+                (hashtext(digest) % 50 = 0)::int, (hashtext(digest) % 10 = 0)::int, now()
+         FROM images WHERE account_id = $1 AND region = $2 AND repository = $3",
+    )
+    .bind(&registry.account_id)
+    .bind(&registry.region)
+    .bind(&name)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO scan_findings (account_id, region, repository, digest, ordinal, name, severity)
+         SELECT account_id, region, repository, digest, 0, 'CVE-2024-' || (1000 + abs(hashtext(digest)) % 9000), 5
+         FROM image_scans WHERE account_id = $1 AND region = $2 AND repository = $3 AND critical > 0
+         UNION ALL
+         SELECT account_id, region, repository, digest, 1, 'CVE-2023-' || (1000 + abs(hashtext(digest)) % 9000), 4
+         FROM image_scans WHERE account_id = $1 AND region = $2 AND repository = $3 AND high > 0",
+    )
+    .bind(&registry.account_id)
+    .bind(&registry.region)
+    .bind(&name)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "INSERT INTO sync_state (account_id, region, repository, last_synced_at) VALUES ($1, $2, $3, now())
          ON CONFLICT (account_id, region, repository) DO UPDATE SET last_synced_at = now()",
@@ -223,9 +262,9 @@ async fn mark_seeded(store: &Store, r: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(database_url: &str) -> anyhow::Result<Store> {
+async fn connect(database_url: &str, connections: u32) -> anyhow::Result<Store> {
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
+        .max_connections(connections)
         .connect(database_url)
         .await?;
     let store = Store::from_pool(pool);
@@ -234,7 +273,7 @@ async fn connect(database_url: &str) -> anyhow::Result<Store> {
 }
 
 async fn seed(database_url: &str, repositories: usize, per_repository: usize) -> anyhow::Result<()> {
-    let store = connect(database_url).await?;
+    let store = connect(database_url, 4).await?;
     let started = Instant::now();
     let mut total = 0;
     for r in 0..repositories {
@@ -252,20 +291,41 @@ async fn seed(database_url: &str, repositories: usize, per_repository: usize) ->
     Ok(())
 }
 
-async fn ingest(database_url: &str, repositories: usize, per_repository: usize) -> anyhow::Result<()> {
-    let store = connect(database_url).await?;
+async fn ingest(
+    database_url: &str,
+    repositories: usize,
+    per_repository: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let store = connect(database_url, concurrency as u32 + 1).await?;
     sqlx::query("TRUNCATE images, image_tags, sync_state CASCADE")
         .execute(store.pool())
         .await?;
     let started = Instant::now();
+    let results: Vec<anyhow::Result<(usize, StepTimes)>> = futures::stream::iter(0..repositories)
+        .map(|r| {
+            let store = store.clone();
+            async move {
+                let mut times = StepTimes::default();
+                let count = ingest_timed(&store, r, per_repository, &mut times).await?;
+                Ok((count, times))
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
     let mut total = 0;
     let mut times = StepTimes::default();
-    for r in 0..repositories {
-        total += ingest_timed(&store, r, per_repository, &mut times).await?;
+    for result in results {
+        let (count, t) = result?;
+        total += count;
+        times.upsert += t.upsert;
+        times.reconcile += t.reconcile;
+        times.commit += t.commit;
     }
-    let elapsed = started.elapsed();
     println!(
-        "ingested {total} images ({repositories} repositories, pages of 1000) in {elapsed:.2?}: {:.0} images/s ({times:?})",
+        "ingested {total} images ({repositories} repositories, pages of 1000, {concurrency} at once) in {elapsed:.2?}: {:.0} images/s (time summed over repositories: {times:?})",
         total as f64 / elapsed.as_secs_f64()
     );
     Ok(())
@@ -278,17 +338,18 @@ struct Tally {
     codes: BTreeMap<String, u64>,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn load(
-    target: &str,
-    rpc: Rpc,
-    concurrency: usize,
-    seconds: u64,
-    rate: u64,
-    repositories: usize,
-    per_repository: usize,
-    server_pid: Option<u32>,
-) -> anyhow::Result<()> {
+async fn load(args: LoadArgs) -> anyhow::Result<()> {
+    let LoadArgs {
+        target,
+        rpc,
+        concurrency,
+        seconds,
+        rate,
+        repositories,
+        images_per_repository: per_repository,
+        working_set,
+        server_pid,
+    } = args;
     let mut channels = Vec::new();
     for _ in 0..concurrency.div_ceil(16) {
         channels.push(
@@ -323,7 +384,10 @@ async fn load(
                 if let Some(pace) = pace.as_mut() {
                     pace.tick().await;
                 }
-                let n = counter.fetch_add(1, Ordering::Relaxed) as usize;
+                let mut n = counter.fetch_add(1, Ordering::Relaxed) as usize;
+                if working_set > 0 {
+                    n %= working_set;
+                }
                 let started = Instant::now();
                 let code = call(&channel, rpc, n, repositories, per_repository, &deep_tokens).await;
                 local
@@ -354,10 +418,15 @@ async fn load(
             / 1000.0
     };
     println!(
-        "{rpc:?}: {calls} calls in {seconds} s = {:.0}/s (concurrency {concurrency}{}), p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, codes {:?}{}",
+        "{rpc:?}: {calls} calls in {seconds} s = {:.0}/s (concurrency {concurrency}{}{}), p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, codes {:?}{}",
         calls as f64 / seconds as f64,
         if rate > 0 {
             format!(", paced at {rate}/s")
+        } else {
+            String::new()
+        },
+        if working_set > 0 {
+            format!(", working set {working_set} images")
         } else {
             String::new()
         },
@@ -439,6 +508,14 @@ async fn call(
                 .await
                 .map(|_| ())
         }
+        Rpc::Check => pb::scan_service_client::ScanServiceClient::new(channel.clone())
+            .check_deployment(with_identity(pb::CheckDeploymentRequest {
+                reference: format!("{}@{}", repository_name(r), digest(r, i)),
+                environment: "prod".into(),
+                ..Default::default()
+            }))
+            .await
+            .map(|_| ()),
         Rpc::SearchDigest => images
             .search_images(with_identity(pb::SearchImagesRequest {
                 digest: digest(r, i),
@@ -499,28 +576,8 @@ async fn main() -> anyhow::Result<()> {
             database_url,
             repositories,
             images_per_repository,
-        } => ingest(&database_url, repositories, images_per_repository).await,
-        Command::Load {
-            target,
-            rpc,
             concurrency,
-            seconds,
-            rate,
-            repositories,
-            images_per_repository,
-            server_pid,
-        } => {
-            load(
-                &target,
-                rpc,
-                concurrency,
-                seconds,
-                rate,
-                repositories,
-                images_per_repository,
-                server_pid,
-            )
-            .await
-        }
+        } => ingest(&database_url, repositories, images_per_repository, concurrency).await,
+        Command::Load(args) => load(args).await,
     }
 }

@@ -6,6 +6,7 @@ mod budget;
 mod error;
 mod images;
 mod repositories;
+mod scans;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ pub use budget::Budget;
 pub use error::{EcrError, classify, classify_code};
 pub use images::{RawManifest, image_from_detail};
 pub use repositories::{collect_pages, state_from_detail};
+pub use scans::{ScanFinding, ScanReport, ScanStart, ScanningSettings};
 
 use crate::config::RegistryConfig;
 use crate::domain::RegistryRef;

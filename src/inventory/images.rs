@@ -13,6 +13,7 @@ use super::SyncError;
 use crate::domain::{Digest, ImageRecord, ImageSelector, Manifest, ManifestKind, RepositoryName};
 use crate::ecr::{CallLog, Registry};
 use crate::store::images::{self, ManifestFacts};
+use crate::store::scans;
 use crate::store::sync::{self, RunCounts};
 use crate::store::{Store, StoreError, repositories};
 
@@ -50,6 +51,8 @@ pub struct Syncer {
     pub holder: String,
     /// How long a lease holds before another replica may take over.
     pub lease: Duration,
+    /// At most this many scans read per repository and pass (0: none).
+    pub scans_per_pass: usize,
 }
 
 /// How a repository sync ended.
@@ -132,8 +135,52 @@ impl Syncer {
             images::finish_reconcile(&mut tx, &registry.reference, repository, &records).await? as i32;
         let unread = images::digests_without_manifest(&mut tx, &registry.reference, repository).await?;
         tx.commit().await.map_err(StoreError::from)?;
+        self.store.invalidate(&registry.reference, repository.as_str());
         self.read_manifests(registry, repository, log, &unread).await?;
+        self.refresh_scans(registry, repository, log).await?;
         Ok(counts)
+    }
+
+    /// Reads the scans the cache lacks or holds unfinished (newest pushes
+    /// first, at most `scans_per_pass`), so the deploy gate answers from the cache.
+    async fn refresh_scans(
+        &self,
+        registry: &Registry,
+        repository: &RepositoryName,
+        log: &CallLog,
+    ) -> Result<(), SyncError> {
+        if self.scans_per_pass == 0 {
+            return Ok(());
+        }
+        let digests = scans::digests_to_refresh(
+            self.store.pool(),
+            &registry.reference,
+            repository.as_str(),
+            self.scans_per_pass as i64,
+        )
+        .await?;
+        for digest in digests.iter().filter_map(|d| Digest::parse(d).ok()) {
+            let report = match registry.describe_scan_findings(log, repository, &digest).await {
+                Ok(report) => report,
+                // Gone since the listing: the next pass removes it.
+                Err(error) if error.is_not_found() => continue,
+                Err(error) => return Err(error.into()),
+            };
+            let mut tx = self.store.begin().await?;
+            scans::store_report(
+                &mut tx,
+                &registry.reference,
+                repository.as_str(),
+                &report,
+                Utc::now(),
+            )
+            .await?;
+            tx.commit().await.map_err(StoreError::from)?;
+        }
+        if !digests.is_empty() {
+            self.store.invalidate(&registry.reference, repository.as_str());
+        }
+        Ok(())
     }
 
     /// The repository is gone from ECR: its images and its cache row go too.
@@ -146,6 +193,7 @@ impl Syncer {
         let removed = images::delete_repository(&mut tx, &registry.reference, repository).await?;
         repositories::delete(&mut tx, &registry.reference, repository).await?;
         tx.commit().await.map_err(StoreError::from)?;
+        self.store.invalidate(&registry.reference, repository.as_str());
         Ok(RunCounts {
             removed: removed as i32,
             ..RunCounts::default()
@@ -172,6 +220,7 @@ impl Syncer {
         let mut tx = self.store.begin().await?;
         images::store_manifest_facts(&mut tx, &registry.reference, repository, &facts).await?;
         tx.commit().await.map_err(StoreError::from)?;
+        self.store.invalidate(&registry.reference, repository.as_str());
         Ok(())
     }
 }
@@ -244,6 +293,7 @@ impl Syncer {
             }
         }
         tx.commit().await.map_err(StoreError::from)?;
+        self.store.invalidate(&registry.reference, repository.as_str());
         if let Some(image) = &found {
             let unread = self
                 .unread_digest(registry, repository, image.digest.as_str())

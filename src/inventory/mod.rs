@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::StreamExt as _;
 use tokio::sync::watch;
 
 mod images;
@@ -58,16 +59,17 @@ pub async fn sync_repositories(
 
 /// Reconciles every registry now and then every `interval` until `shutdown`
 /// flips: the repository listing first, then each cached repository's images
-/// (skipping repositories another replica is syncing).
+/// (`concurrency` at a time, skipping repositories another replica is syncing).
 pub async fn run_sync_loop(
     syncer: Syncer,
     registries: Vec<Registry>,
     interval: Duration,
+    concurrency: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         for registry in &registries {
-            sync_registry(&syncer, registry, &mut shutdown).await;
+            sync_registry(&syncer, registry, concurrency, &shutdown).await;
             if *shutdown.borrow() {
                 return;
             }
@@ -79,7 +81,12 @@ pub async fn run_sync_loop(
     }
 }
 
-async fn sync_registry(syncer: &Syncer, registry: &Registry, shutdown: &mut watch::Receiver<bool>) {
+async fn sync_registry(
+    syncer: &Syncer,
+    registry: &Registry,
+    concurrency: usize,
+    shutdown: &watch::Receiver<bool>,
+) {
     let alias = &registry.reference.alias;
     match sync_repositories(&syncer.store, registry).await {
         Ok(report) => tracing::info!(registry = %alias, ?report, "repositories reconciled"),
@@ -95,17 +102,18 @@ async fn sync_registry(syncer: &Syncer, registry: &Registry, shutdown: &mut watc
             return;
         }
     };
-    for name in names {
-        if *shutdown.borrow() {
-            return;
-        }
-        match syncer.sync_repository(registry, &name, Trigger::Interval).await {
-            Ok(outcome) => {
-                tracing::debug!(registry = %alias, repository = %name, ?outcome, "images reconciled")
+    let stop = shutdown.clone();
+    futures::stream::iter(names)
+        .take_while(|_| std::future::ready(!*stop.borrow()))
+        .for_each_concurrent(concurrency.max(1), |name| async move {
+            match syncer.sync_repository(registry, &name, Trigger::Interval).await {
+                Ok(outcome) => {
+                    tracing::debug!(registry = %alias, repository = %name, ?outcome, "images reconciled")
+                }
+                Err(error) => {
+                    tracing::warn!(registry = %alias, repository = %name, "image reconcile failed: {error}")
+                }
             }
-            Err(error) => {
-                tracing::warn!(registry = %alias, repository = %name, "image reconcile failed: {error}")
-            }
-        }
-    }
+        })
+        .await;
 }

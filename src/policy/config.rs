@@ -21,6 +21,8 @@ pub struct OrgPolicyConfig {
     pub settings: SettingsConfig,
     /// `[policy.repository_policy]`: who a repository policy may grant access to.
     pub repository_policy: RepositoryPolicyConfig,
+    /// `[policy.deploy]`: the deploy gate's environments and vulnerability exceptions.
+    pub deploy: super::gate::DeployConfig,
 }
 
 /// `[policy.naming]`

@@ -12,7 +12,8 @@
 //! dashes inside words, e.g. `naming.max-depth`. The area says whose rule it is:
 //! `ecr.*`, `oci.*` and `aws.*` are limits of AWS or the OCI spec that no
 //! configuration can lift; `naming.*`, `tags.*`, `settings.*`,
-//! `lifecycle-policy.*` and `repository-policy.*` are the organisation's (or
+//! `lifecycle-policy.*`, `repository-policy.*`, `deploy.*`, `exception.*` and
+//! `scanning.*` are the organisation's (or
 //! AWS limits checked alongside them). Callers may match on rule ids (the gRPC
 //! layer turns them into `FieldViolation.reason`, `naming.max-depth` →
 //! `NAMING_MAX_DEPTH`), so an id never changes meaning; a new rule gets a new id.
@@ -20,6 +21,7 @@
 
 mod config;
 mod encryption;
+pub mod gate;
 mod lifecycle;
 mod naming;
 mod org_policy;

@@ -34,6 +34,7 @@ impl OrgPolicy {
             RepositoryPolicyRules::compile(&config.repository_policy),
             &mut problems,
         );
+        problems.extend(super::gate::config_problems(&config.deploy));
         match (naming, tags, encryption, repository_policy) {
             (Some(naming), Some(tags), Some(encryption), Some(repository_policy)) if problems.is_empty() => {
                 Ok(OrgPolicy {

@@ -50,6 +50,17 @@ const COLUMNS: &str = "i.account_id, i.region, i.repository, i.digest, i.tags, i
      i.last_pulled_at, i.manifest_media_type, i.artifact_media_type, i.status, i.subject_digest, i.kind, \
      i.artifact_type, i.children, i.synced_at";
 
+/// What ResolveImage answers about a `:tag` or `@digest`, as cached in-process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// The image's digest.
+    pub digest: String,
+    /// When the answer was last confirmed by a sync.
+    pub synced_at: Option<DateTime<Utc>>,
+    /// Whether the tag can be moved (false for a digest).
+    pub tag_immutable: bool,
+}
+
 /// What ResolveImage needs about a tag, in one query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedTag {

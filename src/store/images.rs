@@ -108,6 +108,9 @@ pub async fn finish_reconcile(
     .execute(&mut **tx)
     .await?
     .rows_affected();
+    if removed > 0 {
+        prune_scans(tx, registry, repository.as_str(), None).await?;
+    }
     sqlx::query!(
         // Tags ECR no longer lists; a tag that moved is updated by the upsert below.
         r#"DELETE FROM image_tags WHERE account_id = $1 AND region = $2 AND repository = $3
@@ -149,6 +152,7 @@ pub async fn delete_repository(
     )
     .execute(&mut **tx)
     .await?;
+    prune_scans(tx, registry, repository.as_str(), Some(None)).await?;
     Ok(sqlx::query!(
         "DELETE FROM images WHERE account_id = $1 AND region = $2 AND repository = $3",
         registry.account_id,
@@ -298,6 +302,7 @@ pub async fn delete_one(
     )
     .execute(&mut **tx)
     .await?;
+    prune_scans(tx, registry, repository.as_str(), Some(Some(digest))).await?;
     Ok(sqlx::query!(
         "DELETE FROM images WHERE account_id = $1 AND region = $2 AND repository = $3 AND digest = $4",
         registry.account_id,
@@ -337,5 +342,45 @@ pub async fn untag(
     )
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Removes cached scans of images that are gone: `None` — every image of the
+/// repository no longer in `images`; `Some(None)` — the whole repository;
+/// `Some(Some(digest))` — one image.
+async fn prune_scans(
+    tx: &mut Tx,
+    registry: &RegistryRef,
+    repository: &str,
+    which: Option<Option<&str>>,
+) -> Result<(), StoreError> {
+    let statements: [&'static str; 2] = match which {
+        None => [
+            "DELETE FROM scan_findings t WHERE t.account_id = $1 AND t.region = $2 AND t.repository = $3 \
+             AND NOT EXISTS (SELECT 1 FROM images i WHERE i.account_id = t.account_id AND i.region = t.region \
+             AND i.repository = t.repository AND i.digest = t.digest)",
+            "DELETE FROM image_scans t WHERE t.account_id = $1 AND t.region = $2 AND t.repository = $3 \
+             AND NOT EXISTS (SELECT 1 FROM images i WHERE i.account_id = t.account_id AND i.region = t.region \
+             AND i.repository = t.repository AND i.digest = t.digest)",
+        ],
+        Some(None) => [
+            "DELETE FROM scan_findings WHERE account_id = $1 AND region = $2 AND repository = $3",
+            "DELETE FROM image_scans WHERE account_id = $1 AND region = $2 AND repository = $3",
+        ],
+        Some(Some(_)) => [
+            "DELETE FROM scan_findings WHERE account_id = $1 AND region = $2 AND repository = $3 AND digest = $4",
+            "DELETE FROM image_scans WHERE account_id = $1 AND region = $2 AND repository = $3 AND digest = $4",
+        ],
+    };
+    for sql in statements {
+        let mut query = sqlx::query(sql)
+            .bind(&registry.account_id)
+            .bind(&registry.region)
+            .bind(repository);
+        if let Some(Some(digest)) = which {
+            query = query.bind(digest);
+        }
+        query.execute(&mut **tx).await?;
+    }
     Ok(())
 }

@@ -2,15 +2,18 @@
 //! under sqlx's advisory lock, and one file per table family.
 
 pub mod audit_events;
+pub mod cache;
 pub mod image_reads;
 pub mod images;
 pub mod operations;
 pub mod repositories;
+pub mod scans;
 pub mod sync;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
 pub use audit_events::insert_final_batch;
@@ -18,6 +21,9 @@ pub use operations::{Claim, StoredOperation};
 pub use repositories::{CachedRepository, RepositoryFilter, RepositoryKey};
 
 use crate::config::DatabaseConfig;
+use crate::domain::RegistryRef;
+use cache::{Invalidations, ReadCache, RepoKey};
+use image_reads::Resolution;
 
 /// A Postgres transaction.
 pub type Tx = Transaction<'static, Postgres>;
@@ -52,11 +58,22 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// The handle every part of the gateway uses to reach Postgres.
+/// The handle every part of the gateway uses to reach Postgres, with the
+/// in-process read cache in front of the hottest reads.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    invalidations: Arc<Invalidations>,
+    /// ResolveImage answers by repository and `:tag` / `@digest`; `None` is "not found".
+    resolutions: Arc<ReadCache<String, Option<Resolution>>>,
+    /// CheckDeployment facts by repository and `:tag` / `@digest`; `None` is "not found".
+    deploy_facts: Arc<ReadCache<String, Option<scans::DeployFacts>>>,
 }
+
+/// Default TTL of a cached read (a bound; invalidation is by notification).
+pub const CACHE_TTL: Duration = Duration::from_secs(10);
+/// Default number of cached reads.
+pub const CACHE_ENTRIES: usize = 100_000;
 
 impl Store {
     /// Creates the pool without connecting; connections are made on first use.
@@ -73,12 +90,101 @@ impl Store {
                     // plans) cost the ResolveImage fast path more than running it.
                     .options([("plan_cache_mode", "force_generic_plan")]),
             );
-        Ok(Store { pool })
+        Ok(Store::with_cache(
+            pool,
+            Duration::from_secs(config.cache_ttl_seconds),
+            config.cache_max_entries,
+        ))
     }
 
-    /// Wraps an existing pool (tests).
+    /// Wraps an existing pool (tests, benchmarks), with the default cache.
+    /// Nothing is cached until [`Store::listen_for_changes`] runs.
     pub fn from_pool(pool: PgPool) -> Store {
-        Store { pool }
+        Store::with_cache(pool, CACHE_TTL, CACHE_ENTRIES)
+    }
+
+    fn with_cache(pool: PgPool, ttl: Duration, max_entries: usize) -> Store {
+        let invalidations = Arc::new(Invalidations::default());
+        Store {
+            pool,
+            resolutions: Arc::new(ReadCache::new(invalidations.clone(), ttl, max_entries)),
+            deploy_facts: Arc::new(ReadCache::new(invalidations.clone(), ttl, max_entries)),
+            invalidations,
+        }
+    }
+
+    /// The cache of ResolveImage answers.
+    pub fn resolutions(&self) -> &ReadCache<String, Option<Resolution>> {
+        &self.resolutions
+    }
+
+    /// The cache of CheckDeployment facts.
+    pub fn deploy_facts(&self) -> &ReadCache<String, Option<scans::DeployFacts>> {
+        &self.deploy_facts
+    }
+
+    /// The cache's invalidation state (for tickets).
+    pub fn invalidations(&self) -> &Invalidations {
+        &self.invalidations
+    }
+
+    /// Drops what this process cached for a repository; called right after a
+    /// commit that changed it, so the writer reads its own writes without
+    /// waiting for its notification.
+    pub fn invalidate(&self, registry: &RegistryRef, repository: &str) {
+        self.invalidations.invalidate(RepoKey::new(registry, repository));
+    }
+
+    /// Drops everything this process cached.
+    pub fn invalidate_all(&self) {
+        self.invalidations.flush();
+    }
+
+    /// Follows the inventory's change notifications until `shutdown` flips,
+    /// reconnecting after a second when the connection is lost. The cache is
+    /// in use only while this runs and is connected.
+    pub async fn listen_for_changes(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            match self.change_listener().await {
+                Ok(mut listener) => {
+                    self.invalidations.set_live(true);
+                    tracing::debug!("read cache: listening for inventory changes");
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.changed() => {
+                                self.invalidations.set_live(false);
+                                return;
+                            }
+                            notification = listener.try_recv() => match notification {
+                                Ok(Some(n)) => match RepoKey::from_payload(n.payload()) {
+                                    Some(key) => self.invalidations.invalidate(key),
+                                    None => self.invalidations.flush(),
+                                },
+                                Ok(None) | Err(_) => {
+                                    tracing::warn!("read cache: change notifications lost; caching paused until they resume");
+                                    self.invalidations.set_live(false);
+                                    break;
+                                }
+                            },
+                        }
+                    }
+                }
+                Err(error) => {
+                    self.invalidations.set_live(false);
+                    tracing::debug!("read cache: cannot listen for inventory changes yet: {error}");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn change_listener(&self) -> Result<PgListener, sqlx::Error> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(cache::CHANNEL).await?;
+        Ok(listener)
     }
 
     /// The pool, for queries outside a transaction.

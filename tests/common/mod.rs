@@ -411,3 +411,56 @@ pub async fn wait_for_audit_rows(pool: &sqlx::PgPool, filter: &str, expected: i6
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Seeds the findings moto returns for one image (its `/moto-api` endpoint):
+/// the next DescribeImageScanFindings by that digest answers with them.
+pub async fn seed_scan_findings(endpoint: &str, repository: &str, digest: &str, findings: &[(&str, &str)]) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let mut counts = std::collections::BTreeMap::<&str, u32>::new();
+    for (_, severity) in findings {
+        *counts.entry(severity).or_default() += 1;
+    }
+    let result = serde_json::json!({
+        "registryId": ACCOUNT,
+        "repositoryName": repository,
+        "imageId": {"imageDigest": digest},
+        "imageScanStatus": {"status": "COMPLETE", "description": "The scan was completed successfully."},
+        "imageScanFindings": {
+            "imageScanCompletedAt": chrono::Utc::now().timestamp(),
+            "vulnerabilitySourceUpdatedAt": chrono::Utc::now().timestamp(),
+            "findingSeverityCounts": counts,
+            "findings": findings.iter().map(|(name, severity)| serde_json::json!({
+                "name": name,
+                "severity": severity,
+                "description": format!("{name} in libexample"),
+                "uri": format!("https://nvd.nist.gov/vuln/detail/{name}"),
+                "attributes": [
+                    {"key": "package_name", "value": "libexample"},
+                    {"key": "package_version", "value": "1.2.3"},
+                    {"key": "CVSS3_SCORE", "value": "9.8"},
+                ],
+            })).collect::<Vec<_>>(),
+        },
+    });
+    let body = serde_json::json!({"region": REGION, "account_id": ACCOUNT, "results": [result]});
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = hyper::Request::post(format!("{endpoint}/moto-api/static/ecr/scan-finding-results"))
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .expect("request");
+    let response = client.request(request).await.expect("seed findings");
+    let status = response.status();
+    let text = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    assert!(
+        status.is_success(),
+        "moto refused the findings seed: {status} {text:?}"
+    );
+}

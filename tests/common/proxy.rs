@@ -22,6 +22,8 @@ struct Faults {
     failing: HashSet<String>,
     /// Close every connection without answering.
     drop_all: bool,
+    /// Requests seen, by ECR action.
+    seen: std::collections::HashMap<String, u64>,
 }
 
 /// A running proxy; configure faults while it runs.
@@ -78,6 +80,22 @@ impl FaultProxy {
         self.faults.lock().expect("faults").drop_all = true;
     }
 
+    /// How many requests of `action` the proxy has seen (failed ones included).
+    pub fn count(&self, action: &str) -> u64 {
+        self.faults
+            .lock()
+            .expect("faults")
+            .seen
+            .get(action)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// How many requests of any action the proxy has seen.
+    pub fn total(&self) -> u64 {
+        self.faults.lock().expect("faults").seen.values().sum()
+    }
+
     /// Forwards everything again.
     pub fn heal(&self) {
         let mut faults = self.faults.lock().expect("faults");
@@ -99,7 +117,12 @@ async fn forward(
         .and_then(|t| t.rsplit('.').next())
         .unwrap_or_default()
         .to_owned();
-    if faults.lock().expect("faults").failing.contains(&action) {
+    let failing = {
+        let mut faults = faults.lock().expect("faults");
+        *faults.seen.entry(action.clone()).or_default() += 1;
+        faults.failing.contains(&action)
+    };
+    if failing {
         let body = format!(r#"{{"__type":"ServerException","message":"injected failure of {action}"}}"#);
         return Ok(Response::builder()
             .status(StatusCode::INTERNAL_SERVER_ERROR)
