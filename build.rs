@@ -23,6 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(".")
         .file_descriptor_set_path(out_dir.join("ecrgateway_descriptor.bin"))
         .compile_protos(&protos, &[PathBuf::from("proto")])?;
-    println!("cargo:rerun-if-changed=proto");
+    // The directory itself (a new .proto file) and every file in it.
+    println!("cargo:rerun-if-changed=proto/ecrgateway/v1");
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={}", proto.display());
+    }
     Ok(())
 }

@@ -1,5 +1,7 @@
 """Pushes three small images (tags v1.0.0, v1.1.0, latest) into each given
-repository of the ECR emulator; scripts/seed-demo runs it.
+repository of the ECR emulator, and tells the emulator what their scans will
+find (v1.0.0: a CRITICAL and a LOW finding, v1.1.0: one LOW, latest: none);
+scripts/seed-demo runs it, then starts the scans through the gateway.
 
 A "push" is PutImage with a real Docker v2 schema-2 image manifest: a config
 blob and one gzipped tar layer, built deterministically, so the same tag
@@ -17,6 +19,8 @@ import json
 import os
 import sys
 import tarfile
+
+import urllib.request
 
 import boto3
 
@@ -67,17 +71,66 @@ def manifest(repository: str, tag: str) -> str:
     )
 
 
+FINDINGS = {
+    "v1.0.0": [("CVE-2024-3094", "CRITICAL", "xz-utils", "5.6.0"), ("CVE-2023-4911", "LOW", "glibc", "2.36")],
+    "v1.1.0": [("CVE-2023-4911", "LOW", "glibc", "2.36")],
+    "latest": [],
+}
+
+
+def seed_findings(endpoint: str, region: str, account: str, repository: str, tag: str, digest: str) -> None:
+    """The emulator answers the next DescribeImageScanFindings of `digest` (after a scan) with these."""
+    findings = FINDINGS[tag]
+    counts: dict[str, int] = {}
+    for _, severity, _, _ in findings:
+        counts[severity] = counts.get(severity, 0) + 1
+    result = {
+        "registryId": account,
+        "repositoryName": repository,
+        "imageId": {"imageDigest": digest},
+        "imageScanStatus": {"status": "COMPLETE", "description": "The scan was completed successfully."},
+        "imageScanFindings": {
+            "imageScanCompletedAt": 1767225600,
+            "vulnerabilitySourceUpdatedAt": 1767225600,
+            "findingSeverityCounts": counts,
+            "findings": [
+                {
+                    "name": name,
+                    "severity": severity,
+                    "uri": f"https://nvd.nist.gov/vuln/detail/{name}",
+                    "description": f"{name} in {package}",
+                    "attributes": [
+                        {"key": "package_name", "value": package},
+                        {"key": "package_version", "value": version},
+                    ],
+                }
+                for name, severity, package, version in findings
+            ],
+        },
+    }
+    body = json.dumps({"region": region, "account_id": account, "results": [result]}).encode()
+    request = urllib.request.Request(
+        f"{endpoint}/moto-api/static/ecr/scan-finding-results",
+        data=body,
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(request, timeout=10).read()
+
+
 def main() -> None:
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     endpoint, repositories = sys.argv[1], sys.argv[2:]
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     ecr = boto3.client("ecr", endpoint_url=endpoint, region_name=region)
+    account = os.environ.get("DEMO_ACCOUNT_ID", "123456789012")
     for repository in repositories:
         pushed = []
         for tag in TAGS:
             body = manifest(repository, tag)
             digest = sha256(body.encode())
+            seed_findings(endpoint, region, account, repository, tag, digest)
             try:
                 ecr.put_image(
                     repositoryName=repository,

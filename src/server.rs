@@ -14,6 +14,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::api::cleanup::CleanupApi;
 use crate::api::image::ImageApi;
 use crate::api::repository::RepositoryApi;
 use crate::api::scan::ScanApi;
@@ -22,6 +23,7 @@ use crate::audit::AuditLog;
 use crate::auth::IdentityLayer;
 use crate::config::{AuthMode, Config};
 use crate::ecr::Registries;
+use crate::pb::cleanup_service_server::CleanupServiceServer;
 use crate::pb::image_service_server::ImageServiceServer;
 use crate::pb::repository_service_server::RepositoryServiceServer;
 use crate::pb::scan_service_server::ScanServiceServer;
@@ -36,6 +38,7 @@ const SERVICES: &[&str] = &[
     "ecrgateway.v1.RepositoryService",
     "ecrgateway.v1.ImageService",
     "ecrgateway.v1.ScanService",
+    "ecrgateway.v1.CleanupService",
 ];
 
 /// How often the database is probed for the health status.
@@ -105,6 +108,9 @@ pub async fn run(
     let scan_service = ScanServiceServer::new(ScanApi::new(state.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    let cleanup_service = CleanupServiceServer::new(CleanupApi::new(state.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     drop(state);
 
     let local = listener.local_addr()?;
@@ -129,6 +135,7 @@ pub async fn run(
         .add_service(repository_service)
         .add_service(image_service)
         .add_service(scan_service)
+        .add_service(cleanup_service)
         .serve_with_incoming_shutdown(incoming(listener), signal);
     let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
     let deadline = async move {

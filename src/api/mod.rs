@@ -2,6 +2,7 @@
 //! checks identity, calls, records, encodes. Proto types stay in this module.
 
 pub mod call;
+pub mod cleanup;
 pub mod convert;
 pub mod error;
 pub mod image;

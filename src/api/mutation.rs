@@ -19,6 +19,7 @@ use crate::domain::{RegistryRef, RepositoryName, RepositoryState, Violation};
 use crate::ecr::CallLog;
 use crate::ecr::ScanReport;
 use crate::store::operations::{self, Claim};
+use crate::store::pins::{self, PinRow};
 use crate::store::scans::{self, ExceptionRow};
 use crate::store::{Store, Tx, audit_events, images, repositories};
 
@@ -46,6 +47,30 @@ pub enum CacheChange {
         reason: String,
         /// When.
         at: chrono::DateTime<Utc>,
+    },
+    /// A pin was taken or renewed.
+    Pin(Box<PinRow>),
+    /// A holder's pin was removed.
+    Unpin {
+        /// The registry.
+        registry: RegistryRef,
+        /// The repository.
+        repository: String,
+        /// The image.
+        digest: String,
+        /// The holder.
+        holder: String,
+    },
+    /// Images deleted in ECR (whole) and tags removed from images that remain.
+    ImagesDeleted {
+        /// The registry.
+        registry: RegistryRef,
+        /// The repository.
+        repository: RepositoryName,
+        /// Images gone with all their tags.
+        digests: Vec<String>,
+        /// Tags gone from images that remain.
+        untagged: Vec<String>,
     },
     /// Nothing the gateway caches changed.
     Nothing,
@@ -220,6 +245,29 @@ async fn apply_change(tx: &mut Tx, change: &CacheChange) -> Result<(), crate::st
                 .await
                 .map(|_| ())
         }
+        CacheChange::Pin(pin) => pins::upsert(tx, pin).await,
+        CacheChange::Unpin {
+            registry,
+            repository,
+            digest,
+            holder,
+        } => pins::delete(tx, registry, repository, digest, holder)
+            .await
+            .map(|_| ()),
+        CacheChange::ImagesDeleted {
+            registry,
+            repository,
+            digests,
+            untagged,
+        } => {
+            for digest in digests {
+                images::delete_one(tx, registry, repository, digest).await?;
+            }
+            for tag in untagged {
+                images::untag(tx, registry, repository, tag).await?;
+            }
+            Ok(())
+        }
         CacheChange::Nothing => Ok(()),
     }
 }
@@ -228,9 +276,14 @@ async fn apply_change(tx: &mut Tx, change: &CacheChange) -> Result<(), crate::st
 fn invalidate_changed(store: &Store, change: &CacheChange) {
     match change {
         CacheChange::Upsert(registry, state) => store.invalidate(registry, state.name.as_str()),
-        CacheChange::Delete(registry, name) | CacheChange::Scan(registry, name, _) => {
-            store.invalidate(registry, name.as_str())
-        }
+        CacheChange::Delete(registry, name)
+        | CacheChange::Scan(registry, name, _)
+        | CacheChange::ImagesDeleted {
+            registry,
+            repository: name,
+            ..
+        } => store.invalidate(registry, name.as_str()),
+        CacheChange::Pin(_) | CacheChange::Unpin { .. } => {}
         CacheChange::InsertException(_) | CacheChange::RevokeException { .. } => store.invalidate_all(),
         CacheChange::Nothing => {}
     }

@@ -586,6 +586,7 @@ async fn delete(
             .await?
             .ok_or_else(|| not_found(&registry.reference, &name))?;
         let image_count = ensure_deletable(registry, &log, &name, request.force).await?;
+        super::cleanup::refuse_pinned(&state.store, &registry.reference, name.as_str(), None).await?;
         let repository = convert::repository(&registry.reference, &current, Some(Utc::now()), true);
         let elements = json!({"validateOnly": true, "imageCount": image_count});
         return Ok((
@@ -604,7 +605,7 @@ async fn delete(
         &request.request_id,
         request,
         state.mutation_lease,
-        |attempt| remove(registry, name, force, attempt),
+        |attempt| remove(&state.store, registry, name, force, attempt),
     )
     .await?;
     response.replayed = replayed;
@@ -636,6 +637,7 @@ async fn ensure_deletable(
 }
 
 async fn remove(
+    store: &crate::store::Store,
     registry: &Registry,
     name: RepositoryName,
     force: bool,
@@ -654,6 +656,8 @@ async fn remove(
         return Err(not_found(&registry.reference, &name));
     };
     let image_count = ensure_deletable(registry, &attempt.log, &name, force).await?;
+    // A pinned image is in use: not even force deletes it.
+    super::cleanup::refuse_pinned(store, &registry.reference, name.as_str(), None).await?;
     registry.delete_repository(&attempt.log, &name, force).await?;
     let repository = convert::repository(&registry.reference, &current, Some(Utc::now()), true);
     Ok(Done {

@@ -1303,7 +1303,7 @@ async fn list_vulnerable_images(
                 tags: r.tags,
                 push_time: Some(timestamp(r.pushed_at)),
                 matching_findings: r.matching,
-                pinned: false,
+                pinned: r.pinned,
             })
             .collect(),
         next_page_token,

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::domain::AuditRecord;
+use crate::store::audit_events::FinalBatch;
 use crate::store::{Store, insert_final_batch};
 
 /// Largest `requestParameters` / `responseElements` kept whole, in bytes (CloudTrail's cap).
@@ -21,6 +22,8 @@ pub const MAX_USER_AGENT_BYTES: usize = 1024;
 const BATCH: usize = 1000;
 /// Records waiting for the writer before `record` waits for room.
 const QUEUE: usize = 10_000;
+/// Batches written at once.
+const IN_FLIGHT: usize = 4;
 
 /// Hands finished records to the background writer.
 #[derive(Clone, Debug)]
@@ -59,17 +62,29 @@ impl AuditWriter {
     }
 }
 
+/// Takes up to [`BATCH`] records at a time and keeps up to [`IN_FLIGHT`]
+/// batches being written at once: one batch's round trip to Postgres does not
+/// hold up the next (the order of rows does not matter; event ids are
+/// time-ordered UUIDv7s).
 async fn write_batches(store: Store, mut receiver: mpsc::Receiver<AuditRecord>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while receiver.recv_many(&mut batch, BATCH).await > 0 {
-        write_with_retry(&store, &batch).await;
-        batch.clear();
+    let mut writing = tokio::task::JoinSet::new();
+    loop {
+        let mut batch = Vec::with_capacity(BATCH);
+        if receiver.recv_many(&mut batch, BATCH).await == 0 {
+            break;
+        }
+        while writing.len() >= IN_FLIGHT {
+            let _ = writing.join_next().await;
+        }
+        let store = store.clone();
+        writing.spawn(async move { write_with_retry(&store, &FinalBatch::new(batch)).await });
     }
+    while writing.join_next().await.is_some() {}
 }
 
 /// Retries while Postgres is down, so that no record is dropped; the queue's
 /// bound pushes back on callers meanwhile.
-async fn write_with_retry(store: &Store, batch: &[AuditRecord]) {
+async fn write_with_retry(store: &Store, batch: &FinalBatch) {
     let mut delay = Duration::from_millis(100);
     loop {
         match insert_final_batch(store.pool(), batch).await {

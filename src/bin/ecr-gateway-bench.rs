@@ -92,6 +92,10 @@ struct LoadArgs {
     /// A deploy system resolves the releases it ships, a small hot set.
     #[arg(long, default_value_t = 0)]
     working_set: usize,
+    /// Before the timed run, call each image of the working set once (a
+    /// deploy system's hot set is warm in steady state).
+    #[arg(long)]
+    warm: bool,
     /// Server process id, to report its RSS.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -348,6 +352,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
         repositories,
         images_per_repository: per_repository,
         working_set,
+        warm,
         server_pid,
     } = args;
     let mut channels = Vec::new();
@@ -364,6 +369,19 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
         Vec::new()
     };
     let deep_tokens = Arc::new(deep_tokens);
+    if warm && working_set > 0 {
+        let channel = channels[0].clone();
+        let failed = futures::stream::iter(0..working_set)
+            .map(|n| {
+                let (channel, deep_tokens) = (channel.clone(), deep_tokens.clone());
+                async move { call(&channel, rpc, n, repositories, per_repository, &deep_tokens).await }
+            })
+            .buffer_unordered(concurrency)
+            .filter(|code| std::future::ready(code != "OK"))
+            .count()
+            .await;
+        anyhow::ensure!(failed == 0, "{failed} warm-up calls failed");
+    }
     let tally = Arc::new(Mutex::new(Tally::default()));
     let counter = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);

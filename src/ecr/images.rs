@@ -176,3 +176,77 @@ impl Registry {
         }
     }
 }
+
+/// What BatchDeleteImage did to one requested id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// Gone (for a tag: the tag; for a digest: the image); the digest it named.
+    Deleted(String),
+    /// ECR refused it: failure code and reason (ImageNotFound, ImageReferencedByManifestList, …).
+    Failed(String, String),
+}
+
+impl Registry {
+    /// BatchDeleteImage, at most 100 ids a call, in the registry's budget.
+    /// Returns one outcome per id, in order.
+    pub async fn batch_delete_images(
+        &self,
+        log: &CallLog,
+        repository: &RepositoryName,
+        ids: &[ImageSelector],
+    ) -> Result<Vec<DeleteOutcome>, EcrError> {
+        let mut outcomes = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(BATCH) {
+            let identifiers = chunk
+                .iter()
+                .map(|id| match id {
+                    ImageSelector::Tag(tag) => ImageIdentifier::builder().image_tag(tag.as_str()).build(),
+                    ImageSelector::Digest(d) => ImageIdentifier::builder().image_digest(d.as_str()).build(),
+                })
+                .collect();
+            self.budget.acquire("BatchDeleteImage").await;
+            let output = self
+                .client
+                .batch_delete_image()
+                .registry_id(&self.reference.account_id)
+                .repository_name(repository.as_str())
+                .set_image_ids(Some(identifiers))
+                .send()
+                .await
+                .inspect_err(|e| log.record(e.request_id()))
+                .map_err(|e| classify("BatchDeleteImage", e))?;
+            log.record(output.request_id());
+            let deleted = output.image_ids.unwrap_or_default();
+            let failures = output.failures.unwrap_or_default();
+            for id in chunk {
+                let matches = |tag: Option<&str>, digest: Option<&str>| match id {
+                    ImageSelector::Tag(t) => tag == Some(t.as_str()),
+                    ImageSelector::Digest(d) => digest == Some(d.as_str()),
+                };
+                let outcome = if let Some(done) = deleted
+                    .iter()
+                    .find(|i| matches(i.image_tag.as_deref(), i.image_digest.as_deref()))
+                {
+                    DeleteOutcome::Deleted(done.image_digest.clone().unwrap_or_default())
+                } else if let Some(failure) = failures.iter().find(|f| {
+                    f.image_id
+                        .as_ref()
+                        .is_some_and(|i| matches(i.image_tag.as_deref(), i.image_digest.as_deref()))
+                }) {
+                    DeleteOutcome::Failed(
+                        failure
+                            .failure_code
+                            .as_ref()
+                            .map(|c| c.as_str().to_owned())
+                            .unwrap_or_else(|| "Unknown".into()),
+                        failure.failure_reason.clone().unwrap_or_default(),
+                    )
+                } else {
+                    DeleteOutcome::Failed("Unknown".into(), "ECR did not report on this id".into())
+                };
+                outcomes.push(outcome);
+            }
+        }
+        Ok(outcomes)
+    }
+}

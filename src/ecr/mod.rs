@@ -19,7 +19,7 @@ use aws_sdk_ecr::config::Region;
 
 pub use budget::Budget;
 pub use error::{EcrError, classify, classify_code};
-pub use images::{RawManifest, image_from_detail};
+pub use images::{DeleteOutcome, RawManifest, image_from_detail};
 pub use repositories::{collect_pages, state_from_detail};
 pub use scans::{ScanFinding, ScanReport, ScanStart, ScanningSettings};
 

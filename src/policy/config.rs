@@ -23,6 +23,8 @@ pub struct OrgPolicyConfig {
     pub repository_policy: RepositoryPolicyConfig,
     /// `[policy.deploy]`: the deploy gate's environments and vulnerability exceptions.
     pub deploy: super::gate::DeployConfig,
+    /// `[policy.cleanup]`: tags that deletion through the gateway never touches.
+    pub cleanup: super::protection::CleanupConfig,
 }
 
 /// `[policy.naming]`

@@ -25,6 +25,7 @@ pub mod gate;
 mod lifecycle;
 mod naming;
 mod org_policy;
+pub mod protection;
 mod repository_policy;
 mod request;
 mod settings;

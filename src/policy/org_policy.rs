@@ -35,6 +35,7 @@ impl OrgPolicy {
             &mut problems,
         );
         problems.extend(super::gate::config_problems(&config.deploy));
+        problems.extend(super::protection::config_problems(&config.cleanup));
         match (naming, tags, encryption, repository_policy) {
             (Some(naming), Some(tags), Some(encryption), Some(repository_policy)) if problems.is_empty() => {
                 Ok(OrgPolicy {

@@ -16,63 +16,115 @@ pub async fn insert(tx: &mut Tx, record: &AuditRecord) -> Result<(), StoreError>
     Ok(())
 }
 
+/// Finalised records as the columns [`insert_final_batch`] sends: built once
+/// per batch by moving the records' fields (no copies of their JSON), and
+/// reused as they are if the insert has to be retried.
+#[derive(Debug, Default)]
+pub struct FinalBatch {
+    ids: Vec<Uuid>,
+    times: Vec<chrono::DateTime<chrono::Utc>>,
+    names: Vec<String>,
+    read_only: Vec<bool>,
+    status: Vec<String>,
+    principals: Vec<String>,
+    principal_types: Vec<String>,
+    groups: Vec<Value>,
+    methods: Vec<String>,
+    ips: Vec<Option<String>>,
+    agents: Vec<Option<String>>,
+    aliases: Vec<Option<String>>,
+    accounts: Vec<Option<String>>,
+    regions: Vec<Option<String>>,
+    gateway_ids: Vec<Uuid>,
+    client_ids: Vec<Option<String>>,
+    parameters: Vec<Value>,
+    responses: Vec<Value>,
+    codes: Vec<Option<String>>,
+    messages: Vec<Option<String>>,
+    ecr_ids: Vec<Value>,
+    resources: Vec<Value>,
+}
+
+impl FinalBatch {
+    /// The columns of `records`.
+    pub fn new(records: Vec<AuditRecord>) -> FinalBatch {
+        let mut batch = FinalBatch::default();
+        for r in records {
+            batch.ids.push(r.event_id);
+            batch.times.push(r.event_time);
+            batch.names.push(r.event_name);
+            batch.read_only.push(r.read_only);
+            batch.status.push(r.outcome.status.as_str().to_owned());
+            batch.principals.push(r.identity.principal);
+            batch.principal_types.push(r.identity.principal_type);
+            batch.groups.push(Value::from(r.identity.groups));
+            batch.methods.push(r.identity.auth_method);
+            batch.ips.push(r.source_ip);
+            batch.agents.push(r.user_agent);
+            batch.aliases.push(r.registry.as_ref().map(|g| g.alias.clone()));
+            batch
+                .accounts
+                .push(r.registry.as_ref().map(|g| g.account_id.clone()));
+            batch.regions.push(r.registry.map(|g| g.region));
+            batch.gateway_ids.push(r.gateway_request_id);
+            batch.client_ids.push(r.client_request_id);
+            batch.parameters.push(r.request_parameters);
+            batch
+                .responses
+                .push(r.outcome.response_elements.unwrap_or(Value::Null));
+            batch.codes.push(r.outcome.error_code);
+            batch.messages.push(r.outcome.error_message);
+            batch.ecr_ids.push(Value::from(r.outcome.ecr_request_ids));
+            batch
+                .resources
+                .push(serde_json::to_value(&r.resources).unwrap_or(Value::Array(Vec::new())));
+        }
+        batch
+    }
+
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
 /// Writes many finalised records in one prepared statement (arrays, UNNEST):
 /// the same plan whatever the batch size, and no statement with thousands of
 /// bind parameters to parse.
-pub async fn insert_final_batch(pool: &PgPool, records: &[AuditRecord]) -> Result<(), StoreError> {
-    if records.is_empty() {
+pub async fn insert_final_batch(pool: &PgPool, batch: &FinalBatch) -> Result<(), StoreError> {
+    if batch.is_empty() {
         return Ok(());
     }
     let now = chrono::Utc::now();
-    let ids: Vec<Uuid> = records.iter().map(|r| r.event_id).collect();
-    let times: Vec<chrono::DateTime<chrono::Utc>> = records.iter().map(|r| r.event_time).collect();
-    let names: Vec<String> = records.iter().map(|r| r.event_name.clone()).collect();
-    let read_only: Vec<bool> = records.iter().map(|r| r.read_only).collect();
-    let status: Vec<String> = records
-        .iter()
-        .map(|r| r.outcome.status.as_str().to_owned())
-        .collect();
-    let principals: Vec<String> = records.iter().map(|r| r.identity.principal.clone()).collect();
-    let principal_types: Vec<String> = records
-        .iter()
-        .map(|r| r.identity.principal_type.clone())
-        .collect();
-    let groups: Vec<Value> = records
-        .iter()
-        .map(|r| Value::from(r.identity.groups.clone()))
-        .collect();
-    let methods: Vec<String> = records.iter().map(|r| r.identity.auth_method.clone()).collect();
-    let ips: Vec<Option<String>> = records.iter().map(|r| r.source_ip.clone()).collect();
-    let agents: Vec<Option<String>> = records.iter().map(|r| r.user_agent.clone()).collect();
-    let aliases: Vec<Option<String>> = records
-        .iter()
-        .map(|r| r.registry.as_ref().map(|g| g.alias.clone()))
-        .collect();
-    let accounts: Vec<Option<String>> = records
-        .iter()
-        .map(|r| r.registry.as_ref().map(|g| g.account_id.clone()))
-        .collect();
-    let regions: Vec<Option<String>> = records
-        .iter()
-        .map(|r| r.registry.as_ref().map(|g| g.region.clone()))
-        .collect();
-    let gateway_ids: Vec<Uuid> = records.iter().map(|r| r.gateway_request_id).collect();
-    let client_ids: Vec<Option<String>> = records.iter().map(|r| r.client_request_id.clone()).collect();
-    let parameters: Vec<Value> = records.iter().map(|r| r.request_parameters.clone()).collect();
-    let responses: Vec<Value> = records
-        .iter()
-        .map(|r| r.outcome.response_elements.clone().unwrap_or(Value::Null))
-        .collect();
-    let codes: Vec<Option<String>> = records.iter().map(|r| r.outcome.error_code.clone()).collect();
-    let messages: Vec<Option<String>> = records.iter().map(|r| r.outcome.error_message.clone()).collect();
-    let ecr_ids: Vec<Value> = records
-        .iter()
-        .map(|r| Value::from(r.outcome.ecr_request_ids.clone()))
-        .collect();
-    let resources: Vec<Value> = records
-        .iter()
-        .map(|r| serde_json::to_value(&r.resources).unwrap_or(Value::Array(Vec::new())))
-        .collect();
+    let FinalBatch {
+        ids,
+        times,
+        names,
+        read_only,
+        status,
+        principals,
+        principal_types,
+        groups,
+        methods,
+        ips,
+        agents,
+        aliases,
+        accounts,
+        regions,
+        gateway_ids,
+        client_ids,
+        parameters,
+        responses,
+        codes,
+        messages,
+        ecr_ids,
+        resources,
+    } = batch;
     sqlx::query!(
         r#"INSERT INTO audit_events (event_id, event_time, event_name, event_source, read_only, status,
                principal, principal_type, groups, auth_method, source_ip, user_agent, registry_alias, account_id,
@@ -89,28 +141,28 @@ pub async fn insert_final_batch(pool: &PgPool, records: &[AuditRecord]) -> Resul
                 AS u(id, at, name, read_only, status, principal, principal_type, groups, method, ip, agent, alias,
                      account, region, gateway_id, client_id, parameters, response, code, message, ecr_ids, resources)
            ON CONFLICT (event_id) DO NOTHING"#,
-        &ids,
-        &times,
-        &names,
-        &read_only,
-        &status,
-        &principals,
-        &principal_types,
-        &groups,
-        &methods,
-        &ips as &[Option<String>],
-        &agents as &[Option<String>],
-        &aliases as &[Option<String>],
-        &accounts as &[Option<String>],
-        &regions as &[Option<String>],
-        &gateway_ids,
-        &client_ids as &[Option<String>],
-        &parameters,
-        &responses,
-        &codes as &[Option<String>],
-        &messages as &[Option<String>],
-        &ecr_ids,
-        &resources,
+        ids,
+        times,
+        names,
+        read_only,
+        status,
+        principals,
+        principal_types,
+        groups,
+        methods,
+        ips as &[Option<String>],
+        agents as &[Option<String>],
+        aliases as &[Option<String>],
+        accounts as &[Option<String>],
+        regions as &[Option<String>],
+        gateway_ids,
+        client_ids as &[Option<String>],
+        parameters,
+        responses,
+        codes as &[Option<String>],
+        messages as &[Option<String>],
+        ecr_ids,
+        resources,
         crate::domain::AUDIT_EVENT_SOURCE,
         now,
     )

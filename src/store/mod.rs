@@ -6,6 +6,7 @@ pub mod cache;
 pub mod image_reads;
 pub mod images;
 pub mod operations;
+pub mod pins;
 pub mod repositories;
 pub mod scans;
 pub mod sync;
@@ -71,9 +72,9 @@ pub struct Store {
 }
 
 /// Default TTL of a cached read (a bound; invalidation is by notification).
-pub const CACHE_TTL: Duration = Duration::from_secs(10);
-/// Default number of cached reads.
-pub const CACHE_ENTRIES: usize = 100_000;
+pub const CACHE_TTL: Duration = Duration::from_secs(60);
+/// Default number of cached reads, per cache (ResolveImage answers, gate facts).
+pub const CACHE_ENTRIES: usize = 20_000;
 
 impl Store {
     /// Creates the pool without connecting; connections are made on first use.

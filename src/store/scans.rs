@@ -487,6 +487,8 @@ pub struct VulnerableRow {
     pub undefined: i32,
     /// Matching findings, `NAME (SEVERITY)`, at most 20.
     pub matching: Vec<String>,
+    /// Whether an active pin holds it.
+    pub pinned: bool,
 }
 
 /// What ListVulnerableImages looks for.
@@ -523,7 +525,10 @@ pub async fn vulnerable_images(
         }
     }
     query.push(
-        " ORDER BY f.ordinal LIMIT 20) AS matching FROM image_scans s JOIN images i ON i.account_id = s.account_id \
+        " ORDER BY f.ordinal LIMIT 20) AS matching, EXISTS (SELECT 1 FROM pins p WHERE p.account_id = s.account_id \
+         AND p.region = s.region AND p.repository = s.repository AND p.digest = s.digest \
+         AND (p.expires_at IS NULL OR p.expires_at > now())) AS pinned \
+         FROM image_scans s JOIN images i ON i.account_id = s.account_id \
          AND i.region = s.region AND i.repository = s.repository AND i.digest = s.digest WHERE ",
     );
     match query_for {

@@ -1,0 +1,140 @@
+//! Protection rules: tag patterns that deletion through the gateway never
+//! touches (DeleteImages, cleanup), org-wide or per namespace.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `[policy.cleanup]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CleanupConfig {
+    /// Tag patterns (`*` wildcards) protected in every repository, e.g. `["release-*"]`.
+    pub protected_tags: Vec<String>,
+    /// More protected patterns per namespace: `[policy.cleanup.namespaces.payments]`.
+    pub namespaces: BTreeMap<String, NamespaceCleanup>,
+}
+
+/// `[policy.cleanup.namespaces.NAME]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceCleanup {
+    /// Tag patterns protected in this namespace's repositories, e.g. `["v*"]`.
+    pub protected_tags: Vec<String>,
+}
+
+/// Problems in `[policy.cleanup]`, each naming its key.
+pub fn config_problems(config: &CleanupConfig) -> Vec<String> {
+    let check = |key: String, patterns: &[String]| {
+        patterns
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                !(1..=128).contains(&p.len())
+                    || !p
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-*".contains(&b))
+            })
+            .map(|(i, p)| {
+                format!("{key}[{i}]: `{p}` is not a tag pattern (1-128 of A-Z a-z 0-9 . _ - and * wildcards)")
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut problems = check("policy.cleanup.protected_tags".into(), &config.protected_tags);
+    for (namespace, rules) in &config.namespaces {
+        problems.extend(check(
+            format!("policy.cleanup.namespaces.{namespace}.protected_tags"),
+            &rules.protected_tags,
+        ));
+    }
+    problems
+}
+
+/// The pattern that protects `tag` in `repository`, if any.
+pub fn protecting_pattern<'a>(config: &'a CleanupConfig, repository: &str, tag: &str) -> Option<&'a str> {
+    let namespace = repository.split('/').next().unwrap_or(repository);
+    config
+        .protected_tags
+        .iter()
+        .chain(
+            config
+                .namespaces
+                .get(namespace)
+                .into_iter()
+                .flat_map(|n| &n.protected_tags),
+        )
+        .find(|pattern| glob_matches(pattern, tag))
+        .map(String::as_str)
+}
+
+/// `*` matches any run of characters (none included); everything else is literal.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        for (pattern, text, want) in [
+            ("v*", "v1.2.3", true),
+            ("v*", "latest", false),
+            ("release-*", "release-", true),
+            ("*-prod", "api-prod", true),
+            ("*-prod", "api-prod-2", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "acb", false),
+            ("ab*ba", "aba", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+            ("*", "", true),
+        ] {
+            assert_eq!(glob_matches(pattern, text), want, "{pattern} ~ {text}");
+        }
+    }
+
+    #[test]
+    fn org_wide_and_namespace_patterns() {
+        let config = CleanupConfig {
+            protected_tags: vec!["release-*".into()],
+            namespaces: BTreeMap::from([(
+                "payments".to_owned(),
+                NamespaceCleanup {
+                    protected_tags: vec!["v*".into()],
+                },
+            )]),
+        };
+        assert_eq!(protecting_pattern(&config, "payments/api", "v1.0.0"), Some("v*"));
+        assert_eq!(protecting_pattern(&config, "search/api", "v1.0.0"), None);
+        assert_eq!(
+            protecting_pattern(&config, "search/api", "release-7"),
+            Some("release-*")
+        );
+        assert_eq!(protecting_pattern(&config, "payments/api", "latest"), None);
+        assert!(config_problems(&config).is_empty());
+        let bad = CleanupConfig {
+            protected_tags: vec!["".into(), "ok-*".into(), "sp ace".into()],
+            ..Default::default()
+        };
+        let problems = config_problems(&bad);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("policy.cleanup.protected_tags[0]"));
+    }
+}

@@ -1,0 +1,380 @@
+//! CleanupService so far: pins and DeleteImages, end to end against moto.
+//! ECR's state is checked with the tests' own client: nothing pinned or
+//! protected is ever deleted through the gateway.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::images::push;
+use common::{Gateway, Moto, TestDb, as_user, config, ecr_client, unique, wait_for_audit_rows};
+use ecr_gateway::pb;
+use ecr_gateway::pb::cleanup_service_client::CleanupServiceClient;
+use ecr_gateway::pb::image_service_client::ImageServiceClient;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+/// Protected tags for these tests: `release-*` everywhere.
+const PROTECTION: &str = r#"
+[policy.cleanup]
+protected_tags = ["release-*"]
+"#;
+
+fn dan<T>(message: T) -> tonic::Request<T> {
+    as_user(message, "deploy-bot", "payments")
+}
+
+fn cleanup(gateway: &Gateway) -> CleanupServiceClient<Channel> {
+    CleanupServiceClient::new(gateway.channel.clone())
+}
+
+fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.reason))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn preconditions(status: &tonic::Status) -> Vec<(String, String)> {
+    status
+        .get_details_precondition_failure()
+        .map(|p| p.violations.into_iter().map(|v| (v.r#type, v.subject)).collect())
+        .unwrap_or_default()
+}
+
+async fn repository(gateway: &Gateway) -> String {
+    let name = unique("payments", "cleanup");
+    gateway
+        .repositories()
+        .create_repository(dan(pb::CreateRepositoryRequest {
+            repository: name.clone(),
+            settings: Some(pb::RepositorySettings {
+                tags: [("team", "payments"), ("cost-center", "cc-1001")]
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+        .await
+        .expect("create repository");
+    name
+}
+
+async fn digests_in_ecr(ecr: &aws_sdk_ecr::Client, repository: &str) -> BTreeSet<String> {
+    ecr.describe_images()
+        .repository_name(repository)
+        .send()
+        .await
+        .expect("describe")
+        .image_details()
+        .iter()
+        .filter_map(|d| d.image_digest().map(str::to_owned))
+        .collect()
+}
+
+async fn pin(gateway: &Gateway, repository: &str, tag: &str, holder: &str) -> Result<pb::Pin, tonic::Status> {
+    cleanup(gateway)
+        .pin_image(dan(pb::PinImageRequest {
+            repository: repository.into(),
+            tag: tag.into(),
+            holder: holder.into(),
+            reason: "running in prod".into(),
+            ..Default::default()
+        }))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn delete(
+    gateway: &Gateway,
+    repository: &str,
+    tags: &[&str],
+    digests: &[&str],
+) -> Result<pb::DeleteImagesResponse, tonic::Status> {
+    cleanup(gateway)
+        .delete_images(dan(pb::DeleteImagesRequest {
+            repository: repository.into(),
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+            digests: digests.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pinned_and_protected_images_are_never_deleted() {
+    let db = TestDb::create().await;
+    let moto = Moto::shared();
+    let gateway = Gateway::start(config(&db, moto, PROTECTION)).await;
+    let ecr = ecr_client(moto).await;
+    let repo = repository(&gateway).await;
+    let running = push(&ecr, &repo, "v1", &format!("{repo}-v1")).await;
+    let old = push(&ecr, &repo, "v0", &format!("{repo}-v0")).await;
+    let release = push(&ecr, &repo, "release-7", &format!("{repo}-r7")).await;
+    let spare = push(&ecr, &repo, "v2", &format!("{repo}-v2")).await;
+
+    // Pin by tag (resolved through ECR: the image is not synced yet).
+    let pinned = pin(&gateway, &repo, "v1", "deploy/prod/payments-api")
+        .await
+        .expect("pin");
+    assert_eq!(pinned.digest, running);
+    assert_eq!(pinned.tags, vec!["v1"]);
+    assert_eq!(pinned.created_by, "deploy-bot");
+    // Pinning again for the same holder renews; another holder adds a pin.
+    pin(&gateway, &repo, "v1", "deploy/prod/payments-api")
+        .await
+        .expect("renew");
+    pin(&gateway, &repo, "v1", "deploy/staging/payments-api")
+        .await
+        .expect("second holder");
+
+    // Deleting the pinned image is refused whole, naming both pins; nothing is deleted.
+    let refused = delete(&gateway, &repo, &[], &[&running, &old])
+        .await
+        .expect_err("pinned");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let named = preconditions(&refused);
+    assert_eq!(named.len(), 2, "{named:?}");
+    assert!(
+        named
+            .iter()
+            .all(|(kind, subject)| kind == "IMAGE_PINNED" && subject.ends_with(&running))
+    );
+    assert!(refused.message().contains("deploy/staging/payments-api"));
+    // So is removing its last tag (ECR would delete the image with it).
+    let refused = delete(&gateway, &repo, &["v1"], &[]).await.expect_err("last tag");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    // A protected tag, by tag or by digest.
+    for (tags, digests) in [(vec!["release-7"], vec![]), (vec![], vec![release.as_str()])] {
+        let refused = delete(&gateway, &repo, &tags, &digests)
+            .await
+            .expect_err("protected");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert_eq!(preconditions(&refused)[0].0, "TAG_PROTECTED");
+        assert!(refused.message().contains("release-*"));
+    }
+    assert_eq!(
+        digests_in_ecr(&ecr, &repo).await,
+        BTreeSet::from([running.clone(), old.clone(), release.clone(), spare.clone()])
+    );
+
+    // DeleteRepository, even with force, refuses while a pin holds.
+    let refused = gateway
+        .repositories()
+        .delete_repository(dan(pb::DeleteRepositoryRequest {
+            repository: repo.clone(),
+            force: true,
+            ..Default::default()
+        }))
+        .await
+        .expect_err("pinned repository");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(preconditions(&refused)[0].0, "IMAGE_PINNED");
+
+    // What is not pinned or protected goes: per-item results with ECR's semantics.
+    let done = delete(&gateway, &repo, &["v0", "no-such-tag"], &[&spare])
+        .await
+        .expect("delete");
+    let outcomes: Vec<(String, String)> = done
+        .results
+        .iter()
+        .map(|r| (r.reference.clone(), r.outcome.clone()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("v0".to_owned(), "DELETED".to_owned()),
+            ("no-such-tag".to_owned(), "NOT_FOUND".to_owned()),
+            (spare.clone(), "DELETED".to_owned()),
+        ]
+    );
+    assert_eq!(
+        digests_in_ecr(&ecr, &repo).await,
+        BTreeSet::from([running.clone(), release.clone()])
+    );
+    // The cache followed (write-through): the deleted images are gone from it.
+    let listed: BTreeSet<String> = ImageServiceClient::new(gateway.channel.clone())
+        .list_images(dan(pb::ListImagesRequest {
+            repository: repo.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+        .into_iter()
+        .map(|i| i.digest)
+        .collect();
+    assert!(!listed.contains(&old) && !listed.contains(&spare), "{listed:?}");
+
+    // Pins are listed by repository and by holder; unpinning is idempotent.
+    let by_repo = cleanup(&gateway)
+        .list_pins(dan(pb::ListPinsRequest {
+            repository: repo.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_repo.pins.len(), 2);
+    let by_holder = cleanup(&gateway)
+        .list_pins(dan(pb::ListPinsRequest {
+            holder: "deploy/staging/payments-api".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_holder.pins.len(), 1);
+    assert_eq!(by_holder.pins[0].registry, "main");
+    for holder in ["deploy/prod/payments-api", "deploy/staging/payments-api"] {
+        let unpinned = cleanup(&gateway)
+            .unpin_image(dan(pb::UnpinImageRequest {
+                repository: repo.clone(),
+                digest: running.clone(),
+                holder: holder.into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(unpinned.removed);
+    }
+    let again = cleanup(&gateway)
+        .unpin_image(dan(pb::UnpinImageRequest {
+            repository: repo.clone(),
+            digest: running.clone(),
+            holder: "deploy/prod/payments-api".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.removed);
+    // Unpinned, it can go.
+    delete(&gateway, &repo, &[], &[&running])
+        .await
+        .expect("delete unpinned");
+    assert_eq!(
+        digests_in_ecr(&ecr, &repo).await,
+        BTreeSet::from([release.clone()])
+    );
+
+    let pool = db.pool().await;
+    assert_eq!(
+        wait_for_audit_rows(
+            &pool,
+            "event_name = 'DeleteImages' AND error_code = 'FailedPrecondition'",
+            4
+        )
+        .await,
+        4
+    );
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn untagging_keeps_the_image_and_bad_input_names_the_field() {
+    let db = TestDb::create().await;
+    let moto = Moto::shared();
+    let gateway = Gateway::start(config(&db, moto, PROTECTION)).await;
+    let ecr = ecr_client(moto).await;
+    let repo = repository(&gateway).await;
+    let digest = push(&ecr, &repo, "a", &format!("{repo}-a")).await;
+    // Add a second tag to the same image (PutImage of the same manifest).
+    let manifest = common::images::docker_manifest(&format!("{repo}-a"));
+    ecr.put_image()
+        .repository_name(&repo)
+        .image_manifest(&manifest)
+        .image_manifest_media_type("application/vnd.docker.distribution.manifest.v2+json")
+        .image_tag("b")
+        .send()
+        .await
+        .expect("second tag");
+    // Pinned, but removing one of two tags leaves the image: allowed.
+    pin(&gateway, &repo, "a", "deploy/dev/x").await.expect("pin");
+    let done = delete(&gateway, &repo, &["a"], &[]).await.expect("untag");
+    assert_eq!(done.results[0].outcome, "UNTAGGED");
+    assert_eq!(done.results[0].digest, digest);
+    assert_eq!(
+        digests_in_ecr(&ecr, &repo).await,
+        BTreeSet::from([digest.clone()])
+    );
+
+    let bad: Vec<(pb::DeleteImagesRequest, &str, &str)> = vec![
+        (
+            pb::DeleteImagesRequest {
+                repository: repo.clone(),
+                ..Default::default()
+            },
+            "tags",
+            "DELETE_EMPTY",
+        ),
+        (
+            pb::DeleteImagesRequest {
+                repository: repo.clone(),
+                digests: vec!["md5:abc".into()],
+                ..Default::default()
+            },
+            "digests[0]",
+            "OCI_DIGEST_FORMAT",
+        ),
+        (
+            pb::DeleteImagesRequest {
+                repository: repo.clone(),
+                tags: (0..101).map(|i| format!("t{i}")).collect(),
+                ..Default::default()
+            },
+            "digests",
+            "DELETE_TOO_MANY",
+        ),
+    ];
+    for (request, field, reason) in bad {
+        let status = cleanup(&gateway)
+            .delete_images(dan(request))
+            .await
+            .expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let got = violations(&status);
+        assert!(
+            got.iter().any(|(f, r)| f == field && r == reason),
+            "want {field}/{reason}: {got:?}"
+        );
+    }
+    let status = cleanup(&gateway)
+        .pin_image(dan(pb::PinImageRequest {
+            repository: repo.clone(),
+            digest: digest.clone(),
+            holder: "has spaces".into(),
+            expire_time: Some(prost_types::Timestamp {
+                seconds: chrono::Utc::now().timestamp() - 60,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("bad pin");
+    let got = violations(&status);
+    assert!(
+        got.contains(&("holder".to_owned(), "PIN_HOLDER".to_owned())),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&("expire_time".to_owned(), "PIN_EXPIRY_PAST".to_owned())),
+        "{got:?}"
+    );
+    let missing = pin(&gateway, &repo, "never-pushed", "deploy/dev/x")
+        .await
+        .expect_err("no image");
+    assert_eq!(missing.code(), Code::NotFound);
+    gateway.stop().await.unwrap();
+}
