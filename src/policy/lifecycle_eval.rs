@@ -1,0 +1,1 @@
+//! Lifecycle policy evaluation (in progress).
