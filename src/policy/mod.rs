@@ -23,6 +23,8 @@ mod config;
 mod encryption;
 pub mod gate;
 mod lifecycle;
+pub mod lifecycle_eval;
+pub mod lifecycle_model;
 mod naming;
 mod org_policy;
 pub mod protection;
