@@ -378,3 +378,205 @@ async fn untagging_keeps_the_image_and_bad_input_names_the_field() {
     assert_eq!(missing.code(), Code::NotFound);
     gateway.stop().await.unwrap();
 }
+
+/// Keeps the 2 newest images (any tag status); padded past ECR's 100-character minimum.
+const KEEP_TWO: &str = r#"{"rules":[{"rulePriority":1,"description":"keep the two newest images of any kind","selection":{"tagStatus":"any","countType":"imageCountMoreThan","countNumber":2},"action":{"type":"expire"}}]}"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_policies_are_previewed_with_pins_and_protection_before_they_are_put() {
+    let db = TestDb::create().await;
+    let moto = Moto::shared();
+    let gateway = Gateway::start(config(&db, moto, PROTECTION)).await;
+    let ecr = ecr_client(moto).await;
+    let repo = repository(&gateway).await;
+    let mut digests = Vec::new();
+    for tag in ["a", "b", "c", "d", "release-1"] {
+        digests.push(push(&ecr, &repo, tag, &format!("{repo}-{tag}")).await);
+    }
+    ImageServiceClient::new(gateway.channel.clone())
+        .refresh_inventory(dan(pb::RefreshInventoryRequest {
+            repository: repo.clone(),
+            ..Default::default()
+        }))
+        .await
+        .expect("refresh");
+    // moto stamps pushes made within one second alike: set the ages in the
+    // cache (a: 1 day old … release-1: 5 days old) so the ranking is certain.
+    let pool = db.pool().await;
+    for (i, digest) in digests.iter().enumerate() {
+        sqlx::query("UPDATE images SET pushed_at = now() - make_interval(days => $1) WHERE digest = $2")
+            .bind(i as i32 + 1)
+            .bind(digest)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pin(&gateway, &repo, "d", "deploy/prod/x").await.expect("pin d");
+
+    let preview = cleanup(&gateway)
+        .preview_cleanup(dan(pb::PreviewCleanupRequest {
+            repository: repo.clone(),
+            policy_text: KEEP_TWO.into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("preview")
+        .into_inner();
+    assert_eq!(preview.evaluated, 5);
+    assert_eq!(
+        (
+            preview.expire_count,
+            preview.transition_count,
+            preview.saved_count
+        ),
+        (1, 0, 2)
+    );
+    let verdicts: Vec<(String, i32, Vec<String>, String)> = preview
+        .images
+        .iter()
+        .map(|i| {
+            (
+                i.tags.join(","),
+                i.saved_by,
+                i.holders.clone(),
+                i.protected_by.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        vec![
+            (
+                "release-1".into(),
+                pb::SavedBy::Protection as i32,
+                vec![],
+                "release-*".into()
+            ),
+            (
+                "d".into(),
+                pb::SavedBy::Pin as i32,
+                vec!["deploy/prod/x".to_owned()],
+                String::new()
+            ),
+            ("c".into(), pb::SavedBy::Unspecified as i32, vec![], String::new()),
+        ],
+        "oldest first within the rule"
+    );
+
+    // ECR's own lifecycle would expire d and release-1: refused unless acknowledged.
+    let set = |acknowledge_at_risk: bool, policy_text: &str| {
+        let mut client = cleanup(&gateway);
+        let request = pb::SetLifecyclePolicyRequest {
+            repository: repo.clone(),
+            policy_text: policy_text.into(),
+            acknowledge_at_risk,
+            ..Default::default()
+        };
+        async move {
+            client
+                .set_lifecycle_policy(dan(request))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let refused = set(false, KEEP_TWO).await.expect_err("at risk");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let kinds: BTreeSet<String> = preconditions(&refused)
+        .into_iter()
+        .map(|(kind, _)| kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["IMAGE_PINNED".to_owned(), "TAG_PROTECTED".to_owned()])
+    );
+    let in_ecr = || {
+        let ecr = ecr.clone();
+        let repo = repo.clone();
+        async move {
+            ecr.get_lifecycle_policy()
+                .repository_name(&repo)
+                .send()
+                .await
+                .ok()
+                .and_then(|o| o.lifecycle_policy_text)
+        }
+    };
+    // Still the org's template the repository was created with.
+    assert!(
+        in_ecr()
+            .await
+            .expect("template")
+            .contains("expire untagged images after 14 days"),
+        "nothing was put"
+    );
+    let put = set(true, KEEP_TWO).await.expect("acknowledged");
+    assert_eq!(put.at_risk.len(), 2);
+    let text = in_ecr().await.expect("in ECR");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+        serde_json::from_str::<serde_json::Value>(KEEP_TWO).unwrap()
+    );
+    let got = cleanup(&gateway)
+        .get_lifecycle_policy(dan(pb::GetLifecyclePolicyRequest {
+            repository: repo.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!got.policy_text.is_empty());
+    // The repository's own policy is previewed when none is given.
+    let own = cleanup(&gateway)
+        .preview_cleanup(dan(pb::PreviewCleanupRequest {
+            repository: repo.clone(),
+            page_size: 1,
+            ..Default::default()
+        }))
+        .await
+        .expect("preview own")
+        .into_inner();
+    assert_eq!((own.images.len(), own.saved_count), (1, 2));
+    assert!(!own.next_page_token.is_empty());
+
+    // A policy that breaks ECR's rules names the rule and the field; nothing is put.
+    let bad = r#"{"rules":[{"rulePriority":1,"description":"tagged needs a list of prefixes or patterns","selection":{"tagStatus":"tagged","countType":"imageCountMoreThan","countNumber":5},"action":{"type":"expire"}}]}"#;
+    let status = set(true, bad).await.expect_err("invalid");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let got = violations(&status);
+    assert!(
+        got.iter().any(
+            |(f, r)| f.starts_with("policy_text.rules[0]") && r == "LIFECYCLE_POLICY_TAGGED_NEEDS_FILTER"
+        ),
+        "{got:?}"
+    );
+    let status = set(true, "{not json").await.expect_err("not json");
+    let got = violations(&status);
+    assert!(got.iter().any(|(_, r)| r == "LIFECYCLE_POLICY_JSON"), "{got:?}");
+    assert!(
+        got.iter().any(|(_, r)| r == "LIFECYCLE_POLICY_LENGTH"),
+        "every problem at once: {got:?}"
+    );
+
+    // Deleting is idempotent.
+    for want in [true, false] {
+        let deleted = cleanup(&gateway)
+            .delete_lifecycle_policy(dan(pb::DeleteLifecyclePolicyRequest {
+                repository: repo.clone(),
+                ..Default::default()
+            }))
+            .await
+            .expect("delete policy")
+            .into_inner();
+        assert_eq!(deleted.deleted, want);
+    }
+    assert_eq!(in_ecr().await, None);
+    let none = cleanup(&gateway)
+        .preview_cleanup(dan(pb::PreviewCleanupRequest {
+            repository: repo.clone(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("no policy");
+    assert_eq!(none.code(), Code::FailedPrecondition);
+    gateway.stop().await.unwrap();
+}

@@ -2,7 +2,7 @@
 //! systems pin what runs, and nothing pinned or protected by the org policy
 //! is deleted through the gateway.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -19,9 +19,11 @@ use crate::domain::{Digest, ImageSelector, ImageTag, RegistryRef, RepositoryName
 use crate::ecr::{CallLog, DeleteOutcome, Registry};
 use crate::pb;
 use crate::pb::cleanup_service_server::CleanupService;
+use crate::policy::lifecycle_eval::{self, LifecycleImage};
+use crate::policy::lifecycle_model::{LifecyclePolicy, RuleAction, StorageClass};
 use crate::policy::protection;
 use crate::store::pins::{self, PinFilter, PinRow};
-use crate::store::{Store, image_reads};
+use crate::store::{Store, image_reads, repositories, sync};
 
 /// Longest pin reason.
 const MAX_REASON: usize = 2048;
@@ -94,6 +96,59 @@ impl CleanupService for CleanupApi {
             "includeExpired": request.include_expired, "pageSize": request.page_size, "pageToken": request.page_token,
         }));
         let result = list_pins(&self.state, &call, &request).await;
+        call.finish(&self.state.audit, result).await
+    }
+
+    async fn get_lifecycle_policy(
+        &self,
+        request: Request<pb::GetLifecyclePolicyRequest>,
+    ) -> Result<Response<pb::LifecyclePolicy>, Status> {
+        let mut call = Call::start(&request, "GetLifecyclePolicy", true);
+        let request = request.into_inner();
+        call.set_parameters(json!({"registry": request.registry, "repositoryName": request.repository}));
+        let result = get_lifecycle_policy(&self.state, &mut call, &request).await;
+        call.finish(&self.state.audit, result).await
+    }
+
+    async fn set_lifecycle_policy(
+        &self,
+        request: Request<pb::SetLifecyclePolicyRequest>,
+    ) -> Result<Response<pb::SetLifecyclePolicyResponse>, Status> {
+        let mut call = Call::start(&request, "SetLifecyclePolicy", false);
+        let request = request.into_inner();
+        call.set_parameters(json!({
+            "registry": request.registry, "repositoryName": request.repository,
+            "lifecyclePolicyText": request.policy_text, "acknowledgeAtRisk": request.acknowledge_at_risk,
+            "requestId": request.request_id, "validateOnly": request.validate_only,
+        }));
+        let result = set_lifecycle_policy(&self.state, &mut call, &request).await;
+        call.finish(&self.state.audit, result).await
+    }
+
+    async fn delete_lifecycle_policy(
+        &self,
+        request: Request<pb::DeleteLifecyclePolicyRequest>,
+    ) -> Result<Response<pb::DeleteLifecyclePolicyResponse>, Status> {
+        let mut call = Call::start(&request, "DeleteLifecyclePolicy", false);
+        let request = request.into_inner();
+        call.set_parameters(json!({
+            "registry": request.registry, "repositoryName": request.repository, "requestId": request.request_id,
+        }));
+        let result = delete_lifecycle_policy(&self.state, &mut call, &request).await;
+        call.finish(&self.state.audit, result).await
+    }
+
+    async fn preview_cleanup(
+        &self,
+        request: Request<pb::PreviewCleanupRequest>,
+    ) -> Result<Response<pb::PreviewCleanupResponse>, Status> {
+        let mut call = Call::start(&request, "PreviewCleanup", true);
+        let request = request.into_inner();
+        call.set_parameters(json!({
+            "registry": request.registry, "repositoryName": request.repository,
+            "lifecyclePolicyText": request.policy_text, "pageSize": request.page_size, "pageToken": request.page_token,
+        }));
+        let result = preview_cleanup(&self.state, &mut call, &request).await;
         call.finish(&self.state.audit, result).await
     }
 }
@@ -665,4 +720,443 @@ fn refuse_protected(
             violations,
         })
     }
+}
+
+fn repository_not_found(registry: &RegistryRef, repository: &RepositoryName) -> ApiError {
+    ApiError::NotFound {
+        resource_type: "ecr.repository",
+        resource_name: format!("{}/{repository}", registry.alias),
+        description: format!("registry `{}` has no repository `{repository}`", registry.alias),
+    }
+}
+
+async fn get_lifecycle_policy(
+    state: &AppState,
+    call: &mut Call,
+    request: &pb::GetLifecyclePolicyRequest,
+) -> Result<(pb::LifecyclePolicy, Value), ApiError> {
+    call.caller()?;
+    let (registry, repository) = state.locate(&request.registry, &request.repository)?;
+    call.set_repository(
+        &registry.reference,
+        registry.reference.repository_arn(&repository),
+    );
+    let log = CallLog::default();
+    let text = registry.get_lifecycle_policy(&log, &repository).await;
+    call.record.outcome.ecr_request_ids = log.ids();
+    let text = text?.unwrap_or_default();
+    let elements = json!({"present": !text.is_empty()});
+    Ok((
+        pb::LifecyclePolicy {
+            registry: registry.reference.alias.clone(),
+            repository: repository.to_string(),
+            policy_text: text,
+        },
+        elements,
+    ))
+}
+
+/// One image a rule acts on (or a pin or protection saves), before it is
+/// turned into a message: previews sort and count these, and build messages
+/// only for the page they return.
+struct Verdict {
+    rule_priority: u32,
+    action: RuleAction,
+    saved: bool,
+    /// Index into [`Preview::images`].
+    image: usize,
+}
+
+/// A policy's verdict on the cached inventory, with pins and protection applied.
+struct Preview {
+    /// Acted on or saved, ordered by rule priority, then push time, then digest.
+    verdicts: Vec<Verdict>,
+    images: Vec<LifecycleImage>,
+    holders: HashMap<String, Vec<String>>,
+    protected: HashMap<String, String>,
+}
+
+impl Preview {
+    fn message(&self, verdict: &Verdict) -> pb::PreviewedImage {
+        let image = &self.images[verdict.image];
+        let digest = image.digest.to_string();
+        let (saved_by, holders, protected_by) = match (
+            verdict.saved,
+            self.holders.get(&digest),
+            self.protected.get(&digest),
+        ) {
+            (false, _, _) => (pb::SavedBy::Unspecified, Vec::new(), String::new()),
+            (true, Some(h), _) => (pb::SavedBy::Pin, h.clone(), String::new()),
+            (true, None, p) => (
+                pb::SavedBy::Protection,
+                Vec::new(),
+                p.cloned().unwrap_or_default(),
+            ),
+        };
+        pb::PreviewedImage {
+            digest,
+            tags: image.tags.clone(),
+            push_time: Some(timestamp(image.pushed_at)),
+            action: match verdict.action {
+                RuleAction::Expire => pb::CleanupAction::Expire,
+                RuleAction::TransitionToArchive => pb::CleanupAction::Transition,
+            } as i32,
+            rule_priority: i32::try_from(verdict.rule_priority).unwrap_or(i32::MAX),
+            saved_by: saved_by as i32,
+            holders,
+            protected_by,
+        }
+    }
+}
+
+/// Evaluates `policy` over the repository's cached images now.
+async fn preview(
+    state: &AppState,
+    registry: &RegistryRef,
+    repository: &RepositoryName,
+    policy: &LifecyclePolicy,
+) -> Result<Preview, ApiError> {
+    let pool = state.store.pool();
+    let rows = image_reads::lifecycle_rows(pool, registry, repository.as_str()).await?;
+    let pins = pins::active(pool, registry, repository.as_str(), None).await?;
+    let cleanup = &state.policy.config().cleanup;
+    let mut holders: HashMap<String, Vec<String>> = HashMap::new();
+    for pin in &pins {
+        holders
+            .entry(pin.digest.clone())
+            .or_default()
+            .push(pin.holder.clone());
+    }
+    let mut protected: HashMap<String, String> = HashMap::new();
+    let mut images = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Ok(digest) = Digest::parse(&row.digest) else {
+            continue;
+        };
+        if let Some(pattern) = row
+            .tags
+            .iter()
+            .find_map(|t| protection::protecting_pattern(cleanup, repository.as_str(), t))
+        {
+            protected.insert(row.digest, pattern.to_owned());
+        }
+        images.push(LifecycleImage {
+            digest,
+            tags: row.tags,
+            pushed_at: row.pushed_at,
+            last_pulled_at: row.last_pulled_at,
+            last_activated_at: None,
+            storage_class: if row.status == "ARCHIVED" {
+                StorageClass::Archive
+            } else {
+                StorageClass::Standard
+            },
+            transitioned_at: None,
+        });
+    }
+    let keep: HashSet<Digest> = holders
+        .keys()
+        .chain(protected.keys())
+        .filter_map(|d| Digest::parse(d).ok())
+        .collect();
+    let evaluation = lifecycle_eval::evaluate(policy, &images, &keep, Utc::now());
+    let index: HashMap<&Digest, usize> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| (&image.digest, i))
+        .collect();
+    let mut verdicts: Vec<Verdict> = evaluation
+        .acted_on
+        .iter()
+        .map(|o| (o, false))
+        .chain(evaluation.saved_by_pin.iter().map(|o| (o, true)))
+        .filter_map(|(outcome, saved)| {
+            Some(Verdict {
+                rule_priority: outcome.rule_priority,
+                action: outcome.action,
+                saved,
+                image: *index.get(&outcome.digest)?,
+            })
+        })
+        .collect();
+    drop(index);
+    verdicts.sort_by(|a, b| {
+        let (x, y) = (&images[a.image], &images[b.image]);
+        (a.rule_priority, x.pushed_at, &x.digest).cmp(&(b.rule_priority, y.pushed_at, &y.digest))
+    });
+    Ok(Preview {
+        verdicts,
+        images,
+        holders,
+        protected,
+    })
+}
+
+fn at_risk_error(at_risk: &[pb::PreviewedImage]) -> ApiError {
+    ApiError::FailedPrecondition {
+        reason: "IMAGES_AT_RISK",
+        violations: at_risk
+            .iter()
+            .take(50)
+            .map(|image| Precondition {
+                kind: if image.saved_by == pb::SavedBy::Pin as i32 {
+                    "IMAGE_PINNED"
+                } else {
+                    "TAG_PROTECTED"
+                }
+                .into(),
+                subject: image.digest.clone(),
+                description: format!(
+                    "rule {} would {} image {} ({}), which is {}; ECR's lifecycle does not know about pins or \
+                     protection: change the policy, or set acknowledge_at_risk to put it anyway",
+                    image.rule_priority,
+                    if image.action == pb::CleanupAction::Expire as i32 { "expire" } else { "archive" },
+                    image.digest,
+                    if image.tags.is_empty() { "untagged".to_owned() } else { image.tags.join(", ") },
+                    if image.holders.is_empty() {
+                        format!("protected by `{}`", image.protected_by)
+                    } else {
+                        format!("pinned by {}", image.holders.join(", "))
+                    }
+                ),
+            })
+            .collect(),
+    }
+}
+
+async fn set_lifecycle_policy(
+    state: &AppState,
+    call: &mut Call,
+    request: &pb::SetLifecyclePolicyRequest,
+) -> Result<(pb::SetLifecyclePolicyResponse, Value), ApiError> {
+    call.caller()?;
+    let mut violations = Vec::new();
+    let located = state
+        .locate(&request.registry, &request.repository)
+        .map_err(|e| violations.extend(violations_of(e)))
+        .ok();
+    violations.extend(check_request_id(&request.request_id));
+    let policy = LifecyclePolicy::parse(&request.policy_text, "policy_text")
+        .map_err(|v| violations.extend(v))
+        .ok();
+    let (Some((registry, repository)), Some(policy), true) = (located, policy, violations.is_empty()) else {
+        return Err(invalid(violations));
+    };
+    call.set_repository(
+        &registry.reference,
+        registry.reference.repository_arn(&repository),
+    );
+    if repositories::get(state.store.pool(), &registry.reference, &repository)
+        .await?
+        .is_none()
+    {
+        return Err(repository_not_found(&registry.reference, &repository));
+    }
+    let previewed = preview(state, &registry.reference, &repository, &policy).await?;
+    let at_risk: Vec<pb::PreviewedImage> = previewed
+        .verdicts
+        .iter()
+        .filter(|v| v.saved)
+        .map(|v| previewed.message(v))
+        .collect();
+    drop(previewed);
+    if !at_risk.is_empty() && !request.acknowledge_at_risk {
+        return Err(at_risk_error(&at_risk));
+    }
+    let answer = |replayed| pb::SetLifecyclePolicyResponse {
+        policy: Some(pb::LifecyclePolicy {
+            registry: registry.reference.alias.clone(),
+            repository: repository.to_string(),
+            policy_text: request.policy_text.clone(),
+        }),
+        at_risk: at_risk.clone(),
+        replayed,
+    };
+    if request.validate_only {
+        return Ok((
+            answer(false),
+            json!({"validateOnly": true, "atRisk": at_risk.len()}),
+        ));
+    }
+    let response = answer(false);
+    let text = request.policy_text.clone();
+    let (mut response, replayed) = mutation::run(
+        &state.store,
+        call,
+        &request.request_id,
+        request,
+        state.mutation_lease,
+        |attempt| async move {
+            registry
+                .put_or_delete_lifecycle_policy(&attempt.log, &repository, Some(&text))
+                .await?;
+            let current = registry
+                .fetch_repository(&attempt.log, &repository)
+                .await?
+                .ok_or_else(|| repository_not_found(&registry.reference, &repository))?;
+            Ok(Done {
+                elements: json!({"atRisk": response.at_risk.len()}),
+                response,
+                change: CacheChange::Upsert(registry.reference.clone(), current),
+            })
+        },
+    )
+    .await?;
+    response.replayed = replayed;
+    let elements = json!({"replayed": replayed, "atRisk": response.at_risk.len()});
+    Ok((response, elements))
+}
+
+async fn delete_lifecycle_policy(
+    state: &AppState,
+    call: &mut Call,
+    request: &pb::DeleteLifecyclePolicyRequest,
+) -> Result<(pb::DeleteLifecyclePolicyResponse, Value), ApiError> {
+    call.caller()?;
+    let mut violations = Vec::new();
+    let located = state
+        .locate(&request.registry, &request.repository)
+        .map_err(|e| violations.extend(violations_of(e)))
+        .ok();
+    violations.extend(check_request_id(&request.request_id));
+    let Some((registry, repository)) = located.filter(|_| violations.is_empty()) else {
+        return Err(invalid(violations));
+    };
+    call.set_repository(
+        &registry.reference,
+        registry.reference.repository_arn(&repository),
+    );
+    let (mut response, replayed) = mutation::run(
+        &state.store,
+        call,
+        &request.request_id,
+        request,
+        state.mutation_lease,
+        |attempt| async move {
+            let existed = registry
+                .get_lifecycle_policy(&attempt.log, &repository)
+                .await?
+                .is_some();
+            if existed {
+                registry
+                    .put_or_delete_lifecycle_policy(&attempt.log, &repository, None)
+                    .await?;
+            }
+            let current = registry
+                .fetch_repository(&attempt.log, &repository)
+                .await?
+                .ok_or_else(|| repository_not_found(&registry.reference, &repository))?;
+            Ok(Done {
+                elements: json!({"deleted": existed}),
+                response: pb::DeleteLifecyclePolicyResponse {
+                    deleted: existed,
+                    replayed: false,
+                },
+                change: CacheChange::Upsert(registry.reference.clone(), current),
+            })
+        },
+    )
+    .await?;
+    response.replayed = replayed;
+    Ok((response, json!({"replayed": replayed})))
+}
+
+/// Page position of PreviewCleanup: the offset into the evaluated list.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct PreviewPosition(usize);
+
+async fn preview_cleanup(
+    state: &AppState,
+    call: &mut Call,
+    request: &pb::PreviewCleanupRequest,
+) -> Result<(pb::PreviewCleanupResponse, Value), ApiError> {
+    call.caller()?;
+    let mut violations = Vec::new();
+    let located = state
+        .locate(&request.registry, &request.repository)
+        .map_err(|e| violations.extend(violations_of(e)))
+        .ok();
+    let limit = page_token::page_size(request.page_size)
+        .map_err(|e| violations.extend(violations_of(e)))
+        .ok();
+    let given = (!request.policy_text.trim().is_empty())
+        .then(|| LifecyclePolicy::parse(&request.policy_text, "policy_text"))
+        .transpose()
+        .map_err(|v| violations.extend(v))
+        .ok()
+        .flatten();
+    let (Some((registry, repository)), Some(limit), true) = (located, limit, violations.is_empty()) else {
+        return Err(invalid(violations));
+    };
+    call.set_repository(
+        &registry.reference,
+        registry.reference.repository_arn(&repository),
+    );
+    let cached = repositories::get(state.store.pool(), &registry.reference, &repository)
+        .await?
+        .ok_or_else(|| repository_not_found(&registry.reference, &repository))?;
+    let (policy, text) = match given {
+        Some(policy) => (policy, request.policy_text.clone()),
+        None => {
+            let text = cached
+                .state
+                .lifecycle_policy
+                .clone()
+                .ok_or_else(|| ApiError::FailedPrecondition {
+                    reason: "NO_LIFECYCLE_POLICY",
+                    violations: vec![Precondition {
+                        kind: "NO_LIFECYCLE_POLICY".into(),
+                        subject: format!("{}/{repository}", registry.reference.alias),
+                        description: format!(
+                            "`{repository}` has no lifecycle policy; give policy_text to preview one"
+                        ),
+                    }],
+                })?;
+            // The repository's policy was accepted by ECR; a parse failure is
+            // reported against it, not the request.
+            let policy = LifecyclePolicy::parse(&text, "repository.lifecycle_policy").map_err(invalid)?;
+            (policy, text)
+        }
+    };
+    let fingerprint = page_token::fingerprint(&(&registry.reference.alias, repository.as_str(), &text));
+    let after: Option<PreviewPosition> = page_token::decode(&request.page_token, &fingerprint)?;
+    let result = preview(state, &registry.reference, &repository, &policy).await?;
+    let count = |action: RuleAction| {
+        result
+            .verdicts
+            .iter()
+            .filter(|v| !v.saved && v.action == action)
+            .count() as i32
+    };
+    let (expire_count, transition_count) =
+        (count(RuleAction::Expire), count(RuleAction::TransitionToArchive));
+    let saved_count = result.verdicts.iter().filter(|v| v.saved).count() as i32;
+    let total = result.verdicts.len();
+    let start = after.map_or(0, |p| p.0).min(total);
+    let end = (start + limit as usize).min(total);
+    let next_page_token = if end < total {
+        page_token::encode(&fingerprint, &PreviewPosition(end))
+    } else {
+        String::new()
+    };
+    let page: Vec<pb::PreviewedImage> = result.verdicts[start..end]
+        .iter()
+        .map(|v| result.message(v))
+        .collect();
+    let evaluated = result.images.len() as i32;
+    drop(result);
+    let last = sync::last_synced_at(state.store.pool(), &registry.reference, repository.as_str()).await?;
+    let response = pb::PreviewCleanupResponse {
+        images: page,
+        evaluated,
+        expire_count,
+        transition_count,
+        saved_count,
+        policy_text: text,
+        synced_at: last.map(timestamp),
+        next_page_token,
+    };
+    let elements = json!({"evaluated": response.evaluated, "expire": expire_count,
+                          "transition": transition_count, "saved": saved_count});
+    Ok((response, elements))
 }

@@ -46,6 +46,16 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         images_per_repository: usize,
     },
+    /// Add one big repository (`payments/svc-5000`, cached with a lifecycle
+    /// policy) for the PreviewCleanup benchmark.
+    SeedPreview {
+        /// Postgres URL of the seeded database.
+        #[arg(long)]
+        database_url: String,
+        /// Images in the repository.
+        #[arg(long, default_value_t = 100_000)]
+        images: usize,
+    },
     /// Measure ingest throughput of DescribeImages pages into Postgres.
     Ingest {
         /// Postgres URL of a scratch database.
@@ -115,6 +125,8 @@ enum Rpc {
     SearchDigest,
     /// ScanService/CheckDeployment by digest, environment prod
     Check,
+    /// CleanupService/PreviewCleanup of the big repository (`seed-preview`), first page
+    Preview,
 }
 
 /// The registry seeded images belong to (the dev/bench configuration's main registry).
@@ -335,6 +347,43 @@ async fn ingest(
     Ok(())
 }
 
+/// The repository `seed-preview` fills.
+const PREVIEW_REPOSITORY: usize = 5000;
+
+/// Three rules as a platform team writes them: untagged images go after 14
+/// days, `build-` images beyond the newest 500, and anything beyond the
+/// newest 20,000.
+const PREVIEW_POLICY: &str = r#"{"rules":[
+ {"rulePriority":1,"description":"untagged after 14 days","selection":{"tagStatus":"untagged","countType":"sinceImagePushed","countUnit":"days","countNumber":14},"action":{"type":"expire"}},
+ {"rulePriority":2,"description":"keep 500 builds","selection":{"tagStatus":"tagged","tagPrefixList":["build-"],"countType":"imageCountMoreThan","countNumber":500},"action":{"type":"expire"}},
+ {"rulePriority":3,"description":"keep the newest 20000","selection":{"tagStatus":"any","countType":"imageCountMoreThan","countNumber":20000},"action":{"type":"expire"}}]}"#;
+
+async fn seed_preview(database_url: &str, images: usize) -> anyhow::Result<()> {
+    let store = connect(database_url, 4).await?;
+    let started = Instant::now();
+    let count = ingest_repository(&store, PREVIEW_REPOSITORY, images).await?;
+    let registry = registry();
+    sqlx::query(
+        "INSERT INTO repositories (account_id, region, name, arn, uri, tag_mutability, scan_on_push, encryption_type, \
+         lifecycle_policy, synced_at) VALUES ($1, $2, $3, 'arn:aws:ecr:us-east-1:123456789012:repository/' || $3, \
+         '123456789012.dkr.ecr.us-east-1.amazonaws.com/' || $3, 'IMMUTABLE', true, 'AES256', $4, now()) \
+         ON CONFLICT (account_id, region, name) DO UPDATE SET lifecycle_policy = EXCLUDED.lifecycle_policy",
+    )
+    .bind(&registry.account_id)
+    .bind(&registry.region)
+    .bind(repository_name(PREVIEW_REPOSITORY))
+    .bind(PREVIEW_POLICY)
+    .execute(store.pool())
+    .await?;
+    sqlx::query("ANALYZE images").execute(store.pool()).await?;
+    println!(
+        "seeded {} with {count} images and a 3-rule lifecycle policy in {:.1?}",
+        repository_name(PREVIEW_REPOSITORY),
+        started.elapsed()
+    );
+    Ok(())
+}
+
 /// What the workers measured.
 #[derive(Default)]
 struct Tally {
@@ -534,6 +583,13 @@ async fn call(
             }))
             .await
             .map(|_| ()),
+        Rpc::Preview => pb::cleanup_service_client::CleanupServiceClient::new(channel.clone())
+            .preview_cleanup(with_identity(pb::PreviewCleanupRequest {
+                repository: repository_name(PREVIEW_REPOSITORY),
+                ..Default::default()
+            }))
+            .await
+            .map(|_| ()),
         Rpc::SearchDigest => images
             .search_images(with_identity(pb::SearchImagesRequest {
                 digest: digest(r, i),
@@ -590,6 +646,7 @@ async fn main() -> anyhow::Result<()> {
             repositories,
             images_per_repository,
         } => seed(&database_url, repositories, images_per_repository).await,
+        Command::SeedPreview { database_url, images } => seed_preview(&database_url, images).await,
         Command::Ingest {
             database_url,
             repositories,

@@ -85,7 +85,8 @@ impl Registry {
             .collect())
     }
 
-    async fn get_lifecycle_policy(
+    /// The repository's lifecycle policy text; `None` when it has none.
+    pub async fn get_lifecycle_policy(
         &self,
         log: &CallLog,
         name: &RepositoryName,
@@ -304,7 +305,8 @@ impl Registry {
         Ok(())
     }
 
-    async fn put_or_delete_lifecycle_policy(
+    /// Puts the lifecycle policy, or deletes it for `None` (a missing one is not an error).
+    pub async fn put_or_delete_lifecycle_policy(
         &self,
         log: &CallLog,
         name: &RepositoryName,

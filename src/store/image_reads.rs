@@ -357,3 +357,35 @@ mod tests {
         assert_eq!(prefix_to_like("pay_ments/"), "pay\\_ments/%");
     }
 }
+
+/// What the lifecycle evaluator needs about one image.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LifecycleRow {
+    /// Digest.
+    pub digest: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Push time.
+    pub pushed_at: DateTime<Utc>,
+    /// Last recorded pull.
+    pub last_pulled_at: Option<DateTime<Utc>>,
+    /// ACTIVE / ARCHIVED / ACTIVATING.
+    pub status: String,
+}
+
+/// Every image of a repository, for a cleanup preview.
+pub async fn lifecycle_rows(
+    pool: &PgPool,
+    registry: &RegistryRef,
+    repository: &str,
+) -> Result<Vec<LifecycleRow>, StoreError> {
+    Ok(sqlx::query_as::<_, LifecycleRow>(
+        "SELECT digest, tags, pushed_at, last_pulled_at, status FROM images \
+         WHERE account_id = $1 AND region = $2 AND repository = $3",
+    )
+    .bind(&registry.account_id)
+    .bind(&registry.region)
+    .bind(repository)
+    .fetch_all(pool)
+    .await?)
+}
