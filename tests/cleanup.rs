@@ -580,3 +580,69 @@ async fn lifecycle_policies_are_previewed_with_pins_and_protection_before_they_a
     assert_eq!(none.code(), Code::FailedPrecondition);
     gateway.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_that_breaks_a_retention_floor_is_refused_with_the_rule_named() {
+    let db = TestDb::create().await;
+    let moto = Moto::shared();
+    let floor = "[policy.cleanup]\nkeep_newest = [{ tags = \"v*\", count = 2 }]\n";
+    let gateway = Gateway::start(config(&db, moto, floor)).await;
+    let ecr = ecr_client(moto).await;
+    let repo = repository(&gateway).await;
+    let mut digests = Vec::new();
+    for tag in ["v3", "v2", "v1"] {
+        digests.push(push(&ecr, &repo, tag, &format!("{repo}-{tag}")).await);
+    }
+    ImageServiceClient::new(gateway.channel.clone())
+        .refresh_inventory(dan(pb::RefreshInventoryRequest {
+            repository: repo.clone(),
+            ..Default::default()
+        }))
+        .await
+        .expect("refresh");
+    // Ages set in the cache (moto stamps quick pushes alike): v3 newest, v1 oldest.
+    let pool = db.pool().await;
+    for (i, digest) in digests.iter().enumerate() {
+        sqlx::query("UPDATE images SET pushed_at = now() - make_interval(days => $1) WHERE digest = $2")
+            .bind(i as i32 + 1)
+            .bind(digest)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let keep = |n: u32| {
+        format!(
+            r#"{{"rules":[{{"rulePriority":1,"description":"keep the newest {n} images of any kind here","selection":{{"tagStatus":"any","countType":"imageCountMoreThan","countNumber":{n}}},"action":{{"type":"expire"}}}}]}}"#
+        )
+    };
+    let set = |policy_text: String| {
+        let mut client = cleanup(&gateway);
+        let request = pb::SetLifecyclePolicyRequest {
+            repository: repo.clone(),
+            policy_text,
+            validate_only: true,
+            ..Default::default()
+        };
+        async move {
+            client
+                .set_lifecycle_policy(dan(request))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    // Keeping one would expire v2, the second newest `v*`: refused, even acknowledged.
+    let refused = set(keep(1)).await.expect_err("floor");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(
+        violations(&refused),
+        vec![("policy_text".to_owned(), "CLEANUP_RETENTION_FLOOR".to_owned())]
+    );
+    assert!(
+        refused.message().contains("2 newest images tagged `v*`"),
+        "{}",
+        refused.message()
+    );
+    // Keeping two expires only v1: allowed.
+    set(keep(2)).await.expect("within the floor");
+    gateway.stop().await.unwrap();
+}

@@ -892,6 +892,56 @@ async fn preview(
     })
 }
 
+/// The org policy's retention floors this policy would break: it may not
+/// expire any of the `count` newest images with a tag matching the floor's
+/// pattern (judged on the cached inventory now).
+fn retention_violations(
+    state: &AppState,
+    repository: &RepositoryName,
+    previewed: &Preview,
+) -> Vec<Violation> {
+    let cleanup = &state.policy.config().cleanup;
+    let expired: HashSet<usize> = previewed
+        .verdicts
+        .iter()
+        .filter(|v| v.action == RuleAction::Expire)
+        .map(|v| v.image)
+        .collect();
+    protection::floors_for(cleanup, repository.as_str())
+        .into_iter()
+        .filter_map(|floor| {
+            let mut matching: Vec<usize> = (0..previewed.images.len())
+                .filter(|&i| {
+                    previewed.images[i]
+                        .tags
+                        .iter()
+                        .any(|t| protection::glob_matches(&floor.tags, t))
+                })
+                .collect();
+            matching.sort_by(|&a, &b| {
+                let (x, y) = (&previewed.images[a], &previewed.images[b]);
+                (y.pushed_at, &y.digest).cmp(&(x.pushed_at, &x.digest))
+            });
+            let hit = matching
+                .iter()
+                .take(floor.count as usize)
+                .filter(|i| expired.contains(i))
+                .count();
+            (hit > 0).then(|| {
+                Violation::new(
+                    "policy_text",
+                    "cleanup.retention-floor",
+                    format!(
+                        "the org policy keeps the {} newest images tagged `{}` in `{repository}`; this policy would \
+                         expire {hit} of them: raise its counts or narrow its selections",
+                        floor.count, floor.tags
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
 fn at_risk_error(at_risk: &[pb::PreviewedImage]) -> ApiError {
     ApiError::FailedPrecondition {
         reason: "IMAGES_AT_RISK",
@@ -953,6 +1003,10 @@ async fn set_lifecycle_policy(
         return Err(repository_not_found(&registry.reference, &repository));
     }
     let previewed = preview(state, &registry.reference, &repository, &policy).await?;
+    let floors = retention_violations(state, &repository, &previewed);
+    if !floors.is_empty() {
+        return Err(invalid(floors));
+    }
     let at_risk: Vec<pb::PreviewedImage> = previewed
         .verdicts
         .iter()

@@ -11,8 +11,21 @@ use serde::{Deserialize, Serialize};
 pub struct CleanupConfig {
     /// Tag patterns (`*` wildcards) protected in every repository, e.g. `["release-*"]`.
     pub protected_tags: Vec<String>,
-    /// More protected patterns per namespace: `[policy.cleanup.namespaces.payments]`.
+    /// Retention floors everywhere: a lifecycle policy may not expire any of
+    /// the `count` newest images with a tag matching `tags`.
+    pub keep_newest: Vec<RetentionFloor>,
+    /// More protected patterns and floors per namespace: `[policy.cleanup.namespaces.payments]`.
     pub namespaces: BTreeMap<String, NamespaceCleanup>,
+}
+
+/// `keep_newest = [{ tags = "v*", count = 10 }]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFloor {
+    /// A tag pattern (`*` wildcards).
+    pub tags: String,
+    /// How many of the newest matching images must be kept (at least 1).
+    pub count: u32,
 }
 
 /// `[policy.cleanup.namespaces.NAME]`
@@ -21,6 +34,8 @@ pub struct CleanupConfig {
 pub struct NamespaceCleanup {
     /// Tag patterns protected in this namespace's repositories, e.g. `["v*"]`.
     pub protected_tags: Vec<String>,
+    /// Retention floors in this namespace, e.g. `[{ tags = "v*", count = 10 }]`.
+    pub keep_newest: Vec<RetentionFloor>,
 }
 
 /// Problems in `[policy.cleanup]`, each naming its key.
@@ -40,14 +55,47 @@ pub fn config_problems(config: &CleanupConfig) -> Vec<String> {
             })
             .collect::<Vec<_>>()
     };
+    let floors = |key: String, floors: &[RetentionFloor]| {
+        let patterns: Vec<String> = floors.iter().map(|f| f.tags.clone()).collect();
+        let mut problems = check(format!("{key}.tags"), &patterns);
+        problems.extend(
+            floors
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| f.count == 0)
+                .map(|(i, _)| format!("{key}[{i}].count: keep at least 1 image")),
+        );
+        problems
+    };
     let mut problems = check("policy.cleanup.protected_tags".into(), &config.protected_tags);
+    problems.extend(floors("policy.cleanup.keep_newest".into(), &config.keep_newest));
     for (namespace, rules) in &config.namespaces {
         problems.extend(check(
             format!("policy.cleanup.namespaces.{namespace}.protected_tags"),
             &rules.protected_tags,
         ));
+        problems.extend(floors(
+            format!("policy.cleanup.namespaces.{namespace}.keep_newest"),
+            &rules.keep_newest,
+        ));
     }
     problems
+}
+
+/// The retention floors that apply to `repository` (org-wide, then its namespace's).
+pub fn floors_for<'a>(config: &'a CleanupConfig, repository: &str) -> Vec<&'a RetentionFloor> {
+    let namespace = repository.split('/').next().unwrap_or(repository);
+    config
+        .keep_newest
+        .iter()
+        .chain(
+            config
+                .namespaces
+                .get(namespace)
+                .into_iter()
+                .flat_map(|n| &n.keep_newest),
+        )
+        .collect()
 }
 
 /// The pattern that protects `tag` in `repository`, if any.
@@ -114,10 +162,15 @@ mod tests {
     fn org_wide_and_namespace_patterns() {
         let config = CleanupConfig {
             protected_tags: vec!["release-*".into()],
+            keep_newest: Vec::new(),
             namespaces: BTreeMap::from([(
                 "payments".to_owned(),
                 NamespaceCleanup {
                     protected_tags: vec!["v*".into()],
+                    keep_newest: vec![RetentionFloor {
+                        tags: "v*".into(),
+                        count: 10,
+                    }],
                 },
             )]),
         };
@@ -129,12 +182,22 @@ mod tests {
         );
         assert_eq!(protecting_pattern(&config, "payments/api", "latest"), None);
         assert!(config_problems(&config).is_empty());
+        assert_eq!(floors_for(&config, "payments/api").len(), 1);
+        assert!(floors_for(&config, "search/api").is_empty());
         let bad = CleanupConfig {
             protected_tags: vec!["".into(), "ok-*".into(), "sp ace".into()],
+            keep_newest: vec![RetentionFloor {
+                tags: "v*".into(),
+                count: 0,
+            }],
             ..Default::default()
         };
         let problems = config_problems(&bad);
-        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[2].starts_with("policy.cleanup.keep_newest[0].count"),
+            "{problems:?}"
+        );
         assert!(problems[0].starts_with("policy.cleanup.protected_tags[0]"));
     }
 }
