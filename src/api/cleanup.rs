@@ -4,16 +4,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
 
 use super::call::Call;
-use super::convert::timestamp;
-use super::error::{ApiError, Precondition};
+use super::convert::{time_of, timestamp};
+use super::error::{ApiError, Precondition, invalid, violations_of};
 use super::image::image_selector;
 use super::mutation::{self, CacheChange, Done, check_request_id};
-use super::page_token;
+use super::page_token::{self, next_token};
 use super::{AppState, Shared};
 use crate::domain::{Digest, ImageSelector, ImageTag, RegistryRef, RepositoryName, Violation};
 use crate::ecr::{CallLog, DeleteOutcome, Registry};
@@ -153,13 +153,6 @@ impl CleanupService for CleanupApi {
     }
 }
 
-fn invalid(violations: Vec<Violation>) -> ApiError {
-    ApiError::InvalidArgument {
-        reason: "INVALID_REQUEST",
-        violations,
-    }
-}
-
 /// A holder names who runs the image: 1-256 of `[A-Za-z0-9._:/@-]`.
 fn check_holder(holder: &str) -> Option<Violation> {
     let valid = (1..=256).contains(&holder.len())
@@ -243,18 +236,6 @@ async fn find_image(
             registry.reference.alias
         ),
     })
-}
-
-fn time_of(field: &str, value: Option<&prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>, Violation> {
-    match value {
-        None => Ok(None),
-        Some(t) => u32::try_from(t.nanos)
-            .ok()
-            .filter(|n| *n < 1_000_000_000)
-            .and_then(|n| DateTime::from_timestamp(t.seconds, n))
-            .map(Some)
-            .ok_or_else(|| Violation::new(field, "timestamp.range", "not a valid timestamp")),
-    }
 }
 
 async fn pin_image(
@@ -443,31 +424,24 @@ async fn list_pins(
     ));
     let after: Option<PinPosition> = page_token::decode(&request.page_token, &fingerprint)?;
     let mut rows = pins::list(state.store.pool(), &filter, after.as_ref(), limit + 1).await?;
-    let next_page_token = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last()
-            .map(|p| {
-                page_token::encode(
-                    &fingerprint,
-                    &(
-                        p.account_id.clone(),
-                        p.region.clone(),
-                        p.repository.clone(),
-                        p.digest.clone(),
-                        p.holder.clone(),
-                    ),
-                )
-            })
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
+    let next_page_token = next_token(&mut rows, limit, |p| {
+        page_token::encode(
+            &fingerprint,
+            &(
+                p.account_id.clone(),
+                p.region.clone(),
+                p.repository.clone(),
+                p.digest.clone(),
+                p.holder.clone(),
+            ),
+        )
+    });
     let alias_of = |p: &PinRow| {
-        registries
-            .iter()
-            .find(|r| r.reference.account_id == p.account_id && r.reference.region == p.region)
-            .map(|r| r.reference.alias.clone())
+        state
+            .registries
+            .alias_of(&p.account_id, &p.region)
             .unwrap_or_default()
+            .to_owned()
     };
     let response = pb::ListPinsResponse {
         pins: rows.iter().map(|p| pin_message(&alias_of(p), p)).collect(),
@@ -475,13 +449,6 @@ async fn list_pins(
     };
     let elements = json!({"count": response.pins.len()});
     Ok((response, elements))
-}
-
-fn violations_of(error: ApiError) -> Vec<Violation> {
-    match error {
-        ApiError::InvalidArgument { violations, .. } => violations,
-        _ => Vec::new(),
-    }
 }
 
 /// Refuses when any of `digests` is pinned: FAILED_PRECONDITION naming every pin.

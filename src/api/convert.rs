@@ -231,3 +231,19 @@ pub fn repository_json(repository: &pb::Repository) -> Value {
         "repositoryUri": repository.uri,
     })
 }
+
+/// A request's optional timestamp; out of range (or bad nanos) is a violation of `field`.
+pub fn time_of(
+    field: &str,
+    value: Option<&prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, Violation> {
+    match value {
+        None => Ok(None),
+        Some(t) => u32::try_from(t.nanos)
+            .ok()
+            .filter(|n| *n < 1_000_000_000)
+            .and_then(|n| DateTime::from_timestamp(t.seconds, n))
+            .map(Some)
+            .ok_or_else(|| Violation::new(field, "timestamp.range", "not a valid timestamp")),
+    }
+}

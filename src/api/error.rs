@@ -108,6 +108,23 @@ pub enum ApiError {
     },
 }
 
+/// INVALID_ARGUMENT with every violation of a request.
+pub fn invalid(violations: Vec<Violation>) -> ApiError {
+    ApiError::InvalidArgument {
+        reason: "INVALID_REQUEST",
+        violations,
+    }
+}
+
+/// The field violations of an INVALID_ARGUMENT (none for other errors), to
+/// report them together with a request's other problems.
+pub fn violations_of(error: ApiError) -> Vec<Violation> {
+    match error {
+        ApiError::InvalidArgument { violations, .. } => violations,
+        _ => Vec::new(),
+    }
+}
+
 impl ApiError {
     /// One field violation.
     pub fn invalid(field: impl Into<String>, rule: &'static str, description: impl Into<String>) -> Self {

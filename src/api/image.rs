@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 
 use super::call::Call;
 use super::convert::timestamp;
-use super::error::ApiError;
-use super::page_token;
+use super::error::{ApiError, invalid, violations_of};
+use super::page_token::{self, next_token};
 use super::{AppState, Shared};
 use crate::domain::{
     Digest, ImageRef, ImageSelector, ImageTag, RegistryRef, RepositoryName, Violation, pinned_uri,
@@ -116,13 +116,6 @@ impl ImageService for ImageApi {
     }
 }
 
-fn invalid(violations: Vec<Violation>) -> ApiError {
-    ApiError::InvalidArgument {
-        reason: "INVALID_REQUEST",
-        violations,
-    }
-}
-
 fn image_not_found(registry: &RegistryRef, repository: &RepositoryName, what: &str) -> ApiError {
     ApiError::NotFound {
         resource_type: "ecr.image",
@@ -227,7 +220,7 @@ pub(super) fn image_selector(tag: &str, digest: &str) -> Result<ImageSelector, A
     }
 }
 
-fn selector_suffix(selector: &ImageSelector) -> String {
+pub(super) fn selector_suffix(selector: &ImageSelector) -> String {
     match selector {
         ImageSelector::Tag(tag) => format!(":{tag}"),
         ImageSelector::Digest(digest) => format!("@{digest}"),
@@ -583,16 +576,6 @@ async fn list_images(
     ))
 }
 
-/// Cuts the extra row fetched to learn whether another page exists, and makes its token.
-fn next_token<T>(rows: &mut Vec<T>, limit: i64, token: impl Fn(&T) -> String) -> String {
-    if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(token).unwrap_or_default()
-    } else {
-        String::new()
-    }
-}
-
 /// Checks ListImages' filters, reporting every problem at once.
 fn image_filter(request: &pb::ListImagesRequest) -> Result<(ImageFilter, i64), ApiError> {
     let mut violations = Vec::new();
@@ -673,13 +656,6 @@ fn image_filter(request: &pb::ListImagesRequest) -> Result<(ImageFilter, i64), A
             limit,
         )),
         _ => Err(invalid(violations)),
-    }
-}
-
-fn violations_of(error: ApiError) -> Vec<Violation> {
-    match error {
-        ApiError::InvalidArgument { violations, .. } => violations,
-        _ => Vec::new(),
     }
 }
 

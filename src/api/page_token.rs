@@ -79,6 +79,17 @@ pub fn decode<P: DeserializeOwned>(token: &str, fingerprint: &str) -> Result<Opt
     Ok(Some(envelope.p))
 }
 
+/// Cuts `rows` (fetched with `limit + 1`) to `limit` and returns the token of
+/// the next page (empty on the last page), made by `token` from the last row kept.
+pub fn next_token<T>(rows: &mut Vec<T>, limit: i64, token: impl Fn(&T) -> String) -> String {
+    if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(token).unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

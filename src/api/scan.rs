@@ -10,11 +10,11 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::call::Call;
-use super::convert::timestamp;
-use super::error::ApiError;
-use super::image::{decode_reference, image_selector, tag_is_immutable};
+use super::convert::{time_of, timestamp};
+use super::error::{ApiError, invalid, violations_of};
+use super::image::{decode_reference, image_selector, selector_suffix, tag_is_immutable};
 use super::mutation::{self, CacheChange, Done, check_request_id};
-use super::page_token;
+use super::page_token::{self, next_token};
 use super::{AppState, Shared};
 use crate::domain::{Digest, ImageSelector, RegistryRef, RepositoryName, Violation, pinned_uri};
 use crate::ecr::{CallLog, Registry, ScanReport, ScanStart, ScanningSettings};
@@ -168,13 +168,6 @@ impl ScanService for ScanApi {
         }));
         let result = list_vulnerable_images(&self.state, &call, &request).await;
         call.finish(&self.state.audit, result).await
-    }
-}
-
-fn invalid(violations: Vec<Violation>) -> ApiError {
-    ApiError::InvalidArgument {
-        reason: "INVALID_REQUEST",
-        violations,
     }
 }
 
@@ -432,15 +425,9 @@ async fn get_scan_findings(
         limit + 1,
     )
     .await?;
-    let next_page_token = if findings.len() as i64 > limit {
-        findings.truncate(limit as usize);
-        findings
-            .last()
-            .map(|f| page_token::encode(&fingerprint, &FindingPosition(scans::rank(f.severity), f.ordinal)))
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
+    let next_page_token = next_token(&mut findings, limit, |f| {
+        page_token::encode(&fingerprint, &FindingPosition(scans::rank(f.severity), f.ordinal))
+    });
     let covering = scans::covering(pool, &registry.reference, repository.as_str(), digest.as_str()).await?;
     let now = Utc::now();
     let response = pb::GetScanFindingsResponse {
@@ -486,13 +473,6 @@ async fn read_through(
     tx.commit().await.map_err(crate::store::StoreError::from)?;
     state.store.invalidate(&registry.reference, repository.as_str());
     Ok(row_of(repository, &report, now))
-}
-
-fn violations_of(error: ApiError) -> Vec<Violation> {
-    match error {
-        ApiError::InvalidArgument { violations, .. } => violations,
-        _ => Vec::new(),
-    }
 }
 
 fn frequency_of(value: i32, field: String) -> Result<Frequency, Violation> {
@@ -812,10 +792,7 @@ async fn cached_deploy_facts(
 ) -> Result<Option<DeployFacts>, ApiError> {
     let cache = state.store.deploy_facts();
     let key = RepoKey::new(registry, repository.as_str());
-    let suffix = match selector {
-        ImageSelector::Tag(tag) => format!(":{tag}"),
-        ImageSelector::Digest(digest) => format!("@{digest}"),
-    };
+    let suffix = selector_suffix(selector);
     if let Some(hit) = cache.get(&key, suffix.as_str()) {
         return Ok(hit);
     }
@@ -861,9 +838,8 @@ fn exception_message(state: &AppState, row: &ExceptionRow, now: DateTime<Utc>) -
     let alias = match (&row.account_id, &row.region) {
         (Some(account), Some(region)) => state
             .registries
-            .all()
-            .find(|r| &r.reference.account_id == account && &r.reference.region == region)
-            .map(|r| r.reference.alias.clone())
+            .alias_of(account, region)
+            .map(str::to_owned)
             .unwrap_or_else(|| format!("{account}/{region}")),
         _ => String::new(),
     };
@@ -921,19 +897,6 @@ fn check_text(field: &str, text: &str, rule: &'static str) -> Option<Violation> 
         ))
     } else {
         None
-    }
-}
-
-fn time_of(field: &str, value: Option<&prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>, Violation> {
-    match value {
-        None => Ok(None),
-        Some(t) => {
-            let nanos = u32::try_from(t.nanos).ok().filter(|n| *n < 1_000_000_000);
-            nanos
-                .and_then(|n| DateTime::from_timestamp(t.seconds, n))
-                .map(Some)
-                .ok_or_else(|| Violation::new(field, "timestamp.range", "not a valid timestamp"))
-        }
     }
 }
 
@@ -1127,14 +1090,9 @@ async fn list_exceptions(
         limit + 1,
     )
     .await?;
-    let next_page_token = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last()
-            .map(|r| page_token::encode(&fingerprint, &ExceptionPosition(r.created_at, r.id)))
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
+    let next_page_token = next_token(&mut rows, limit, |r| {
+        page_token::encode(&fingerprint, &ExceptionPosition(r.created_at, r.id))
+    });
     let response = pb::ListVulnerabilityExceptionsResponse {
         exceptions: rows.iter().map(|r| exception_message(state, r, now)).collect(),
         next_page_token,
@@ -1260,36 +1218,26 @@ async fn list_vulnerable_images(
     let after: Option<VulnerablePosition> = page_token::decode(&request.page_token, &fingerprint)?;
     let mut rows =
         scans::vulnerable_images(state.store.pool(), &keys, &query, after.as_ref(), limit + 1).await?;
-    let next_page_token = if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        rows.last()
-            .map(|r| {
-                page_token::encode(
-                    &fingerprint,
-                    &(
-                        r.account_id.clone(),
-                        r.region.clone(),
-                        r.repository.clone(),
-                        r.digest.clone(),
-                    ),
-                )
-            })
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
-    let alias_of = |account: &str, region: &str| {
-        registries
-            .iter()
-            .find(|r| r.reference.account_id == account && r.reference.region == region)
-            .map(|r| r.reference.alias.clone())
-            .unwrap_or_default()
-    };
+    let next_page_token = next_token(&mut rows, limit, |r| {
+        page_token::encode(
+            &fingerprint,
+            &(
+                r.account_id.clone(),
+                r.region.clone(),
+                r.repository.clone(),
+                r.digest.clone(),
+            ),
+        )
+    });
     let response = pb::ListVulnerableImagesResponse {
         images: rows
             .into_iter()
             .map(|r| pb::VulnerableImage {
-                registry: alias_of(&r.account_id, &r.region),
+                registry: state
+                    .registries
+                    .alias_of(&r.account_id, &r.region)
+                    .unwrap_or_default()
+                    .to_owned(),
                 counts: Some(pb::SeverityCounts {
                     critical: r.critical,
                     high: r.high,

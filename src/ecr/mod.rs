@@ -148,6 +148,13 @@ impl Registries {
         self.by_alias.values()
     }
 
+    /// The alias of the registry with this account and region, if configured.
+    pub fn alias_of(&self, account_id: &str, region: &str) -> Option<&str> {
+        self.all()
+            .find(|r| r.reference.account_id == account_id && r.reference.region == region)
+            .map(|r| r.reference.alias.as_str())
+    }
+
     /// The configured aliases, for error messages.
     pub fn aliases(&self) -> Vec<String> {
         self.by_alias.keys().cloned().collect()
