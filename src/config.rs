@@ -33,6 +33,8 @@ pub struct Config {
     pub policy: OrgPolicyConfig,
     /// Background inventory refresh.
     pub sync: SyncConfig,
+    /// The worker that carries out cleanup runs.
+    pub cleanup: CleanupRunConfig,
 }
 
 /// `[server]`
@@ -186,6 +188,33 @@ impl Default for SyncConfig {
     }
 }
 
+/// `[cleanup]`: the worker that carries out RunCleanup. (What cleanup may
+/// delete is org policy: `[policy.cleanup]`.)
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CleanupRunConfig {
+    /// Whether this replica carries out runs (any replica may; one holds a run at a time).
+    pub worker: bool,
+    /// Images per BatchDeleteImage call (1-100, ECR's limit).
+    pub batch_size: usize,
+    /// How long a worker's hold on a run lasts without renewal; a run whose
+    /// worker died is resumed by another (or a restarted) replica after this.
+    pub lease_seconds: u64,
+    /// How often an idle worker looks for runs (RunCleanup also wakes it).
+    pub poll_interval_seconds: u64,
+}
+
+impl Default for CleanupRunConfig {
+    fn default() -> Self {
+        Self {
+            worker: true,
+            batch_size: 100,
+            lease_seconds: 60,
+            poll_interval_seconds: 5,
+        }
+    }
+}
+
 /// A configuration that failed to load or check; each line names the key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", problems.join("\n  - "))]
@@ -259,6 +288,16 @@ impl Config {
                 "sync.concurrency: {} is out of range; use 1 to 64 repositories at once",
                 self.sync.concurrency
             ));
+        }
+        if !(1..=100).contains(&self.cleanup.batch_size) {
+            problems.push(format!(
+                "cleanup.batch_size: {} is out of range; BatchDeleteImage takes 1 to 100 images",
+                self.cleanup.batch_size
+            ));
+        }
+        if self.cleanup.lease_seconds == 0 || self.cleanup.poll_interval_seconds == 0 {
+            problems
+                .push("cleanup.lease_seconds and cleanup.poll_interval_seconds: must be at least 1".into());
         }
         if self.auth.mode.is_none() {
             problems.push(

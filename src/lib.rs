@@ -10,11 +10,13 @@
 //! - [`audit`]: the CloudTrail-shaped audit trail.
 //! - [`auth`]: caller identity (a tower layer).
 //! - [`inventory`]: keeps the cache true.
+//! - [`cleanup`]: plans cleanups and carries out cleanup runs.
 //! - [`config`], [`server`]: settings and wiring.
 
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod cleanup;
 pub mod config;
 pub mod domain;
 pub mod ecr;

@@ -79,6 +79,7 @@ pub async fn run(
             lease: Duration::from_secs(config.sync.lease_seconds),
             scans_per_pass: config.sync.scans_per_pass,
         },
+        cleanup_wake: Arc::new(tokio::sync::Notify::new()),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -92,6 +93,22 @@ pub async fn run(
             registries.all().cloned().collect(),
             Duration::from_secs(config.sync.interval_seconds),
             config.sync.concurrency,
+            stop_rx.clone(),
+        ))
+    });
+
+    let cleanup_worker = config.cleanup.worker.then(|| {
+        tokio::spawn(crate::cleanup::worker::run_worker(
+            crate::cleanup::worker::Worker {
+                store: store.clone(),
+                registries: registries.clone(),
+                protection: state.policy.config().cleanup.clone(),
+                holder: replica_name(),
+                lease: Duration::from_secs(config.cleanup.lease_seconds),
+                batch_size: config.cleanup.batch_size,
+                poll: Duration::from_secs(config.cleanup.poll_interval_seconds),
+            },
+            state.cleanup_wake.clone(),
             stop_rx.clone(),
         ))
     });
@@ -151,6 +168,14 @@ pub async fn run(
     let _ = cache_listener.await;
     if let Some(sync) = sync {
         sync.abort();
+    }
+    if let Some(worker) = cleanup_worker {
+        // It hands its run back between batches; a batch in flight gets the grace period.
+        if tokio::time::timeout(grace, worker).await.is_err() {
+            tracing::warn!(
+                "the cleanup worker did not stop within {grace:?}; its run resumes after its lease"
+            );
+        }
     }
     audit_writer.shutdown(grace).await;
     tracing::info!("ecr-gateway stopped");

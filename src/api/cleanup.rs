@@ -1,26 +1,28 @@
-//! `ecrgateway.v1.CleanupService` (so far: pins and DeleteImages): deploy
-//! systems pin what runs, and nothing pinned or protected by the org policy
-//! is deleted through the gateway.
+//! `ecrgateway.v1.CleanupService`: deploy systems pin what runs, and nothing
+//! pinned or protected by the org policy is deleted through the gateway.
+//! Pins, DeleteImages, lifecycle policies and previews are here; cleanup
+//! runs are in [`super::cleanup_runs`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::Utc;
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
 
 use super::call::Call;
+use super::cleanup_runs;
 use super::convert::{time_of, timestamp};
 use super::error::{ApiError, Precondition, invalid, violations_of};
 use super::image::image_selector;
 use super::mutation::{self, CacheChange, Done, check_request_id};
 use super::page_token::{self, next_token};
 use super::{AppState, Shared};
+use crate::cleanup::plan::{self, Floors, Preview, Verdict};
 use crate::domain::{Digest, ImageSelector, ImageTag, RegistryRef, RepositoryName, Violation};
 use crate::ecr::{CallLog, DeleteOutcome, Registry};
 use crate::pb;
 use crate::pb::cleanup_service_server::CleanupService;
-use crate::policy::lifecycle_eval::{self, LifecycleImage};
-use crate::policy::lifecycle_model::{LifecyclePolicy, RuleAction, StorageClass};
+use crate::policy::lifecycle_model::{LifecyclePolicy, RuleAction};
 use crate::policy::protection;
 use crate::store::pins::{self, PinFilter, PinRow};
 use crate::store::{Store, image_reads, repositories, sync};
@@ -149,6 +151,60 @@ impl CleanupService for CleanupApi {
             "lifecyclePolicyText": request.policy_text, "pageSize": request.page_size, "pageToken": request.page_token,
         }));
         let result = preview_cleanup(&self.state, &mut call, &request).await;
+        call.finish(&self.state.audit, result).await
+    }
+
+    async fn run_cleanup(
+        &self,
+        request: Request<pb::RunCleanupRequest>,
+    ) -> Result<Response<pb::CleanupRun>, Status> {
+        let mut call = Call::start(&request, "RunCleanup", false);
+        let request = request.into_inner();
+        call.set_parameters(json!({
+            "registry": request.registry, "repositoryName": request.repository,
+            "repositoryPrefix": request.repository_prefix, "lifecyclePolicyText": request.policy_text,
+            "dryRun": request.dry_run, "requestId": request.request_id,
+        }));
+        let result = cleanup_runs::run_cleanup(&self.state, &mut call, &request).await;
+        call.finish(&self.state.audit, result).await
+    }
+
+    async fn get_cleanup_run(
+        &self,
+        request: Request<pb::GetCleanupRunRequest>,
+    ) -> Result<Response<pb::GetCleanupRunResponse>, Status> {
+        let mut call = Call::start(&request, "GetCleanupRun", true);
+        let request = request.into_inner();
+        call.set_parameters(json!({
+            "cleanupRunId": request.id, "outcome": request.outcome,
+            "pageSize": request.page_size, "pageToken": request.page_token,
+        }));
+        let result = cleanup_runs::get_cleanup_run(&self.state, &call, &request).await;
+        call.finish(&self.state.audit, result).await
+    }
+
+    async fn list_cleanup_runs(
+        &self,
+        request: Request<pb::ListCleanupRunsRequest>,
+    ) -> Result<Response<pb::ListCleanupRunsResponse>, Status> {
+        let mut call = Call::start(&request, "ListCleanupRuns", true);
+        let request = request.into_inner();
+        call.set_parameters(json!({
+            "registry": request.registry, "repositoryName": request.repository, "state": request.state,
+            "pageSize": request.page_size, "pageToken": request.page_token,
+        }));
+        let result = cleanup_runs::list_cleanup_runs(&self.state, &call, &request).await;
+        call.finish(&self.state.audit, result).await
+    }
+
+    async fn cancel_cleanup_run(
+        &self,
+        request: Request<pb::CancelCleanupRunRequest>,
+    ) -> Result<Response<pb::CleanupRun>, Status> {
+        let mut call = Call::start(&request, "CancelCleanupRun", false);
+        let request = request.into_inner();
+        call.set_parameters(json!({"cleanupRunId": request.id}));
+        let result = cleanup_runs::cancel_cleanup_run(&self.state, &mut call, &request).await;
         call.finish(&self.state.audit, result).await
     }
 }
@@ -689,7 +745,19 @@ fn refuse_protected(
     }
 }
 
-fn repository_not_found(registry: &RegistryRef, repository: &RepositoryName) -> ApiError {
+/// FAILED_PRECONDITION: the repository has no lifecycle policy to apply.
+pub(super) fn no_lifecycle_policy(registry: &RegistryRef, repository: &RepositoryName) -> ApiError {
+    ApiError::FailedPrecondition {
+        reason: "NO_LIFECYCLE_POLICY",
+        violations: vec![Precondition {
+            kind: "NO_LIFECYCLE_POLICY".into(),
+            subject: format!("{}/{repository}", registry.alias),
+            description: format!("`{repository}` has no lifecycle policy; give policy_text to use one"),
+        }],
+    }
+}
+
+pub(super) fn repository_not_found(registry: &RegistryRef, repository: &RepositoryName) -> ApiError {
     ApiError::NotFound {
         resource_type: "ecr.repository",
         resource_name: format!("{}/{repository}", registry.alias),
@@ -723,188 +791,82 @@ async fn get_lifecycle_policy(
     ))
 }
 
-/// One image a rule acts on (or a pin or protection saves), before it is
-/// turned into a message: previews sort and count these, and build messages
-/// only for the page they return.
-struct Verdict {
-    rule_priority: u32,
-    action: RuleAction,
-    saved: bool,
-    /// Index into [`Preview::images`].
-    image: usize,
-}
-
-/// A policy's verdict on the cached inventory, with pins and protection applied.
-struct Preview {
-    /// Acted on or saved, ordered by rule priority, then push time, then digest.
-    verdicts: Vec<Verdict>,
-    images: Vec<LifecycleImage>,
-    holders: HashMap<String, Vec<String>>,
-    protected: HashMap<String, String>,
-}
-
-impl Preview {
-    fn message(&self, verdict: &Verdict) -> pb::PreviewedImage {
-        let image = &self.images[verdict.image];
-        let digest = image.digest.to_string();
-        let (saved_by, holders, protected_by) = match (
-            verdict.saved,
-            self.holders.get(&digest),
-            self.protected.get(&digest),
-        ) {
-            (false, _, _) => (pb::SavedBy::Unspecified, Vec::new(), String::new()),
-            (true, Some(h), _) => (pb::SavedBy::Pin, h.clone(), String::new()),
-            (true, None, p) => (
-                pb::SavedBy::Protection,
-                Vec::new(),
-                p.cloned().unwrap_or_default(),
-            ),
-        };
-        pb::PreviewedImage {
-            digest,
-            tags: image.tags.clone(),
-            push_time: Some(timestamp(image.pushed_at)),
-            action: match verdict.action {
-                RuleAction::Expire => pb::CleanupAction::Expire,
-                RuleAction::TransitionToArchive => pb::CleanupAction::Transition,
-            } as i32,
-            rule_priority: i32::try_from(verdict.rule_priority).unwrap_or(i32::MAX),
-            saved_by: saved_by as i32,
-            holders,
-            protected_by,
-        }
+/// One previewed image as the API shows it.
+fn previewed(preview: &Preview, verdict: &Verdict) -> pb::PreviewedImage {
+    let image = &preview.images[verdict.image];
+    let digest = image.digest.to_string();
+    let (saved_by, holders, protected_by) = match (
+        verdict.saved,
+        preview.holders.get(&digest),
+        preview.protected.get(&digest),
+    ) {
+        (false, _, _) => (pb::SavedBy::Unspecified, Vec::new(), String::new()),
+        (true, Some(h), _) => (pb::SavedBy::Pin, h.clone(), String::new()),
+        (true, None, p) => (
+            pb::SavedBy::Protection,
+            Vec::new(),
+            p.cloned().unwrap_or_default(),
+        ),
+    };
+    pb::PreviewedImage {
+        digest,
+        tags: image.tags.clone(),
+        push_time: Some(timestamp(image.pushed_at)),
+        action: action_message(verdict.action) as i32,
+        rule_priority: i32::try_from(verdict.rule_priority).unwrap_or(i32::MAX),
+        saved_by: saved_by as i32,
+        holders,
+        protected_by,
     }
 }
 
-/// Evaluates `policy` over the repository's cached images now.
+/// A rule action as the API names it.
+pub(super) fn action_message(action: RuleAction) -> pb::CleanupAction {
+    match action {
+        RuleAction::Expire => pb::CleanupAction::Expire,
+        RuleAction::TransitionToArchive => pb::CleanupAction::Transition,
+    }
+}
+
+/// Evaluates `policy` over the repository's cached images now (floors are checked separately).
 async fn preview(
     state: &AppState,
     registry: &RegistryRef,
     repository: &RepositoryName,
     policy: &LifecyclePolicy,
 ) -> Result<Preview, ApiError> {
-    let pool = state.store.pool();
-    let rows = image_reads::lifecycle_rows(pool, registry, repository.as_str()).await?;
-    let pins = pins::active(pool, registry, repository.as_str(), None).await?;
     let cleanup = &state.policy.config().cleanup;
-    let mut holders: HashMap<String, Vec<String>> = HashMap::new();
-    for pin in &pins {
-        holders
-            .entry(pin.digest.clone())
-            .or_default()
-            .push(pin.holder.clone());
-    }
-    let mut protected: HashMap<String, String> = HashMap::new();
-    let mut images = Vec::with_capacity(rows.len());
-    for row in rows {
-        let Ok(digest) = Digest::parse(&row.digest) else {
-            continue;
-        };
-        if let Some(pattern) = row
-            .tags
-            .iter()
-            .find_map(|t| protection::protecting_pattern(cleanup, repository.as_str(), t))
-        {
-            protected.insert(row.digest, pattern.to_owned());
-        }
-        images.push(LifecycleImage {
-            digest,
-            tags: row.tags,
-            pushed_at: row.pushed_at,
-            last_pulled_at: row.last_pulled_at,
-            last_activated_at: None,
-            storage_class: if row.status == "ARCHIVED" {
-                StorageClass::Archive
-            } else {
-                StorageClass::Standard
-            },
-            transitioned_at: None,
-        });
-    }
-    let keep: HashSet<Digest> = holders
-        .keys()
-        .chain(protected.keys())
-        .filter_map(|d| Digest::parse(d).ok())
-        .collect();
-    let evaluation = lifecycle_eval::evaluate(policy, &images, &keep, Utc::now());
-    let index: HashMap<&Digest, usize> = images
-        .iter()
-        .enumerate()
-        .map(|(i, image)| (&image.digest, i))
-        .collect();
-    let mut verdicts: Vec<Verdict> = evaluation
-        .acted_on
-        .iter()
-        .map(|o| (o, false))
-        .chain(evaluation.saved_by_pin.iter().map(|o| (o, true)))
-        .filter_map(|(outcome, saved)| {
-            Some(Verdict {
-                rule_priority: outcome.rule_priority,
-                action: outcome.action,
-                saved,
-                image: *index.get(&outcome.digest)?,
-            })
-        })
-        .collect();
-    drop(index);
-    verdicts.sort_by(|a, b| {
-        let (x, y) = (&images[a.image], &images[b.image]);
-        (a.rule_priority, x.pushed_at, &x.digest).cmp(&(b.rule_priority, y.pushed_at, &y.digest))
-    });
-    Ok(Preview {
-        verdicts,
-        images,
-        holders,
-        protected,
-    })
+    Ok(plan::preview(
+        state.store.pool(),
+        cleanup,
+        registry,
+        repository.as_str(),
+        policy,
+        Floors::Ignore,
+    )
+    .await?)
 }
 
 /// The org policy's retention floors this policy would break: it may not
 /// expire any of the `count` newest images with a tag matching the floor's
 /// pattern (judged on the cached inventory now).
-fn retention_violations(
+pub(super) fn retention_violations(
     state: &AppState,
     repository: &RepositoryName,
     previewed: &Preview,
 ) -> Vec<Violation> {
-    let cleanup = &state.policy.config().cleanup;
-    let expired: HashSet<usize> = previewed
-        .verdicts
-        .iter()
-        .filter(|v| v.action == RuleAction::Expire)
-        .map(|v| v.image)
-        .collect();
-    protection::floors_for(cleanup, repository.as_str())
+    plan::floor_breaches(&state.policy.config().cleanup, repository.as_str(), previewed)
         .into_iter()
-        .filter_map(|floor| {
-            let mut matching: Vec<usize> = (0..previewed.images.len())
-                .filter(|&i| {
-                    previewed.images[i]
-                        .tags
-                        .iter()
-                        .any(|t| protection::glob_matches(&floor.tags, t))
-                })
-                .collect();
-            matching.sort_by(|&a, &b| {
-                let (x, y) = (&previewed.images[a], &previewed.images[b]);
-                (y.pushed_at, &y.digest).cmp(&(x.pushed_at, &x.digest))
-            });
-            let hit = matching
-                .iter()
-                .take(floor.count as usize)
-                .filter(|i| expired.contains(i))
-                .count();
-            (hit > 0).then(|| {
-                Violation::new(
-                    "policy_text",
-                    "cleanup.retention-floor",
-                    format!(
-                        "the org policy keeps the {} newest images tagged `{}` in `{repository}`; this policy would \
-                         expire {hit} of them: raise its counts or narrow its selections",
-                        floor.count, floor.tags
-                    ),
-                )
-            })
+        .map(|(floor, hit)| {
+            Violation::new(
+                "policy_text",
+                "cleanup.retention-floor",
+                format!(
+                    "the org policy keeps the {} newest images tagged `{}` in `{repository}`; this policy would \
+                     expire {hit} of them: raise its counts or narrow its selections",
+                    floor.count, floor.tags
+                ),
+            )
         })
         .collect()
 }
@@ -969,18 +931,18 @@ async fn set_lifecycle_policy(
     {
         return Err(repository_not_found(&registry.reference, &repository));
     }
-    let previewed = preview(state, &registry.reference, &repository, &policy).await?;
-    let floors = retention_violations(state, &repository, &previewed);
+    let evaluated = preview(state, &registry.reference, &repository, &policy).await?;
+    let floors = retention_violations(state, &repository, &evaluated);
     if !floors.is_empty() {
         return Err(invalid(floors));
     }
-    let at_risk: Vec<pb::PreviewedImage> = previewed
+    let at_risk: Vec<pb::PreviewedImage> = evaluated
         .verdicts
         .iter()
         .filter(|v| v.saved)
-        .map(|v| previewed.message(v))
+        .map(|v| previewed(&evaluated, v))
         .collect();
-    drop(previewed);
+    drop(evaluated);
     if !at_risk.is_empty() && !request.acknowledge_at_risk {
         return Err(at_risk_error(&at_risk));
     }
@@ -1123,16 +1085,7 @@ async fn preview_cleanup(
                 .state
                 .lifecycle_policy
                 .clone()
-                .ok_or_else(|| ApiError::FailedPrecondition {
-                    reason: "NO_LIFECYCLE_POLICY",
-                    violations: vec![Precondition {
-                        kind: "NO_LIFECYCLE_POLICY".into(),
-                        subject: format!("{}/{repository}", registry.reference.alias),
-                        description: format!(
-                            "`{repository}` has no lifecycle policy; give policy_text to preview one"
-                        ),
-                    }],
-                })?;
+                .ok_or_else(|| no_lifecycle_policy(&registry.reference, &repository))?;
             // The repository's policy was accepted by ECR; a parse failure is
             // reported against it, not the request.
             let policy = LifecyclePolicy::parse(&text, "repository.lifecycle_policy").map_err(invalid)?;
@@ -1162,7 +1115,7 @@ async fn preview_cleanup(
     };
     let page: Vec<pb::PreviewedImage> = result.verdicts[start..end]
         .iter()
-        .map(|v| result.message(v))
+        .map(|v| previewed(&result, v))
         .collect();
     let evaluated = result.images.len() as i32;
     drop(result);

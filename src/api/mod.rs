@@ -3,6 +3,7 @@
 
 pub mod call;
 pub mod cleanup;
+pub mod cleanup_runs;
 pub mod convert;
 pub mod error;
 pub mod image;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub mutation_lease: Duration,
     /// The inventory sync (on demand and write-through).
     pub syncer: crate::inventory::Syncer,
+    /// Wakes the cleanup worker (a run was started or cancelled).
+    pub cleanup_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Shared handle to the state.

@@ -18,10 +18,11 @@ use super::error::ApiError;
 use crate::domain::{RegistryRef, RepositoryName, RepositoryState, Violation};
 use crate::ecr::CallLog;
 use crate::ecr::ScanReport;
+use crate::store::cleanup_runs::NewRun;
 use crate::store::operations::{self, Claim};
 use crate::store::pins::{self, PinRow};
 use crate::store::scans::{self, ExceptionRow};
-use crate::store::{Store, Tx, audit_events, images, repositories};
+use crate::store::{Store, Tx, audit_events, cleanup_runs, images, repositories};
 
 /// Longest `request_id`.
 const MAX_REQUEST_ID: usize = 128;
@@ -72,6 +73,8 @@ pub enum CacheChange {
         /// Tags gone from images that remain.
         untagged: Vec<String>,
     },
+    /// A cleanup run was started (the worker carries it out).
+    StartCleanupRun(Box<NewRun>),
     /// Nothing the gateway caches changed.
     Nothing,
 }
@@ -245,7 +248,11 @@ async fn apply_change(tx: &mut Tx, change: &CacheChange) -> Result<(), crate::st
                 .await
                 .map(|_| ())
         }
-        CacheChange::Pin(pin) => pins::upsert(tx, pin).await,
+        CacheChange::Pin(pin) => {
+            // Waits while a cleanup batch of this repository is between its pin check and ECR's answer.
+            cleanup_runs::lock_repository(tx, &pin.account_id, &pin.region, &pin.repository).await?;
+            pins::upsert(tx, pin).await
+        }
         CacheChange::Unpin {
             registry,
             repository,
@@ -268,6 +275,7 @@ async fn apply_change(tx: &mut Tx, change: &CacheChange) -> Result<(), crate::st
             }
             Ok(())
         }
+        CacheChange::StartCleanupRun(run) => cleanup_runs::insert(tx, run).await,
         CacheChange::Nothing => Ok(()),
     }
 }
@@ -285,7 +293,7 @@ fn invalidate_changed(store: &Store, change: &CacheChange) {
         } => store.invalidate(registry, name.as_str()),
         CacheChange::Pin(_) | CacheChange::Unpin { .. } => {}
         CacheChange::InsertException(_) | CacheChange::RevokeException { .. } => store.invalidate_all(),
-        CacheChange::Nothing => {}
+        CacheChange::StartCleanupRun(_) | CacheChange::Nothing => {}
     }
 }
 

@@ -250,3 +250,64 @@ impl Registry {
         Ok(outcomes)
     }
 }
+
+impl Registry {
+    /// Which of `digests` ECR no longer has, 100 per call (BatchGetImage), in
+    /// the registry's budget. A digest is gone when ECR returns no image for
+    /// it and no failure other than ImageNotFound names it (moto names no
+    /// digest in its ImageNotFound failures; ECR does).
+    pub async fn gone_digests(
+        &self,
+        log: &CallLog,
+        repository: &RepositoryName,
+        digests: &[Digest],
+    ) -> Result<Vec<Digest>, EcrError> {
+        let mut gone = Vec::new();
+        for chunk in digests.chunks(BATCH) {
+            let ids = chunk
+                .iter()
+                .map(|d| ImageIdentifier::builder().image_digest(d.as_str()).build())
+                .collect();
+            self.budget.acquire("BatchGetImage").await;
+            let output = self
+                .client
+                .batch_get_image()
+                .registry_id(&self.reference.account_id)
+                .repository_name(repository.as_str())
+                .set_image_ids(Some(ids))
+                .accepted_media_types("application/vnd.docker.distribution.manifest.v2+json")
+                .accepted_media_types("application/vnd.docker.distribution.manifest.list.v2+json")
+                .accepted_media_types("application/vnd.oci.image.manifest.v1+json")
+                .accepted_media_types("application/vnd.oci.image.index.v1+json")
+                .send()
+                .await
+                .inspect_err(|e| log.record(e.request_id()))
+                .map_err(|e| classify("BatchGetImage", e))?;
+            log.record(output.request_id());
+            let found: Vec<String> = output
+                .images
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|i| i.image_id?.image_digest)
+                .collect();
+            let unsure: Vec<String> = output
+                .failures
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|f| {
+                    f.failure_code
+                        .as_ref()
+                        .is_some_and(|c| c.as_str() != "ImageNotFound")
+                })
+                .filter_map(|f| f.image_id?.image_digest)
+                .collect();
+            gone.extend(
+                chunk
+                    .iter()
+                    .filter(|d| !found.iter().chain(&unsure).any(|f| f == d.as_str()))
+                    .cloned(),
+            );
+        }
+        Ok(gone)
+    }
+}

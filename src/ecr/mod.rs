@@ -148,11 +148,15 @@ impl Registries {
         self.by_alias.values()
     }
 
-    /// The alias of the registry with this account and region, if configured.
-    pub fn alias_of(&self, account_id: &str, region: &str) -> Option<&str> {
+    /// The registry with this account and region, if configured.
+    pub fn at(&self, account_id: &str, region: &str) -> Option<&Registry> {
         self.all()
             .find(|r| r.reference.account_id == account_id && r.reference.region == region)
-            .map(|r| r.reference.alias.as_str())
+    }
+
+    /// The alias of the registry with this account and region, if configured.
+    pub fn alias_of(&self, account_id: &str, region: &str) -> Option<&str> {
+        self.at(account_id, region).map(|r| r.reference.alias.as_str())
     }
 
     /// The configured aliases, for error messages.

@@ -3,6 +3,7 @@
 
 pub mod audit_events;
 pub mod cache;
+pub mod cleanup_runs;
 pub mod image_reads;
 pub mod images;
 pub mod operations;

@@ -123,3 +123,19 @@ pub async fn push_manifest(
         .unwrap_or_else(|e| panic!("PutImage {repository} {tag:?}: {e:?}"));
     digest
 }
+
+/// Pushes an image without a tag (PutImage with no imageTag) and returns its digest.
+pub async fn push_untagged(client: &aws_sdk_ecr::Client, repository: &str, seed: &str) -> String {
+    let manifest = docker_manifest(seed);
+    let digest = digest_of(manifest.as_bytes());
+    client
+        .put_image()
+        .repository_name(repository)
+        .image_manifest(&manifest)
+        .image_manifest_media_type("application/vnd.docker.distribution.manifest.v2+json")
+        .image_digest(&digest)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PutImage {repository} (untagged): {e:?}"));
+    digest
+}

@@ -237,7 +237,12 @@ allowed_accounts = ["210987654321"]
 
 /// A configuration for a gateway on `db` with the main registry at `endpoint`.
 pub fn config(db: &TestDb, endpoint: &str, extra: &str) -> Config {
-    let text = format!(
+    Config::from_toml(&config_text(db, endpoint, extra)).unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+/// The TOML text of [`config`] (for a gateway run as its own process).
+pub fn config_text(db: &TestDb, endpoint: &str, extra: &str) -> String {
+    format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
@@ -268,8 +273,7 @@ max_attempts = 2
 {POLICY}
 "#,
         url = db.url,
-    );
-    Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}"))
+    )
 }
 
 /// A gateway running in this test's runtime.

@@ -24,6 +24,9 @@ struct Faults {
     drop_all: bool,
     /// Requests seen, by ECR action.
     seen: std::collections::HashMap<String, u64>,
+    /// ECR actions forwarded to moto (which acts on them) whose answers are
+    /// held back from the gateway, after letting this many through.
+    holding: std::collections::HashMap<String, u64>,
 }
 
 /// A running proxy; configure faults while it runs.
@@ -32,6 +35,7 @@ pub struct FaultProxy {
     /// The URL to give the gateway as its endpoint.
     pub endpoint: String,
     faults: Arc<Mutex<Faults>>,
+    released: Arc<tokio::sync::Notify>,
 }
 
 impl FaultProxy {
@@ -40,9 +44,11 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
         let faults = Arc::new(Mutex::new(Faults::default()));
+        let released = Arc::new(tokio::sync::Notify::new());
         let upstream = upstream.to_owned();
         let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let shared = faults.clone();
+        let released_by_proxy = released.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -53,9 +59,16 @@ impl FaultProxy {
                     continue;
                 }
                 let (client, upstream, faults) = (client.clone(), upstream.clone(), shared.clone());
+                let released = released_by_proxy.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
-                        forward(client.clone(), upstream.clone(), faults.clone(), request)
+                        forward(
+                            client.clone(),
+                            upstream.clone(),
+                            faults.clone(),
+                            released.clone(),
+                            request,
+                        )
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -63,7 +76,25 @@ impl FaultProxy {
                 });
             }
         });
-        FaultProxy { endpoint, faults }
+        FaultProxy {
+            endpoint,
+            faults,
+            released,
+        }
+    }
+
+    /// Answers the first `answered` requests of the ECR action ever seen;
+    /// forwards later ones to moto (which acts on them) but holds their
+    /// answers back: the gateway sees a call that hangs after ECR did the
+    /// work, as when it dies mid-call. Calling it again with a larger number
+    /// releases the requests up to that number; [`FaultProxy::heal`] releases all.
+    pub fn hold_answers(&self, action: &str, answered: u64) {
+        self.faults
+            .lock()
+            .expect("faults")
+            .holding
+            .insert(action.to_owned(), answered);
+        self.released.notify_waiters();
     }
 
     /// Answers the ECR action with a server error until [`FaultProxy::heal`].
@@ -101,6 +132,8 @@ impl FaultProxy {
         let mut faults = self.faults.lock().expect("faults");
         faults.failing.clear();
         faults.drop_all = false;
+        faults.holding.clear();
+        self.released.notify_waiters();
     }
 }
 
@@ -108,6 +141,7 @@ async fn forward(
     client: Client<HttpConnector, Full<Bytes>>,
     upstream: String,
     faults: Arc<Mutex<Faults>>,
+    released: Arc<tokio::sync::Notify>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let action = request
@@ -117,10 +151,16 @@ async fn forward(
         .and_then(|t| t.rsplit('.').next())
         .unwrap_or_default()
         .to_owned();
-    let failing = {
+    let (failing, held, seq) = {
         let mut faults = faults.lock().expect("faults");
-        *faults.seen.entry(action.clone()).or_default() += 1;
-        faults.failing.contains(&action)
+        let seen = faults.seen.entry(action.clone()).or_default();
+        *seen += 1;
+        let seq = *seen;
+        let held = faults
+            .holding
+            .get(&action)
+            .is_some_and(|&answered| seq > answered);
+        (faults.failing.contains(&action), held, seq)
     };
     if failing {
         let body = format!(r#"{{"__type":"ServerException","message":"injected failure of {action}"}}"#);
@@ -151,5 +191,23 @@ async fn forward(
             .body(Full::new(Bytes::from(error.to_string())))
             .expect("response"),
     };
+    if held {
+        loop {
+            // Registered before checking, so a release in between is not missed.
+            let notified = released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let still_held = faults
+                .lock()
+                .expect("faults")
+                .holding
+                .get(&action)
+                .is_some_and(|&answered| seq > answered);
+            if !still_held {
+                break;
+            }
+            notified.await;
+        }
+    }
     Ok(answer)
 }
