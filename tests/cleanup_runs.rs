@@ -307,6 +307,21 @@ async fn a_run_deletes_in_batches_spares_pins_and_protection_and_resumes_after_i
     let expected_deleted: BTreeSet<String> = dev[1..15].iter().chain(&untagged[1..]).cloned().collect();
     assert_eq!(expected_deleted.len(), 27);
 
+    // The preview agrees, with no ECR call.
+    let preview = CleanupServiceClient::new(first.channel.clone())
+        .preview_cleanup(ops(pb::PreviewCleanupRequest {
+            repository: repo.clone(),
+            policy_text: POLICY.into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("preview")
+        .into_inner();
+    assert_eq!(
+        (preview.evaluated, preview.expire_count, preview.saved_count),
+        (50, 27, 5)
+    );
+
     // The first batch is answered; the second reaches moto (which deletes its
     // images) but its answer is held back, and the worker is killed meanwhile.
     proxy.hold_answers("BatchDeleteImage", 1);

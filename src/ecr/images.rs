@@ -301,13 +301,40 @@ impl Registry {
                 })
                 .filter_map(|f| f.image_id?.image_digest)
                 .collect();
-            gone.extend(
-                chunk
-                    .iter()
-                    .filter(|d| !found.iter().chain(&unsure).any(|f| f == d.as_str()))
-                    .cloned(),
-            );
+            gone.extend(not_found(chunk, &found, &unsure));
         }
         Ok(gone)
+    }
+}
+
+/// The requested digests BatchGetImage neither returned nor failed on for a
+/// reason other than ImageNotFound.
+fn not_found(requested: &[Digest], found: &[String], unsure: &[String]) -> Vec<Digest> {
+    requested
+        .iter()
+        .filter(|d| !found.iter().chain(unsure).any(|f| f == d.as_str()))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(c: char) -> Digest {
+        Digest::parse(&format!("sha256:{}", c.to_string().repeat(64))).expect("digest")
+    }
+
+    #[test]
+    fn only_digests_ecr_has_not_got_are_gone() {
+        let (a, b, c, d) = (digest('a'), digest('b'), digest('c'), digest('d'));
+        // ECR returned a; failed on b with e.g. UnsupportedImageType; c and d
+        // failed with ImageNotFound (named or, as moto does, not).
+        let gone = not_found(
+            &[a.clone(), b.clone(), c.clone(), d.clone()],
+            &[a.to_string()],
+            &[b.to_string()],
+        );
+        assert_eq!(gone, vec![c, d]);
     }
 }
