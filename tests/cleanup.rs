@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::images::push;
-use common::{Gateway, Moto, TestDb, as_user, config, ecr_client, unique, wait_for_audit_rows};
+use common::{Gateway, Moto, TestDb, as_user, config, ecr_client, unique, violations, wait_for_audit_rows};
 use ecr_gateway::pb;
 use ecr_gateway::pb::cleanup_service_client::CleanupServiceClient;
 use ecr_gateway::pb::image_service_client::ImageServiceClient;
@@ -27,18 +27,6 @@ fn dan<T>(message: T) -> tonic::Request<T> {
 
 fn cleanup(gateway: &Gateway) -> CleanupServiceClient<Channel> {
     CleanupServiceClient::new(gateway.channel.clone())
-}
-
-fn violations(status: &tonic::Status) -> Vec<(String, String)> {
-    status
-        .get_details_bad_request()
-        .map(|b| {
-            b.field_violations
-                .into_iter()
-                .map(|v| (v.field, v.reason))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn preconditions(status: &tonic::Status) -> Vec<(String, String)> {

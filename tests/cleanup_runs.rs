@@ -15,14 +15,13 @@ use std::time::{Duration, Instant};
 
 use common::images::{push, push_untagged};
 use common::proxy::FaultProxy;
-use common::{Moto, TestDb, as_user, config, config_text, ecr_client, free_port, unique};
+use common::{Moto, TestDb, as_user, config, config_text, ecr_client, free_port, unique, violations};
 use ecr_gateway::pb;
 use ecr_gateway::pb::cleanup_service_client::CleanupServiceClient;
 use ecr_gateway::pb::image_service_client::ImageServiceClient;
 use ecr_gateway::pb::repository_service_client::RepositoryServiceClient;
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_types::StatusExt;
 
 /// Small batches and a short lease, so that a run has several batches and a
 /// dead worker's run is taken over quickly; `release-*` is protected.
@@ -44,18 +43,6 @@ const POLICY: &str = r#"{"rules":[
 
 fn ops<T>(message: T) -> tonic::Request<T> {
     as_user(message, "platform-ops", "platform")
-}
-
-fn violations(status: &tonic::Status) -> Vec<(String, String)> {
-    status
-        .get_details_bad_request()
-        .map(|b| {
-            b.field_violations
-                .into_iter()
-                .map(|v| (v.field, v.reason))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 async fn create_repository(channel: &Channel, name: &str) {

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{Gateway, Moto, TestDb, as_user, config, ecr_client, unique, wait_for_audit_rows};
+use common::{Gateway, Moto, TestDb, as_user, config, ecr_client, unique, violations, wait_for_audit_rows};
 use ecr_gateway::pb;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -34,18 +34,6 @@ fn create_request(name: &str, request_id: &str) -> pb::CreateRepositoryRequest {
 
 fn alice<T>(message: T) -> tonic::Request<T> {
     as_user(message, "alice@example.com", "payments")
-}
-
-fn violations(status: &tonic::Status) -> Vec<(String, String)> {
-    status
-        .get_details_bad_request()
-        .map(|b| {
-            b.field_violations
-                .into_iter()
-                .map(|v| (v.field, v.reason))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 async fn start(db: &TestDb) -> Gateway {

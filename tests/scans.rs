@@ -11,14 +11,14 @@ use std::time::Duration;
 use common::images::push;
 use common::proxy::FaultProxy;
 use common::{
-    Gateway, Moto, TestDb, as_user, config, ecr_client, seed_scan_findings, unique, wait_for_audit_rows,
+    Gateway, Moto, TestDb, as_user, config, ecr_client, seed_scan_findings, unique, violations,
+    wait_for_audit_rows,
 };
 use ecr_gateway::pb;
 use ecr_gateway::pb::image_service_client::ImageServiceClient;
 use ecr_gateway::pb::scan_service_client::ScanServiceClient;
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_types::StatusExt;
 
 const CRITICAL_CVE: &str = "CVE-2024-3094";
 const HIGH_CVE: &str = "CVE-2023-44487";
@@ -30,18 +30,6 @@ fn carol<T>(message: T) -> tonic::Request<T> {
 
 fn scans(gateway: &Gateway) -> ScanServiceClient<Channel> {
     ScanServiceClient::new(gateway.channel.clone())
-}
-
-fn violations(status: &tonic::Status) -> Vec<(String, String)> {
-    status
-        .get_details_bad_request()
-        .map(|b| {
-            b.field_violations
-                .into_iter()
-                .map(|v| (v.field, v.reason))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 async fn create_repository(gateway: &Gateway, stem: &str, exclude_latest: bool) -> String {

@@ -53,13 +53,7 @@ impl Call {
             client_request_id: None,
             request_parameters: Value::Object(Default::default()),
             resources: Vec::new(),
-            outcome: AuditOutcome {
-                status: AuditStatus::Pending,
-                response_elements: None,
-                error_code: None,
-                error_message: None,
-                ecr_request_ids: Vec::new(),
-            },
+            outcome: AuditOutcome::pending(),
         };
         Call {
             caller,

@@ -439,15 +439,10 @@ async fn list_pins(
 ) -> Result<(pb::ListPinsResponse, Value), ApiError> {
     call.caller()?;
     let mut violations = Vec::new();
-    let registries: Vec<&Registry> = if request.registry.is_empty() {
-        state.registries.all().collect()
-    } else {
-        state
-            .registry(&request.registry)
-            .map(|r| vec![r])
-            .map_err(|v| violations.push(v))
-            .unwrap_or_default()
-    };
+    let registries = state
+        .registries_named(&request.registry)
+        .map_err(|v| violations.push(v))
+        .unwrap_or_default();
     let repository = (!request.repository.is_empty())
         .then(|| RepositoryName::parse(&request.repository))
         .transpose()

@@ -16,7 +16,6 @@ use super::mutation::{self, CacheChange, Done, check_request_id};
 use super::page_token::{self, next_token};
 use super::{AppState, Shared};
 use crate::domain::{RepositoryName, Violation};
-use crate::ecr::Registry;
 use crate::pb;
 use crate::policy::lifecycle_model::LifecyclePolicy;
 use crate::store::cleanup_runs::{self, Cancel, ItemRow, NewRun, RunFilter, RunRow, RunState};
@@ -241,15 +240,10 @@ pub async fn list_cleanup_runs(
 ) -> Result<(pb::ListCleanupRunsResponse, Value), ApiError> {
     call.caller()?;
     let mut violations = Vec::new();
-    let registries: Vec<&Registry> = if request.registry.is_empty() {
-        state.registries.all().collect()
-    } else {
-        state
-            .registry(&request.registry)
-            .map(|r| vec![r])
-            .map_err(|v| violations.push(v))
-            .unwrap_or_default()
-    };
+    let registries = state
+        .registries_named(&request.registry)
+        .map_err(|v| violations.push(v))
+        .unwrap_or_default();
     let repository = (!request.repository.is_empty())
         .then(|| RepositoryName::parse(&request.repository))
         .transpose()

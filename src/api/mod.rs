@@ -59,6 +59,16 @@ impl AppState {
         }
     }
 
+    /// The registries a list or search covers: every one for an empty alias,
+    /// else the one named (or a violation listing the aliases).
+    pub fn registries_named(&self, alias: &str) -> Result<Vec<&Registry>, Violation> {
+        if alias.is_empty() {
+            Ok(self.registries.all().collect())
+        } else {
+            self.registry(alias).map(|r| vec![r])
+        }
+    }
+
     /// The registry a request names (empty: the default), or a violation listing the aliases.
     pub fn registry(&self, alias: &str) -> Result<&Registry, Violation> {
         self.registries.get(alias).ok_or_else(|| {

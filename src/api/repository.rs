@@ -314,17 +314,10 @@ async fn list(
 ) -> Result<(pb::ListRepositoriesResponse, Value), ApiError> {
     call.caller()?;
     let mut violations = Vec::new();
-    let registries: Vec<&Registry> = if request.registry.is_empty() {
-        state.registries.all().collect()
-    } else {
-        match state.registry(&request.registry) {
-            Ok(registry) => vec![registry],
-            Err(violation) => {
-                violations.push(violation);
-                Vec::new()
-            }
-        }
-    };
+    let registries = state
+        .registries_named(&request.registry)
+        .map_err(|v| violations.push(v))
+        .unwrap_or_default();
     if request.prefix.len() > 256 {
         violations.push(Violation::new(
             "prefix",

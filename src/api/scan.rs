@@ -1195,15 +1195,10 @@ async fn list_vulnerable_images(
             None
         }
     };
-    let registries: Vec<&Registry> = if request.registry.is_empty() {
-        state.registries.all().collect()
-    } else {
-        state
-            .registry(&request.registry)
-            .map(|r| vec![r])
-            .map_err(|v| violations.push(v))
-            .unwrap_or_default()
-    };
+    let registries = state
+        .registries_named(&request.registry)
+        .map_err(|v| violations.push(v))
+        .unwrap_or_default();
     let limit = page_token::page_size(request.page_size)
         .map_err(|e| violations.extend(violations_of(e)))
         .ok();

@@ -616,13 +616,7 @@ fn batch_record(
             resource_type: "AWS::ECR::Repository".into(),
             arn: registry.repository_arn(repository),
         }],
-        outcome: AuditOutcome {
-            status: AuditStatus::Pending,
-            response_elements: None,
-            error_code: None,
-            error_message: None,
-            ecr_request_ids: Vec::new(),
-        },
+        outcome: AuditOutcome::pending(),
     }
 }
 

@@ -68,6 +68,19 @@ pub struct AuditOutcome {
     pub ecr_request_ids: Vec<String>,
 }
 
+impl AuditOutcome {
+    /// The outcome of a call not finished yet.
+    pub fn pending() -> AuditOutcome {
+        AuditOutcome {
+            status: AuditStatus::Pending,
+            response_elements: None,
+            error_code: None,
+            error_message: None,
+            ecr_request_ids: Vec::new(),
+        }
+    }
+}
+
 /// One audit record.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditRecord {

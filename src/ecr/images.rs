@@ -65,6 +65,36 @@ impl Registry {
         Ok((records, pages.into_inner()))
     }
 
+    /// One BatchGetImage of at most 100 digests, accepting every manifest type the gateway reads.
+    async fn batch_get_image(
+        &self,
+        log: &CallLog,
+        repository: &RepositoryName,
+        digests: &[Digest],
+    ) -> Result<aws_sdk_ecr::operation::batch_get_image::BatchGetImageOutput, EcrError> {
+        let ids = digests
+            .iter()
+            .map(|d| ImageIdentifier::builder().image_digest(d.as_str()).build())
+            .collect();
+        self.budget.acquire("BatchGetImage").await;
+        let output = self
+            .client
+            .batch_get_image()
+            .registry_id(&self.reference.account_id)
+            .repository_name(repository.as_str())
+            .set_image_ids(Some(ids))
+            .accepted_media_types("application/vnd.docker.distribution.manifest.v2+json")
+            .accepted_media_types("application/vnd.docker.distribution.manifest.list.v2+json")
+            .accepted_media_types("application/vnd.oci.image.manifest.v1+json")
+            .accepted_media_types("application/vnd.oci.image.index.v1+json")
+            .send()
+            .await
+            .inspect_err(|e| log.record(e.request_id()))
+            .map_err(|e| classify("BatchGetImage", e))?;
+        log.record(output.request_id());
+        Ok(output)
+    }
+
     /// The manifests of `digests`, 100 per call. Digests ECR no longer has are left out.
     pub async fn batch_get_manifests(
         &self,
@@ -74,26 +104,7 @@ impl Registry {
     ) -> Result<Vec<RawManifest>, EcrError> {
         let mut manifests = Vec::with_capacity(digests.len());
         for chunk in digests.chunks(BATCH) {
-            let ids = chunk
-                .iter()
-                .map(|d| ImageIdentifier::builder().image_digest(d.as_str()).build())
-                .collect();
-            self.budget.acquire("BatchGetImage").await;
-            let output = self
-                .client
-                .batch_get_image()
-                .registry_id(&self.reference.account_id)
-                .repository_name(repository.as_str())
-                .set_image_ids(Some(ids))
-                .accepted_media_types("application/vnd.docker.distribution.manifest.v2+json")
-                .accepted_media_types("application/vnd.docker.distribution.manifest.list.v2+json")
-                .accepted_media_types("application/vnd.oci.image.manifest.v1+json")
-                .accepted_media_types("application/vnd.oci.image.index.v1+json")
-                .send()
-                .await
-                .inspect_err(|e| log.record(e.request_id()))
-                .map_err(|e| classify("BatchGetImage", e))?;
-            log.record(output.request_id());
+            let output = self.batch_get_image(log, repository, chunk).await?;
             manifests.extend(output.images.unwrap_or_default().into_iter().filter_map(|image| {
                 let digest = Digest::parse(image.image_id.as_ref()?.image_digest.as_deref()?).ok()?;
                 Some(RawManifest {
@@ -264,26 +275,7 @@ impl Registry {
     ) -> Result<Vec<Digest>, EcrError> {
         let mut gone = Vec::new();
         for chunk in digests.chunks(BATCH) {
-            let ids = chunk
-                .iter()
-                .map(|d| ImageIdentifier::builder().image_digest(d.as_str()).build())
-                .collect();
-            self.budget.acquire("BatchGetImage").await;
-            let output = self
-                .client
-                .batch_get_image()
-                .registry_id(&self.reference.account_id)
-                .repository_name(repository.as_str())
-                .set_image_ids(Some(ids))
-                .accepted_media_types("application/vnd.docker.distribution.manifest.v2+json")
-                .accepted_media_types("application/vnd.docker.distribution.manifest.list.v2+json")
-                .accepted_media_types("application/vnd.oci.image.manifest.v1+json")
-                .accepted_media_types("application/vnd.oci.image.index.v1+json")
-                .send()
-                .await
-                .inspect_err(|e| log.record(e.request_id()))
-                .map_err(|e| classify("BatchGetImage", e))?;
-            log.record(output.request_id());
+            let output = self.batch_get_image(log, repository, chunk).await?;
             let found: Vec<String> = output
                 .images
                 .unwrap_or_default()

@@ -32,6 +32,20 @@ pub fn docker_manifest(seed: &str) -> String {
 
 /// Pushes an image (PutImage with the manifest) and returns its digest.
 pub async fn push(client: &aws_sdk_ecr::Client, repository: &str, tag: &str, seed: &str) -> String {
+    put_docker_image(client, repository, Some(tag), seed).await
+}
+
+/// Pushes an image without a tag (PutImage with no imageTag) and returns its digest.
+pub async fn push_untagged(client: &aws_sdk_ecr::Client, repository: &str, seed: &str) -> String {
+    put_docker_image(client, repository, None, seed).await
+}
+
+async fn put_docker_image(
+    client: &aws_sdk_ecr::Client,
+    repository: &str,
+    tag: Option<&str>,
+    seed: &str,
+) -> String {
     let manifest = docker_manifest(seed);
     let digest = digest_of(manifest.as_bytes());
     client
@@ -40,10 +54,10 @@ pub async fn push(client: &aws_sdk_ecr::Client, repository: &str, tag: &str, see
         .image_manifest(&manifest)
         .image_manifest_media_type("application/vnd.docker.distribution.manifest.v2+json")
         .image_digest(&digest)
-        .image_tag(tag)
+        .set_image_tag(tag.map(str::to_owned))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("PutImage {repository}:{tag}: {e:?}"));
+        .unwrap_or_else(|e| panic!("PutImage {repository}:{tag:?}: {e:?}"));
     digest
 }
 
@@ -121,21 +135,5 @@ pub async fn push_manifest(
         .send()
         .await
         .unwrap_or_else(|e| panic!("PutImage {repository} {tag:?}: {e:?}"));
-    digest
-}
-
-/// Pushes an image without a tag (PutImage with no imageTag) and returns its digest.
-pub async fn push_untagged(client: &aws_sdk_ecr::Client, repository: &str, seed: &str) -> String {
-    let manifest = docker_manifest(seed);
-    let digest = digest_of(manifest.as_bytes());
-    client
-        .put_image()
-        .repository_name(repository)
-        .image_manifest(&manifest)
-        .image_manifest_media_type("application/vnd.docker.distribution.manifest.v2+json")
-        .image_digest(&digest)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("PutImage {repository} (untagged): {e:?}"));
     digest
 }

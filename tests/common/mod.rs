@@ -468,3 +468,17 @@ pub async fn seed_scan_findings(endpoint: &str, repository: &str, digest: &str, 
         "moto refused the findings seed: {status} {text:?}"
     );
 }
+
+/// The `BadRequest` field violations of an error: (field, reason).
+pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.reason))
+                .collect()
+        })
+        .unwrap_or_default()
+}
