@@ -30,11 +30,38 @@ enum Command {
     CheckConfig,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Export or verify the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Write the chained events of a time range as JSON lines (CloudTrail field names, with each event's chain link).
+    Export {
+        /// From this time (RFC 3339), inclusive.
+        #[arg(long)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// To this time (RFC 3339), exclusive; default: now.
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Check an export's hash chain offline; exits 1 naming the first event that was modified, removed, inserted or reordered.
+    Verify {
+        /// The export (JSON lines).
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if let Command::Audit(AuditCommand::Verify { file }) = &cli.command {
+        return verify_export(file);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
@@ -61,6 +88,16 @@ fn main() -> ExitCode {
                 println!("migrations applied");
                 Ok(())
             }
+            Command::Audit(AuditCommand::Export { from, to, output }) => {
+                export(
+                    &config,
+                    from,
+                    to.unwrap_or_else(chrono::Utc::now),
+                    output.as_deref(),
+                )
+                .await
+            }
+            Command::Audit(AuditCommand::Verify { .. }) => Ok(()),
             Command::Serve => {
                 let shutdown = shutdown_signal()?;
                 let listener = TcpListener::bind(&config.server.listen).await?;
@@ -72,6 +109,75 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("ecr-gateway: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes the chained events of `[from, to)` as JSON lines.
+async fn export(
+    config: &Config,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let store = ecr_gateway::store::Store::connect_lazy(&config.database)?;
+    let rows = ecr_gateway::store::audit_trail::chained_between(store.pool(), from, to).await?;
+    let mut out: Box<dyn std::io::Write> = match output {
+        Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    for row in &rows {
+        serde_json::to_writer(&mut out, &ecr_gateway::audit::chain::export_json(row))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    eprintln!("exported {} events", rows.len());
+    Ok(())
+}
+
+/// Checks an export's chain; 0 when every event fits, 1 naming the first that does not, 2 when unreadable.
+fn verify_export(file: &std::path::Path) -> ExitCode {
+    use ecr_gateway::audit::chain::{Link, verify};
+    use std::io::BufRead as _;
+    let reader = match std::fs::File::open(file) {
+        Ok(f) => std::io::BufReader::new(f),
+        Err(error) => {
+            eprintln!("cannot read {}: {error}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut links = Vec::new();
+    for (number, line) in reader.lines().enumerate() {
+        let parsed = line
+            .map_err(|e| e.to_string())
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(value) => links.push(Link::from_export(value)),
+            Err(error) => {
+                eprintln!("{}:{}: not a JSON event: {error}", file.display(), number + 1);
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let verification = verify(&links, None);
+    match verification.first_bad {
+        None => {
+            println!(
+                "ok: {} events, chain intact; last hash {}",
+                verification.checked,
+                hex::encode(&verification.last_hash)
+            );
+            ExitCode::SUCCESS
+        }
+        Some((sequence, event_id, problem)) => {
+            println!(
+                "broken ({}): event {event_id} (sequence {sequence}, line {}) {}",
+                problem.as_str(),
+                verification.checked,
+                problem.describe()
+            );
             ExitCode::FAILURE
         }
     }

@@ -14,6 +14,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::api::audit::AuditApi;
 use crate::api::cleanup::CleanupApi;
 use crate::api::image::ImageApi;
 use crate::api::repository::RepositoryApi;
@@ -23,6 +24,7 @@ use crate::audit::AuditLog;
 use crate::auth::IdentityLayer;
 use crate::config::{AuthMode, Config};
 use crate::ecr::Registries;
+use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::cleanup_service_server::CleanupServiceServer;
 use crate::pb::image_service_server::ImageServiceServer;
 use crate::pb::repository_service_server::RepositoryServiceServer;
@@ -39,6 +41,7 @@ const SERVICES: &[&str] = &[
     "ecrgateway.v1.ImageService",
     "ecrgateway.v1.ScanService",
     "ecrgateway.v1.CleanupService",
+    "ecrgateway.v1.AuditService",
 ];
 
 /// How often the database is probed for the health status.
@@ -97,6 +100,7 @@ pub async fn run(
         ))
     });
 
+    let chainer = tokio::spawn(crate::audit::run_chainer(store.clone(), stop_rx.clone()));
     let cleanup_worker = config.cleanup.worker.then(|| {
         tokio::spawn(crate::cleanup::worker::run_worker(
             crate::cleanup::worker::Worker {
@@ -128,6 +132,9 @@ pub async fn run(
     let cleanup_service = CleanupServiceServer::new(CleanupApi::new(state.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    let audit_service = AuditServiceServer::new(AuditApi::new(state.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
     drop(state);
 
     let local = listener.local_addr()?;
@@ -153,6 +160,7 @@ pub async fn run(
         .add_service(image_service)
         .add_service(scan_service)
         .add_service(cleanup_service)
+        .add_service(audit_service)
         .serve_with_incoming_shutdown(incoming(listener), signal);
     let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
     let deadline = async move {
@@ -178,6 +186,7 @@ pub async fn run(
         }
     }
     audit_writer.shutdown(grace).await;
+    let _ = chainer.await;
     tracing::info!("ecr-gateway stopped");
     Ok(())
 }

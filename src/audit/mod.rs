@@ -4,6 +4,8 @@
 //! rejected before any change hand a finished record to [`AuditLog::record`],
 //! which a background writer stores in batches; shutdown drains it.
 
+pub mod chain;
+
 use std::time::Duration;
 
 use serde_json::Value;
@@ -96,6 +98,30 @@ async fn write_with_retry(store: &Store, batch: &FinalBatch) {
                 );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Links finalised events into the hash chain until `stop` flips: any
+/// replica may run it; one chains at a time (the chain head's row lock).
+pub async fn run_chainer(store: Store, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let pause = match crate::store::audit_trail::chain_step(store.pool(), 1000, chain::link_row).await {
+            Ok(0) => Duration::from_millis(100),
+            Ok(_) => Duration::ZERO,
+            Err(error) => {
+                tracing::warn!("chaining audit events failed, retrying: {error}");
+                Duration::from_secs(1)
+            }
+        };
+        if *stop.borrow() {
+            return;
+        }
+        if !pause.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.changed() => return,
             }
         }
     }

@@ -56,6 +56,17 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         images: usize,
     },
+    /// Seed a database (migrated first) with audit events straight in SQL,
+    /// spread over 30 days, 1,000 principals, 20 event names and 1,000
+    /// repositories in 50 namespaces (the LookupAuditEvents benchmark).
+    SeedAudit {
+        /// Postgres URL of the database to fill.
+        #[arg(long)]
+        database_url: String,
+        /// Events.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+    },
     /// Measure ingest throughput of DescribeImages pages into Postgres.
     Ingest {
         /// Postgres URL of a scratch database.
@@ -127,6 +138,82 @@ enum Rpc {
     Check,
     /// CleanupService/PreviewCleanup of the big repository (`seed-preview`), first page
     Preview,
+    /// AuditService/LookupAuditEvents by principal, newest 100
+    LookupPrincipal,
+    /// AuditService/LookupAuditEvents by event name in the last day
+    LookupNameDay,
+    /// AuditService/LookupAuditEvents by resource ARN prefix (a namespace), mutating calls only
+    LookupResourcePrefix,
+    /// AuditService/LookupAuditEvents of one principal's errors
+    LookupErrors,
+    /// AuditService/LookupAuditEvents, no filter (the newest 100)
+    LookupNewest,
+}
+
+/// Event names of the seeded audit trail.
+const AUDIT_NAMES: [&str; 20] = [
+    "ResolveImage",
+    "CheckDeployment",
+    "ListImages",
+    "GetImage",
+    "SearchImages",
+    "GetRepository",
+    "ListRepositories",
+    "CreateRepository",
+    "UpdateRepository",
+    "DeleteRepository",
+    "PinImage",
+    "UnpinImage",
+    "DeleteImages",
+    "PreviewCleanup",
+    "RunCleanup",
+    "GetScanFindings",
+    "StartImageScan",
+    "RefreshInventory",
+    "SetLifecyclePolicy",
+    "BatchDeleteImage",
+];
+
+async fn seed_audit(database_url: &str, events: u64) -> anyhow::Result<()> {
+    let store = connect(database_url, 4).await?;
+    store.migrate().await?;
+    let chunk = 1_000_000u64;
+    let mut start = 0;
+    while start < events {
+        let end = (start + chunk).min(events);
+        let began = Instant::now();
+        sqlx::query(
+            "INSERT INTO audit_events (event_id, event_time, event_name, event_source, read_only, status, principal, \
+             principal_type, groups, auth_method, source_ip, user_agent, registry_alias, account_id, region, \
+             gateway_request_id, request_parameters, response_elements, error_code, error_message, resources, \
+             finalized_at) \
+             SELECT gen_random_uuid(), now() - make_interval(secs => (g * 7919) % 2592000), $3[(1 + g % 20)::int], \
+                    'ecr-gateway', g % 20 < 14, CASE WHEN g % 25 = 0 THEN 'failed' ELSE 'succeeded' END, \
+                    'user-' || (g % 1000) || '@example.com', 'User', ARRAY['team-' || (g % 50)], 'insecure-dev', \
+                    '10.0.' || (g % 250) || '.' || (g % 200), 'grpc-go/1.60', 'main', '123456789012', 'us-east-1', \
+                    gen_random_uuid(), \
+                    jsonb_build_object('repositoryName', 'team-' || (g % 50) || '/svc-' || (g % 1000)), \
+                    CASE WHEN g % 25 = 0 THEN NULL ELSE '{\"ok\": true}'::jsonb END, \
+                    CASE WHEN g % 25 = 0 THEN 'InvalidArgument' END, \
+                    CASE WHEN g % 25 = 0 THEN 'repository: not a repository name' END, \
+                    jsonb_build_array(jsonb_build_object('type', 'AWS::ECR::Repository', 'ARN', \
+                      'arn:aws:ecr:us-east-1:123456789012:repository/team-' || (g % 50) || '/svc-' || (g % 1000))), \
+                    now() \
+             FROM generate_series($1::bigint, $2::bigint - 1) g",
+        )
+        .bind(start as i64)
+        .bind(end as i64)
+        .bind(AUDIT_NAMES.to_vec())
+        .execute(store.pool())
+        .await?;
+        println!(
+            "audit events {start}..{end} in {:.1} s",
+            began.elapsed().as_secs_f64()
+        );
+        start = end;
+    }
+    sqlx::query("ANALYZE audit_events").execute(store.pool()).await?;
+    Ok(())
 }
 
 /// The registry seeded images belong to (the dev/bench configuration's main registry).
@@ -590,6 +677,40 @@ async fn call(
             }))
             .await
             .map(|_| ()),
+        Rpc::LookupPrincipal
+        | Rpc::LookupNameDay
+        | Rpc::LookupResourcePrefix
+        | Rpc::LookupErrors
+        | Rpc::LookupNewest => {
+            let mut request = pb::LookupAuditEventsRequest::default();
+            match rpc {
+                Rpc::LookupPrincipal => request.principal = format!("user-{}@example.com", spread % 1000),
+                Rpc::LookupNameDay => {
+                    request.event_name = AUDIT_NAMES[spread % AUDIT_NAMES.len()].into();
+                    request.start_time = Some(prost_types::Timestamp {
+                        seconds: chrono::Utc::now().timestamp() - 86_400,
+                        nanos: 0,
+                    });
+                }
+                Rpc::LookupResourcePrefix => {
+                    request.resource_arn = format!(
+                        "arn:aws:ecr:us-east-1:123456789012:repository/team-{}/",
+                        spread % 50
+                    );
+                    request.resource_prefix = true;
+                    request.read_only = pb::ReadOnlyFilter::False as i32;
+                }
+                Rpc::LookupErrors => {
+                    request.principal = format!("user-{}@example.com", spread % 1000);
+                    request.error_code = "*".into();
+                }
+                _ => {}
+            }
+            pb::audit_service_client::AuditServiceClient::new(channel.clone())
+                .lookup_audit_events(with_identity(request))
+                .await
+                .map(|_| ())
+        }
         Rpc::SearchDigest => images
             .search_images(with_identity(pb::SearchImagesRequest {
                 digest: digest(r, i),
@@ -647,6 +768,7 @@ async fn main() -> anyhow::Result<()> {
             images_per_repository,
         } => seed(&database_url, repositories, images_per_repository).await,
         Command::SeedPreview { database_url, images } => seed_preview(&database_url, images).await,
+        Command::SeedAudit { database_url, events } => seed_audit(&database_url, events).await,
         Command::Ingest {
             database_url,
             repositories,

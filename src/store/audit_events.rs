@@ -8,11 +8,24 @@ use uuid::Uuid;
 use super::{StoreError, Tx};
 use crate::domain::{AuditOutcome, AuditRecord};
 
-/// Writes a record (pending or final) inside the caller's transaction.
+/// Writes a record (pending or final) inside the caller's transaction; a
+/// final one joins the chain queue.
 pub async fn insert(tx: &mut Tx, record: &AuditRecord) -> Result<(), StoreError> {
     let mut builder = insert_builder();
     push_values(&mut builder, std::slice::from_ref(record));
     builder.build().execute(&mut **tx).await?;
+    if record.outcome.status != crate::domain::AuditStatus::Pending {
+        enqueue(tx, record.event_id).await?;
+    }
+    Ok(())
+}
+
+/// Puts a finalised event in the chain queue (same transaction as the finalisation).
+async fn enqueue(tx: &mut Tx, event_id: Uuid) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO audit_chain_queue (event_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(event_id)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -125,47 +138,51 @@ pub async fn insert_final_batch(pool: &PgPool, batch: &FinalBatch) -> Result<(),
         ecr_ids,
         resources,
     } = batch;
-    sqlx::query!(
-        r#"INSERT INTO audit_events (event_id, event_time, event_name, event_source, read_only, status,
-               principal, principal_type, groups, auth_method, source_ip, user_agent, registry_alias, account_id,
-               region, gateway_request_id, client_request_id, request_parameters, response_elements, error_code,
-               error_message, ecr_request_ids, resources, finalized_at)
-           SELECT u.id, u.at, u.name, $23, u.read_only, u.status, u.principal, u.principal_type,
-                  ARRAY(SELECT jsonb_array_elements_text(u.groups)), u.method, u.ip, u.agent, u.alias, u.account,
-                  u.region, u.gateway_id, u.client_id, u.parameters, NULLIF(u.response, 'null'::jsonb), u.code,
-                  u.message, ARRAY(SELECT jsonb_array_elements_text(u.ecr_ids)), u.resources, $24
-           FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[],
-                       $8::jsonb[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
-                       $15::uuid[], $16::text[], $17::jsonb[], $18::jsonb[], $19::text[], $20::text[], $21::jsonb[],
-                       $22::jsonb[])
-                AS u(id, at, name, read_only, status, principal, principal_type, groups, method, ip, agent, alias,
-                     account, region, gateway_id, client_id, parameters, response, code, message, ecr_ids, resources)
-           ON CONFLICT (event_id) DO NOTHING"#,
-        ids,
-        times,
-        names,
-        read_only,
-        status,
-        principals,
-        principal_types,
-        groups,
-        methods,
-        ips as &[Option<String>],
-        agents as &[Option<String>],
-        aliases as &[Option<String>],
-        accounts as &[Option<String>],
-        regions as &[Option<String>],
-        gateway_ids,
-        client_ids as &[Option<String>],
-        parameters,
-        responses,
-        codes as &[Option<String>],
-        messages as &[Option<String>],
-        ecr_ids,
-        resources,
-        crate::domain::AUDIT_EVENT_SOURCE,
-        now,
+    // The rows and their places in the chain queue in one statement.
+    sqlx::query(
+        r#"WITH inserted AS (
+             INSERT INTO audit_events (event_id, event_time, event_name, event_source, read_only, status,
+                 principal, principal_type, groups, auth_method, source_ip, user_agent, registry_alias, account_id,
+                 region, gateway_request_id, client_request_id, request_parameters, response_elements, error_code,
+                 error_message, ecr_request_ids, resources, finalized_at)
+             SELECT u.id, u.at, u.name, $23, u.read_only, u.status, u.principal, u.principal_type,
+                    ARRAY(SELECT jsonb_array_elements_text(u.groups)), u.method, u.ip, u.agent, u.alias, u.account,
+                    u.region, u.gateway_id, u.client_id, u.parameters, NULLIF(u.response, 'null'::jsonb), u.code,
+                    u.message, ARRAY(SELECT jsonb_array_elements_text(u.ecr_ids)), u.resources, $24
+             FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[],
+                         $8::jsonb[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                         $15::uuid[], $16::text[], $17::jsonb[], $18::jsonb[], $19::text[], $20::text[], $21::jsonb[],
+                         $22::jsonb[])
+                  AS u(id, at, name, read_only, status, principal, principal_type, groups, method, ip, agent, alias,
+                       account, region, gateway_id, client_id, parameters, response, code, message, ecr_ids, resources)
+             ON CONFLICT (event_id) DO NOTHING
+             RETURNING event_id)
+           INSERT INTO audit_chain_queue (event_id) SELECT event_id FROM inserted"#,
     )
+    .bind(ids)
+    .bind(times)
+    .bind(names)
+    .bind(read_only)
+    .bind(status)
+    .bind(principals)
+    .bind(principal_types)
+    .bind(groups)
+    .bind(methods)
+    .bind(ips)
+    .bind(agents)
+    .bind(aliases)
+    .bind(accounts)
+    .bind(regions)
+    .bind(gateway_ids)
+    .bind(client_ids)
+    .bind(parameters)
+    .bind(responses)
+    .bind(codes)
+    .bind(messages)
+    .bind(ecr_ids)
+    .bind(resources)
+    .bind(crate::domain::AUDIT_EVENT_SOURCE)
+    .bind(now)
     .execute(pool)
     .await?;
     Ok(())
@@ -188,6 +205,9 @@ pub async fn finalize(tx: &mut Tx, event_id: Uuid, outcome: &AuditOutcome) -> Re
     .execute(&mut **tx)
     .await?
     .rows_affected();
+    if updated == 1 {
+        enqueue(tx, event_id).await?;
+    }
     Ok(updated == 1)
 }
 

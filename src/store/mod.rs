@@ -2,6 +2,7 @@
 //! under sqlx's advisory lock, and one file per table family.
 
 pub mod audit_events;
+pub mod audit_trail;
 pub mod cache;
 pub mod cleanup_runs;
 pub mod image_reads;

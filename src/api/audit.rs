@@ -1,0 +1,471 @@
+//! `ecrgateway.v1.AuditService`: look the trail up, follow it live, verify
+//! its hash chain.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::call::Call;
+use super::convert::{time_of, timestamp};
+use super::error::{ApiError, invalid, violations_of};
+use super::page_token::{self, next_token};
+use super::{AppState, Shared};
+use crate::audit::chain::{self, Link};
+use crate::domain::Violation;
+use crate::pb;
+use crate::pb::audit_service_server::AuditService;
+use crate::store::audit_trail::{self, AuditFilter, AuditRow};
+
+/// Longest filter value.
+const MAX_FILTER: usize = 2048;
+/// How often an idle stream looks for new links.
+const STREAM_POLL: Duration = Duration::from_millis(250);
+/// Links read per stream query.
+const STREAM_BATCH: i64 = 500;
+/// Most links VerifyAuditLog checks per call.
+const MAX_VERIFY: i64 = 1_000_000;
+
+/// The AuditService implementation.
+#[derive(Debug, Clone)]
+pub struct AuditApi {
+    state: Shared,
+}
+
+impl AuditApi {
+    /// A service over the shared state.
+    pub fn new(state: Shared) -> Self {
+        Self { state }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::StreamAuditEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn lookup_audit_events(
+        &self,
+        request: Request<pb::LookupAuditEventsRequest>,
+    ) -> Result<Response<pb::LookupAuditEventsResponse>, Status> {
+        let mut call = Call::start(&request, "LookupAuditEvents", true);
+        let request = request.into_inner();
+        call.set_parameters(json!({
+            "eventName": request.event_name, "principal": request.principal, "resourceArn": request.resource_arn,
+            "resourcePrefix": request.resource_prefix, "registry": request.registry, "readOnly": request.read_only,
+            "errorCode": request.error_code, "startTime": request.start_time.as_ref().map(|t| t.seconds),
+            "endTime": request.end_time.as_ref().map(|t| t.seconds), "pageSize": request.page_size,
+            "pageToken": request.page_token,
+        }));
+        let result = lookup(&self.state, &call, &request).await;
+        call.finish(&self.state.audit, result).await
+    }
+
+    type StreamAuditEventsStream = EventStream;
+
+    async fn stream_audit_events(
+        &self,
+        request: Request<pb::StreamAuditEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let mut call = Call::start(&request, "StreamAuditEvents", true);
+        let request = request.into_inner();
+        call.set_parameters(json!({
+            "eventName": request.event_name, "principal": request.principal, "resourceArn": request.resource_arn,
+            "resourcePrefix": request.resource_prefix, "registry": request.registry, "readOnly": request.read_only,
+            "errorCode": request.error_code, "cursor": request.cursor, "startEventId": request.start_event_id,
+            "startTime": request.start_time.as_ref().map(|t| t.seconds),
+        }));
+        match start_stream(&self.state, &call, &request).await {
+            Ok((stream, from)) => {
+                call.finish(&self.state.audit, Ok(((), json!({"fromSequence": from}))))
+                    .await?;
+                Ok(Response::new(stream))
+            }
+            Err(error) => call
+                .finish::<()>(&self.state.audit, Err(error))
+                .await
+                .map(|_| unreachable_stream()),
+        }
+    }
+
+    async fn verify_audit_log(
+        &self,
+        request: Request<pb::VerifyAuditLogRequest>,
+    ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
+        let mut call = Call::start(&request, "VerifyAuditLog", true);
+        let request = request.into_inner();
+        call.set_parameters(
+            json!({"fromSequence": request.from_sequence, "toSequence": request.to_sequence}),
+        );
+        let result = verify(&self.state, &call, &request).await;
+        call.finish(&self.state.audit, result).await
+    }
+}
+
+/// Never built: `Call::finish` of an error returns the error.
+fn unreachable_stream() -> Response<EventStream> {
+    Response::new(Box::pin(tokio_stream::empty()))
+}
+
+/// The filters common to LookupAuditEvents and StreamAuditEvents, checked.
+#[allow(clippy::too_many_arguments)]
+fn filter_of(
+    state: &AppState,
+    event_name: &str,
+    principal: &str,
+    resource_arn: &str,
+    resource_prefix: bool,
+    registry: &str,
+    read_only: i32,
+    error_code: &str,
+    violations: &mut Vec<Violation>,
+) -> AuditFilter {
+    let text = |field: &str, value: &str, violations: &mut Vec<Violation>| {
+        if value.len() > MAX_FILTER || value.chars().any(char::is_control) {
+            violations.push(Violation::new(
+                field,
+                "audit-filter.text",
+                format!("at most {MAX_FILTER} characters, without control characters"),
+            ));
+            return None;
+        }
+        (!value.is_empty()).then(|| value.to_owned())
+    };
+    if resource_prefix && resource_arn.is_empty() {
+        violations.push(Violation::new(
+            "resource_arn",
+            "audit-filter.prefix",
+            "resource_prefix needs resource_arn: the ARN prefix to match, e.g. arn:aws:ecr:us-east-1:123456789012:repository/payments/",
+        ));
+    }
+    if !registry.is_empty() {
+        let _ = state.registry(registry).map_err(|v| violations.push(v));
+    }
+    let read_only = match pb::ReadOnlyFilter::try_from(read_only) {
+        Ok(pb::ReadOnlyFilter::Unspecified) => None,
+        Ok(pb::ReadOnlyFilter::True) => Some(true),
+        Ok(pb::ReadOnlyFilter::False) => Some(false),
+        Err(_) => {
+            violations.push(Violation::new(
+                "read_only",
+                "enum.unknown",
+                format!("{read_only} is not a ReadOnlyFilter"),
+            ));
+            None
+        }
+    };
+    AuditFilter {
+        event_name: text("event_name", event_name, violations),
+        principal: text("principal", principal, violations),
+        resource_arn: text("resource_arn", resource_arn, violations).map(|a| (a, resource_prefix)),
+        registry: (!registry.is_empty()).then(|| registry.to_owned()),
+        read_only,
+        error_code: text("error_code", error_code, violations),
+        start: None,
+        end: None,
+    }
+}
+
+/// The API form of a stored event.
+fn event_message(row: &AuditRow) -> pb::AuditEvent {
+    let json_text = |v: &Value| if v.is_null() { String::new() } else { v.to_string() };
+    let resources = row
+        .resources
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|r| pb::AuditResource {
+                    r#type: r["type"].as_str().unwrap_or_default().to_owned(),
+                    arn: r["ARN"].as_str().unwrap_or_default().to_owned(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    pb::AuditEvent {
+        event_id: row.event_id.to_string(),
+        event_time: Some(timestamp(row.event_time)),
+        event_source: row.event_source.clone(),
+        event_name: row.event_name.clone(),
+        aws_region: row.region.clone().unwrap_or_default(),
+        recipient_account_id: row.account_id.clone().unwrap_or_default(),
+        registry: row.registry_alias.clone().unwrap_or_default(),
+        source_ip_address: row.source_ip.clone().unwrap_or_default(),
+        user_agent: row.user_agent.clone().unwrap_or_default(),
+        user_identity: Some(pb::AuditIdentity {
+            r#type: row.principal_type.clone(),
+            principal_id: row.principal.clone(),
+            groups: row.groups.clone(),
+            authentication_method: row.auth_method.clone(),
+        }),
+        request_parameters: json_text(&row.request_parameters),
+        response_elements: row.response_elements.as_ref().map(json_text).unwrap_or_default(),
+        error_code: row.error_code.clone().unwrap_or_default(),
+        error_message: row.error_message.clone().unwrap_or_default(),
+        request_id: row.gateway_request_id.to_string(),
+        client_request_id: row.client_request_id.clone().unwrap_or_default(),
+        ecr_request_ids: row.ecr_request_ids.clone(),
+        read_only: row.read_only,
+        resources,
+        status: row.status.clone(),
+        sequence: row.seq.unwrap_or(0),
+        previous_hash: row.prev_hash.as_ref().map(hex::encode).unwrap_or_default(),
+        hash: row.hash.as_ref().map(hex::encode).unwrap_or_default(),
+    }
+}
+
+/// Page position of LookupAuditEvents.
+type LookupPosition = (DateTime<Utc>, Uuid);
+
+async fn lookup(
+    state: &AppState,
+    call: &Call,
+    request: &pb::LookupAuditEventsRequest,
+) -> Result<(pb::LookupAuditEventsResponse, Value), ApiError> {
+    call.caller()?;
+    let mut violations = Vec::new();
+    let mut filter = filter_of(
+        state,
+        &request.event_name,
+        &request.principal,
+        &request.resource_arn,
+        request.resource_prefix,
+        &request.registry,
+        request.read_only,
+        &request.error_code,
+        &mut violations,
+    );
+    filter.start = time_of("start_time", request.start_time.as_ref())
+        .map_err(|v| violations.push(v))
+        .ok()
+        .flatten();
+    filter.end = time_of("end_time", request.end_time.as_ref())
+        .map_err(|v| violations.push(v))
+        .ok()
+        .flatten();
+    if let (Some(start), Some(end)) = (filter.start, filter.end)
+        && start >= end
+    {
+        violations.push(Violation::new(
+            "end_time",
+            "audit-filter.time-range",
+            "end_time must be after start_time",
+        ));
+    }
+    let limit = page_token::page_size(request.page_size)
+        .map_err(|e| violations.extend(violations_of(e)))
+        .ok();
+    let Some(limit) = limit.filter(|_| violations.is_empty()) else {
+        return Err(invalid(violations));
+    };
+    let fingerprint = page_token::fingerprint(&filter);
+    let after: Option<LookupPosition> = page_token::decode(&request.page_token, &fingerprint)?;
+    let mut rows = audit_trail::lookup(state.store.pool(), &filter, after, limit + 1).await?;
+    let next_page_token = next_token(&mut rows, limit, |r| {
+        page_token::encode(&fingerprint, &(r.event_time, r.event_id))
+    });
+    let response = pb::LookupAuditEventsResponse {
+        events: rows.iter().map(event_message).collect(),
+        next_page_token,
+    };
+    let elements = json!({"count": response.events.len()});
+    Ok((response, elements))
+}
+
+/// A stream cursor: the chain sequence of the last event sent (or scanned past).
+fn encode_cursor(seq: i64) -> String {
+    format!("seq:{seq}")
+}
+
+fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
+    cursor
+        .strip_prefix("seq:")
+        .and_then(|n| n.parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "cursor",
+                "audit-stream.cursor",
+                "not a cursor this API issued: pass a StreamAuditEventsResponse.cursor unchanged",
+            )
+        })
+}
+
+async fn start_stream(
+    state: &Shared,
+    call: &Call,
+    request: &pb::StreamAuditEventsRequest,
+) -> Result<(EventStream, i64), ApiError> {
+    call.caller()?;
+    let mut violations = Vec::new();
+    let filter = filter_of(
+        state,
+        &request.event_name,
+        &request.principal,
+        &request.resource_arn,
+        request.resource_prefix,
+        &request.registry,
+        request.read_only,
+        &request.error_code,
+        &mut violations,
+    );
+    let starts = [
+        !request.cursor.is_empty(),
+        !request.start_event_id.is_empty(),
+        request.start_time.is_some(),
+    ];
+    if starts.iter().filter(|s| **s).count() > 1 {
+        violations.push(Violation::new(
+            "cursor",
+            "audit-stream.start",
+            "give at most one of cursor, start_event_id and start_time",
+        ));
+    }
+    let cursor = (!request.cursor.is_empty())
+        .then(|| decode_cursor(&request.cursor))
+        .transpose()
+        .map_err(|e| violations.extend(violations_of(e)))
+        .ok()
+        .flatten();
+    let start_event = (!request.start_event_id.is_empty())
+        .then(|| {
+            Uuid::parse_str(&request.start_event_id).map_err(|_| {
+                Violation::new(
+                    "start_event_id",
+                    "audit-stream.event-id",
+                    "not an event id (a UUID)",
+                )
+            })
+        })
+        .transpose()
+        .map_err(|v| violations.push(v))
+        .ok()
+        .flatten();
+    let start_time = time_of("start_time", request.start_time.as_ref())
+        .map_err(|v| violations.push(v))
+        .ok()
+        .flatten();
+    if !violations.is_empty() {
+        return Err(invalid(violations));
+    }
+    let pool = state.store.pool().clone();
+    let from = match cursor {
+        Some(seq) => seq,
+        None => audit_trail::sequence_before(&pool, start_event, start_time)
+            .await?
+            .ok_or_else(|| ApiError::NotFound {
+                resource_type: "ecrgateway.auditEvent",
+                resource_name: request.start_event_id.clone(),
+                description: format!(
+                    "event `{}` is not in the chain (yet): events are chained within a second of being \
+                     finalised; pending ones are not streamed",
+                    request.start_event_id
+                ),
+            })?,
+    };
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut after = from;
+        loop {
+            match audit_trail::chained_after(&pool, &filter, after, STREAM_BATCH).await {
+                Ok((rows, upto)) => {
+                    for row in &rows {
+                        let item = pb::StreamAuditEventsResponse {
+                            event: Some(event_message(row)),
+                            cursor: encode_cursor(row.seq.unwrap_or(after)),
+                        };
+                        if sender.send(Ok(item)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if upto == after {
+                        tokio::select! {
+                            _ = tokio::time::sleep(STREAM_POLL) => {}
+                            _ = sender.closed() => return,
+                        }
+                    }
+                    after = upto;
+                }
+                Err(error) => {
+                    let status = ApiError::from(error).to_status();
+                    let _ = sender.send(Err(status)).await;
+                    return;
+                }
+            }
+        }
+    });
+    Ok((
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver)),
+        from,
+    ))
+}
+
+async fn verify(
+    state: &AppState,
+    call: &Call,
+    request: &pb::VerifyAuditLogRequest,
+) -> Result<(pb::VerifyAuditLogResponse, Value), ApiError> {
+    call.caller()?;
+    let pool = state.store.pool();
+    let head = audit_trail::head(pool).await?;
+    let from = if request.from_sequence == 0 {
+        1
+    } else {
+        request.from_sequence
+    };
+    let to = if request.to_sequence == 0 {
+        head
+    } else {
+        request.to_sequence
+    };
+    let mut violations = Vec::new();
+    if from < 1 {
+        violations.push(Violation::new(
+            "from_sequence",
+            "audit-verify.range",
+            "sequence numbers start at 1",
+        ));
+    }
+    if to < from.min(head) || to > head {
+        violations.push(Violation::new(
+            "to_sequence",
+            "audit-verify.range",
+            format!("must be between from_sequence and the newest sequence, {head}"),
+        ));
+    } else if to - from >= MAX_VERIFY {
+        violations.push(Violation::new(
+            "to_sequence",
+            "audit-verify.range",
+            format!("at most {MAX_VERIFY} events per call; verify a longer range in parts"),
+        ));
+    }
+    if !violations.is_empty() {
+        return Err(invalid(violations));
+    }
+    let start = audit_trail::hash_at(pool, from - 1).await?.map(|h| (from - 1, h));
+    let rows = audit_trail::chain_range(pool, from, to).await?;
+    let links: Vec<Link> = rows.iter().map(Link::from_row).collect();
+    let mut verification = chain::verify(&links, start);
+    // A range whose last links were removed ends early: the head says how far it should go.
+    if verification.first_bad.is_none() && rows.len() as i64 != (to - from + 1).max(0) {
+        let missing = rows.last().and_then(|r| r.seq).map_or(from, |s| s + 1);
+        verification.first_bad = Some((missing, String::new(), chain::Problem::Removed));
+    }
+    let (first_bad_sequence, first_bad_event_id, problem) = verification
+        .first_bad
+        .map(|(seq, id, problem)| (seq, id, problem.as_str().to_owned()))
+        .unwrap_or_default();
+    let response = pb::VerifyAuditLogResponse {
+        valid: first_bad_sequence == 0,
+        checked: verification.checked as i64,
+        first_bad_sequence,
+        first_bad_event_id,
+        problem,
+        last_hash: hex::encode(&verification.last_hash),
+    };
+    let elements = json!({"valid": response.valid, "checked": response.checked});
+    Ok((response, elements))
+}

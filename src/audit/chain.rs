@@ -1,0 +1,325 @@
+//! The audit trail's CloudTrail-shaped JSON form and its hash chain.
+//!
+//! Each finalised event gets a link: `hash = SHA-256(previous hash ‖
+//! canonical JSON of the event)`, where the canonical JSON has object keys
+//! sorted and no insignificant whitespace. An export is one JSON object per
+//! line: the event with a `chain` member (`sequence`, `previousHash`,
+//! `hash`, hex). [`verify`] walks such a sequence and names the first event
+//! that was modified, removed, inserted or reordered.
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::store::audit_trail::AuditRow;
+
+/// CloudTrail's record format version the events follow.
+pub const EVENT_VERSION: &str = "1.09";
+
+/// The event as CloudTrail names its fields (without the chain).
+pub fn cloudtrail_json(row: &AuditRow) -> Value {
+    json!({
+        "eventVersion": EVENT_VERSION,
+        "eventID": row.event_id.to_string(),
+        "eventTime": row.event_time.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        "eventSource": row.event_source,
+        "eventName": row.event_name,
+        "eventType": if row.event_name == "BatchDeleteImage" { "AwsServiceEvent" } else { "AwsApiCall" },
+        "awsRegion": row.region,
+        "recipientAccountId": row.account_id,
+        "registry": row.registry_alias,
+        "sourceIPAddress": row.source_ip,
+        "userAgent": row.user_agent,
+        "userIdentity": {
+            "type": row.principal_type,
+            "principalId": row.principal,
+            "groups": row.groups,
+            "authenticationMethod": row.auth_method,
+        },
+        "requestParameters": row.request_parameters,
+        "responseElements": row.response_elements,
+        "errorCode": row.error_code,
+        "errorMessage": row.error_message,
+        "requestID": row.gateway_request_id.to_string(),
+        "clientRequestID": row.client_request_id,
+        "ecrRequestIDs": row.ecr_request_ids,
+        "readOnly": row.read_only,
+        "resources": row.resources,
+        "status": row.status,
+    })
+}
+
+/// The event with its chain link, as an export line holds it.
+pub fn export_json(row: &AuditRow) -> Value {
+    let mut event = cloudtrail_json(row);
+    if let (Some(seq), Some(prev), Some(hash), Value::Object(map)) =
+        (row.seq, &row.prev_hash, &row.hash, &mut event)
+    {
+        map.insert(
+            "chain".into(),
+            json!({"sequence": seq, "previousHash": hex::encode(prev), "hash": hex::encode(hash)}),
+        );
+    }
+    event
+}
+
+/// `value` serialised with object keys sorted, without whitespace.
+pub fn canonical(value: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend(serde_json::to_vec(key).unwrap_or_default());
+                out.push(b':');
+                write_canonical(&map[key], out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend(serde_json::to_vec(scalar).unwrap_or_default()),
+    }
+}
+
+/// The link hash of an event (its JSON form without the chain) after `previous`.
+pub fn link(previous: &[u8], event: &Value) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(previous);
+    hasher.update(canonical(event));
+    hasher.finalize().to_vec()
+}
+
+/// The link hash of a stored event after `previous`.
+pub fn link_row(previous: &[u8], row: &AuditRow) -> Vec<u8> {
+    link(previous, &cloudtrail_json(row))
+}
+
+/// What is wrong at the first event that does not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// Its content no longer matches its hash.
+    Modified,
+    /// Events before it are missing.
+    Removed,
+    /// It is not part of the chain (it claims a place another event holds, or none).
+    Inserted,
+    /// It is out of order.
+    Reordered,
+}
+
+impl Problem {
+    /// The lower-case name used in answers and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Problem::Modified => "modified",
+            Problem::Removed => "removed",
+            Problem::Inserted => "inserted",
+            Problem::Reordered => "reordered",
+        }
+    }
+
+    /// What it means for the event it names.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Problem::Modified => "was modified: its content no longer matches its hash",
+            Problem::Removed => "follows a gap: events before it were removed",
+            Problem::Inserted => "was inserted: it is not part of the chain",
+            Problem::Reordered => "is out of order",
+        }
+    }
+}
+
+/// One link of a chain as read back (from the database or an export line).
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// `chain.sequence`, if present.
+    pub sequence: Option<i64>,
+    /// `chain.previousHash`.
+    pub previous_hash: Option<Vec<u8>>,
+    /// `chain.hash`.
+    pub hash: Option<Vec<u8>>,
+    /// The event without its chain member.
+    pub event: Value,
+}
+
+impl Link {
+    /// Reads an export line's object.
+    pub fn from_export(mut value: Value) -> Link {
+        let chain = value.as_object_mut().and_then(|m| m.remove("chain"));
+        let field = |name: &str| chain.as_ref().and_then(|c| c.get(name));
+        let hex_of = |name: &str| {
+            field(name)
+                .and_then(Value::as_str)
+                .and_then(|h| hex::decode(h).ok())
+        };
+        Link {
+            sequence: field("sequence").and_then(Value::as_i64),
+            previous_hash: hex_of("previousHash"),
+            hash: hex_of("hash"),
+            event: value,
+        }
+    }
+
+    /// A stored event's link.
+    pub fn from_row(row: &AuditRow) -> Link {
+        Link {
+            sequence: row.seq,
+            previous_hash: row.prev_hash.clone(),
+            hash: row.hash.clone(),
+            event: cloudtrail_json(row),
+        }
+    }
+
+    fn event_id(&self) -> String {
+        self.event["eventID"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// The outcome of walking a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// Links checked (up to and including the first bad one).
+    pub checked: u64,
+    /// The first link that does not fit: its sequence (or position), event id and problem.
+    pub first_bad: Option<(i64, String, Problem)>,
+    /// The hash of the last good link.
+    pub last_hash: Vec<u8>,
+}
+
+/// Walks `links` in the order given. `start` is the sequence and hash the
+/// first link must follow (`None`: trust the first link's own).
+pub fn verify(links: &[Link], start: Option<(i64, Vec<u8>)>) -> Verification {
+    let present: HashSet<i64> = links.iter().filter_map(|l| l.sequence).collect();
+    let mut expected = start.clone();
+    let mut checked = 0;
+    let bad = |link: &Link, position: i64, problem: Problem, checked: u64, last: &Option<(i64, Vec<u8>)>| {
+        Verification {
+            checked,
+            first_bad: Some((link.sequence.unwrap_or(position), link.event_id(), problem)),
+            last_hash: last.as_ref().map(|l| l.1.clone()).unwrap_or_default(),
+        }
+    };
+    for (i, entry) in links.iter().enumerate() {
+        checked += 1;
+        let position = i as i64 + 1;
+        let (Some(sequence), Some(previous), Some(hash)) =
+            (entry.sequence, &entry.previous_hash, &entry.hash)
+        else {
+            return bad(entry, position, Problem::Inserted, checked, &expected);
+        };
+        if &link(previous, &entry.event) != hash {
+            return bad(entry, position, Problem::Modified, checked, &expected);
+        }
+        if let Some((last_sequence, last_hash)) = &expected {
+            let want = last_sequence + 1;
+            if sequence > want {
+                // The missing ones may stand later in the file (reordered) or nowhere (removed).
+                let problem = if present.contains(&want) {
+                    Problem::Reordered
+                } else {
+                    Problem::Removed
+                };
+                return bad(entry, position, problem, checked, &expected);
+            }
+            if sequence < want {
+                return bad(entry, position, Problem::Reordered, checked, &expected);
+            }
+            if previous != last_hash {
+                return bad(entry, position, Problem::Inserted, checked, &expected);
+            }
+        }
+        expected = Some((sequence, hash.clone()));
+    }
+    Verification {
+        checked,
+        first_bad: None,
+        last_hash: expected.map(|e| e.1).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(n: usize) -> Vec<Value> {
+        let mut previous = vec![0u8; 32];
+        (1..=n)
+            .map(|i| {
+                let event = json!({"eventID": format!("e{i}"), "eventName": "ResolveImage",
+                                   "requestParameters": {"b": 1, "a": [true, null, "x"]}});
+                let hash = link(&previous, &event);
+                let mut line = event.clone();
+                line["chain"] = json!({"sequence": i, "previousHash": hex::encode(&previous),
+                                       "hash": hex::encode(&hash)});
+                previous = hash;
+                line
+            })
+            .collect()
+    }
+
+    fn check(lines: &[Value]) -> Option<(i64, String, Problem)> {
+        let links: Vec<Link> = lines.iter().cloned().map(Link::from_export).collect();
+        verify(&links, Some((0, vec![0; 32]))).first_bad
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let value: Value = serde_json::from_str(r#"{"b":{"z":1,"a":2},"a":[{"y":1,"x":2}]}"#).unwrap();
+        assert_eq!(canonical(&value), br#"{"a":[{"x":2,"y":1}],"b":{"a":2,"z":1}}"#);
+    }
+
+    #[test]
+    fn an_untouched_export_verifies() {
+        let lines = chain(5);
+        assert_eq!(check(&lines), None);
+        let links: Vec<Link> = lines.iter().cloned().map(Link::from_export).collect();
+        assert_eq!(verify(&links, None).checked, 5);
+    }
+
+    #[test]
+    fn each_kind_of_tampering_is_caught_and_located() {
+        let mut edited = chain(5);
+        edited[2]["eventName"] = json!("DeleteRepository");
+        assert_eq!(check(&edited), Some((3, "e3".into(), Problem::Modified)));
+
+        let mut dropped = chain(5);
+        dropped.remove(1);
+        assert_eq!(check(&dropped), Some((3, "e3".into(), Problem::Removed)));
+
+        let mut swapped = chain(5);
+        swapped.swap(1, 2);
+        assert_eq!(check(&swapped), Some((3, "e3".into(), Problem::Reordered)));
+
+        let mut inserted = chain(5);
+        let mut forged = json!({"eventID": "forged", "eventName": "CreateRepository"});
+        let hash = link(&[7; 32], &forged);
+        forged["chain"] =
+            json!({"sequence": 3, "previousHash": hex::encode([7; 32]), "hash": hex::encode(hash)});
+        inserted.insert(2, forged);
+        assert_eq!(check(&inserted), Some((3, "forged".into(), Problem::Inserted)));
+
+        let mut unchained = chain(3);
+        unchained.insert(1, json!({"eventID": "bare"}));
+        assert_eq!(check(&unchained), Some((2, "bare".into(), Problem::Inserted)));
+    }
+}

@@ -1,0 +1,360 @@
+//! Reading the audit trail and chaining it: lookups (newest first, keyset
+//! pages), the chain's links in sequence order (the live stream and
+//! verification), and the chainer's step.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgPool, QueryBuilder};
+use uuid::Uuid;
+
+use super::StoreError;
+
+/// One stored event with its chain link (if chained yet).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AuditRow {
+    /// `eventID`.
+    pub event_id: Uuid,
+    /// `eventTime`.
+    pub event_time: DateTime<Utc>,
+    /// `eventName`.
+    pub event_name: String,
+    /// `eventSource`.
+    pub event_source: String,
+    /// `readOnly`.
+    pub read_only: bool,
+    /// pending / succeeded / failed.
+    pub status: String,
+    /// `userIdentity.principalId`.
+    pub principal: String,
+    /// `userIdentity.type`.
+    pub principal_type: String,
+    /// The principal's groups.
+    pub groups: Vec<String>,
+    /// How the caller was identified.
+    pub auth_method: String,
+    /// `sourceIPAddress`.
+    pub source_ip: Option<String>,
+    /// `userAgent`.
+    pub user_agent: Option<String>,
+    /// The registry alias.
+    pub registry_alias: Option<String>,
+    /// `recipientAccountId`.
+    pub account_id: Option<String>,
+    /// `awsRegion`.
+    pub region: Option<String>,
+    /// `requestID`.
+    pub gateway_request_id: Uuid,
+    /// The caller's request_id.
+    pub client_request_id: Option<String>,
+    /// `requestParameters`.
+    pub request_parameters: Value,
+    /// `responseElements`.
+    pub response_elements: Option<Value>,
+    /// `errorCode`.
+    pub error_code: Option<String>,
+    /// `errorMessage`.
+    pub error_message: Option<String>,
+    /// The ECR request ids.
+    pub ecr_request_ids: Vec<String>,
+    /// `resources`.
+    pub resources: Value,
+    /// When the outcome was recorded.
+    pub finalized_at: Option<DateTime<Utc>>,
+    /// The chain position.
+    pub seq: Option<i64>,
+    /// The previous link's hash.
+    pub prev_hash: Option<Vec<u8>>,
+    /// This link's hash.
+    pub hash: Option<Vec<u8>>,
+}
+
+/// The columns of [`AuditRow`] over `audit_events e LEFT JOIN audit_chain_links l`.
+macro_rules! audit_columns {
+    () => {
+        "e.event_id, e.event_time, e.event_name, e.event_source, e.read_only, e.status, e.principal, \
+         e.principal_type, e.groups, e.auth_method, e.source_ip, e.user_agent, e.registry_alias, e.account_id, \
+         e.region, e.gateway_request_id, e.client_request_id, e.request_parameters, e.response_elements, \
+         e.error_code, e.error_message, e.ecr_request_ids, e.resources, e.finalized_at, l.seq, l.prev_hash, \
+         l.hash"
+    };
+}
+
+/// What LookupAuditEvents and StreamAuditEvents filter on (every one given must match).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AuditFilter {
+    /// `eventName`.
+    pub event_name: Option<String>,
+    /// `userIdentity.principalId`.
+    pub principal: Option<String>,
+    /// The first resource's ARN: exact, or a prefix.
+    pub resource_arn: Option<(String, bool)>,
+    /// The registry alias.
+    pub registry: Option<String>,
+    /// `readOnly`.
+    pub read_only: Option<bool>,
+    /// `errorCode`; `*` means any error.
+    pub error_code: Option<String>,
+    /// At or after.
+    pub start: Option<DateTime<Utc>>,
+    /// Before.
+    pub end: Option<DateTime<Utc>>,
+}
+
+impl AuditFilter {
+    fn push(&self, query: &mut QueryBuilder<sqlx::Postgres>) {
+        if let Some(name) = &self.event_name {
+            query.push(" AND e.event_name = ").push_bind(name.clone());
+        }
+        if let Some(principal) = &self.principal {
+            query.push(" AND e.principal = ").push_bind(principal.clone());
+        }
+        match &self.resource_arn {
+            Some((arn, false)) => {
+                query
+                    .push(" AND (e.resources -> 0 ->> 'ARN') = ")
+                    .push_bind(arn.clone());
+            }
+            Some((prefix, true)) => {
+                query
+                    .push(" AND (e.resources -> 0 ->> 'ARN') LIKE ")
+                    .push_bind(format!("{}%", escape_like(prefix)));
+            }
+            None => {}
+        }
+        if let Some(alias) = &self.registry {
+            query.push(" AND e.registry_alias = ").push_bind(alias.clone());
+        }
+        if let Some(read_only) = self.read_only {
+            query.push(" AND e.read_only = ").push_bind(read_only);
+        }
+        match self.error_code.as_deref() {
+            Some("*") => {
+                query.push(" AND e.error_code IS NOT NULL");
+            }
+            Some(code) => {
+                query.push(" AND e.error_code = ").push_bind(code.to_owned());
+            }
+            None => {}
+        }
+        if let Some(start) = self.start {
+            query.push(" AND e.event_time >= ").push_bind(start);
+        }
+        if let Some(end) = self.end {
+            query.push(" AND e.event_time < ").push_bind(end);
+        }
+    }
+}
+
+/// `prefix` as a literal LIKE prefix.
+fn escape_like(prefix: &str) -> String {
+    prefix
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// Finalised events matching `filter`, newest first, after `(event_time, event_id)` when given.
+pub async fn lookup(
+    pool: &PgPool,
+    filter: &AuditFilter,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<AuditRow>, StoreError> {
+    let mut query = QueryBuilder::new(concat!(
+        "SELECT ",
+        audit_columns!(),
+        " FROM audit_events e LEFT JOIN audit_chain_links l ON l.event_id = e.event_id \
+          WHERE e.status <> 'pending'"
+    ));
+    filter.push(&mut query);
+    if let Some((at, id)) = after {
+        query
+            .push(" AND (e.event_time, e.event_id) < (")
+            .push_bind(at)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    query
+        .push(" ORDER BY e.event_time DESC, e.event_id DESC LIMIT ")
+        .push_bind(limit);
+    Ok(query.build_query_as::<AuditRow>().fetch_all(pool).await?)
+}
+
+/// Chained events after sequence `after`, in chain order, matching `filter`
+/// (its time range excepted), at most `limit`; and the last sequence scanned
+/// (so that a filtered stream moves on past events it does not show).
+pub async fn chained_after(
+    pool: &PgPool,
+    filter: &AuditFilter,
+    after: i64,
+    limit: i64,
+) -> Result<(Vec<AuditRow>, i64), StoreError> {
+    let scanned: Option<i64> = sqlx::query_scalar(
+        "SELECT max(seq) FROM (SELECT seq FROM audit_chain_links WHERE seq > $1 ORDER BY seq LIMIT $2) s",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_one(pool)
+    .await?;
+    let Some(upto) = scanned else {
+        return Ok((Vec::new(), after));
+    };
+    let mut query = QueryBuilder::new(concat!(
+        "SELECT ",
+        audit_columns!(),
+        " FROM audit_chain_links l JOIN audit_events e ON e.event_id = l.event_id WHERE l.seq > "
+    ));
+    query.push_bind(after).push(" AND l.seq <= ").push_bind(upto);
+    let mut untimed = filter.clone();
+    untimed.start = None;
+    untimed.end = None;
+    untimed.push(&mut query);
+    query.push(" ORDER BY l.seq");
+    Ok((query.build_query_as::<AuditRow>().fetch_all(pool).await?, upto))
+}
+
+/// Where a stream starting from an event id or a time begins: the sequence before it.
+pub async fn sequence_before(
+    pool: &PgPool,
+    event_id: Option<Uuid>,
+    time: Option<DateTime<Utc>>,
+) -> Result<Option<i64>, StoreError> {
+    if let Some(id) = event_id {
+        return Ok(
+            sqlx::query_scalar::<_, i64>("SELECT seq FROM audit_chain_links WHERE event_id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?,
+        );
+    }
+    if let Some(time) = time {
+        let first: Option<i64> =
+            sqlx::query_scalar("SELECT min(seq) FROM audit_chain_links WHERE chained_at >= $1")
+                .bind(time)
+                .fetch_one(pool)
+                .await?;
+        return Ok(Some(match first {
+            Some(seq) => seq - 1,
+            None => head(pool).await?,
+        }));
+    }
+    Ok(Some(head(pool).await?))
+}
+
+/// The newest sequence number (0 before the first link).
+pub async fn head(pool: &PgPool) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar("SELECT last_seq FROM audit_chain")
+        .fetch_one(pool)
+        .await?)
+}
+
+/// The links of `from..=to` with their events, in sequence order.
+pub async fn chain_range(pool: &PgPool, from: i64, to: i64) -> Result<Vec<AuditRow>, StoreError> {
+    Ok(sqlx::query_as::<_, AuditRow>(concat!(
+        "SELECT ",
+        audit_columns!(),
+        " FROM audit_chain_links l JOIN audit_events e ON e.event_id = l.event_id \
+          WHERE l.seq BETWEEN $1 AND $2 ORDER BY l.seq"
+    ))
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The hash of link `seq` (the zero hash for 0), if it exists.
+pub async fn hash_at(pool: &PgPool, seq: i64) -> Result<Option<Vec<u8>>, StoreError> {
+    if seq == 0 {
+        return Ok(Some(vec![0; 32]));
+    }
+    Ok(
+        sqlx::query_scalar("SELECT hash FROM audit_chain_links WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+/// The links of events chained within `[from, to)`, in sequence order (for export).
+pub async fn chained_between(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<AuditRow>, StoreError> {
+    Ok(sqlx::query_as::<_, AuditRow>(concat!(
+        "SELECT ",
+        audit_columns!(),
+        " FROM audit_chain_links l JOIN audit_events e ON e.event_id = l.event_id \
+          WHERE l.chained_at >= $1 AND l.chained_at < $2 ORDER BY l.seq"
+    ))
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One chainer step: takes up to `limit` queued events and links them after
+/// the chain's head with `hash_of(previous hash, event)`.
+/// Returns how many were chained; 0 when the queue is empty or another
+/// replica is chaining right now.
+pub async fn chain_step(
+    pool: &PgPool,
+    limit: i64,
+    hash_of: impl Fn(&[u8], &AuditRow) -> Vec<u8>,
+) -> Result<usize, StoreError> {
+    let mut tx = pool.begin().await?;
+    let head: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT last_seq, last_hash FROM audit_chain FOR UPDATE SKIP LOCKED")
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((mut seq, mut prev)) = head else {
+        return Ok(0);
+    };
+    let rows = sqlx::query_as::<_, AuditRow>(concat!(
+        "WITH taken AS (DELETE FROM audit_chain_queue WHERE event_id IN \
+           (SELECT event_id FROM audit_chain_queue ORDER BY event_id LIMIT $1) RETURNING event_id) \
+         SELECT ",
+        audit_columns!(),
+        " FROM taken t JOIN audit_events e ON e.event_id = t.event_id \
+          LEFT JOIN audit_chain_links l ON false \
+          ORDER BY e.finalized_at, e.event_id"
+    ))
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let (mut seqs, mut ids, mut prevs, mut hashes) = (
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+        Vec::with_capacity(rows.len()),
+    );
+    for row in &rows {
+        seq += 1;
+        let hash = hash_of(&prev, row);
+        seqs.push(seq);
+        ids.push(row.event_id);
+        prevs.push(std::mem::replace(&mut prev, hash.clone()));
+        hashes.push(hash);
+    }
+    sqlx::query(
+        "INSERT INTO audit_chain_links (seq, event_id, prev_hash, hash) \
+         SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::bytea[], $4::bytea[])",
+    )
+    .bind(&seqs)
+    .bind(&ids)
+    .bind(&prevs)
+    .bind(&hashes)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE audit_chain SET last_seq = $1, last_hash = $2")
+        .bind(seq)
+        .bind(&prev)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(rows.len())
+}

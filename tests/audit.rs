@@ -1,0 +1,478 @@
+//! The audit trail through AuditService and the CLI, against Postgres and
+//! moto: lookups by each attribute, a live stream that is cut and resumed,
+//! the hash chain verified in the database and offline, tampering caught and
+//! located, and finalised events that cannot be changed.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Gateway, Moto, TestDb, as_user, config, config_text, unique, violations};
+use ecr_gateway::pb;
+use ecr_gateway::pb::audit_service_client::AuditServiceClient;
+use ecr_gateway::pb::repository_service_client::RepositoryServiceClient;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn auditor<T>(message: T) -> tonic::Request<T> {
+    as_user(message, "security-auditor", "security")
+}
+
+fn audit(channel: &Channel) -> AuditServiceClient<Channel> {
+    AuditServiceClient::new(channel.clone())
+}
+
+async fn create(channel: &Channel, principal: &str, name: &str) -> Result<(), tonic::Status> {
+    RepositoryServiceClient::new(channel.clone())
+        .create_repository(as_user(
+            pb::CreateRepositoryRequest {
+                repository: name.into(),
+                settings: Some(pb::RepositorySettings {
+                    tags: [("team", "payments"), ("cost-center", "cc-1001")]
+                        .into_iter()
+                        .map(|(k, v)| (k.into(), v.into()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            principal,
+            "payments",
+        ))
+        .await
+        .map(|_| ())
+}
+
+async fn get(channel: &Channel, principal: &str, name: &str) {
+    RepositoryServiceClient::new(channel.clone())
+        .get_repository(as_user(
+            pb::GetRepositoryRequest {
+                repository: name.into(),
+                ..Default::default()
+            },
+            principal,
+            "payments",
+        ))
+        .await
+        .expect("get");
+}
+
+async fn lookup(channel: &Channel, request: pb::LookupAuditEventsRequest) -> Vec<pb::AuditEvent> {
+    audit(channel)
+        .lookup_audit_events(auditor(request))
+        .await
+        .expect("lookup")
+        .into_inner()
+        .events
+}
+
+/// Waits until `principal`'s finalised events number `n` and are chained.
+async fn settled(channel: &Channel, principal: &str, n: usize) -> Vec<pb::AuditEvent> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = lookup(
+            channel,
+            pb::LookupAuditEventsRequest {
+                principal: principal.into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        if events.len() >= n && events.iter().all(|e| e.sequence > 0) {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{principal}: {} of {n} events",
+            events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lookups_filter_by_every_attribute_and_page_newest_first() {
+    let db = TestDb::create().await;
+    let gateway = Gateway::start(config(&db, Moto::shared(), "")).await;
+    let channel = gateway.channel.clone();
+    let (alice, bob, carol) = ("alice@example.com", "bob@example.com", "carol@example.com");
+    let repo = unique("payments", "audit");
+    create(&channel, alice, &repo).await.expect("create");
+    for _ in 0..3 {
+        get(&channel, bob, &repo).await;
+    }
+    let refused = create(&channel, carol, "Not A Name").await.expect_err("invalid");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    settled(&channel, alice, 1).await;
+    settled(&channel, bob, 3).await;
+    settled(&channel, carol, 1).await;
+
+    let arn = format!(
+        "arn:aws:ecr:{}:{}:repository/{repo}",
+        common::REGION,
+        common::ACCOUNT
+    );
+    let count = async |request: pb::LookupAuditEventsRequest| lookup(&channel, request).await.len();
+    let by = |principal: &str| pb::LookupAuditEventsRequest {
+        principal: principal.into(),
+        ..Default::default()
+    };
+    assert_eq!(count(by(bob)).await, 3);
+    assert_eq!(
+        count(pb::LookupAuditEventsRequest {
+            event_name: "GetRepository".into(),
+            ..by(bob)
+        })
+        .await,
+        3
+    );
+    assert_eq!(
+        count(pb::LookupAuditEventsRequest {
+            resource_arn: arn.clone(),
+            ..Default::default()
+        })
+        .await,
+        4,
+        "alice's create and bob's three reads name the repository"
+    );
+    assert_eq!(
+        count(pb::LookupAuditEventsRequest {
+            resource_arn: arn[..arn.len() - 4].to_owned(),
+            resource_prefix: true,
+            principal: alice.into(),
+            ..Default::default()
+        })
+        .await,
+        1
+    );
+    assert_eq!(
+        count(pb::LookupAuditEventsRequest {
+            read_only: pb::ReadOnlyFilter::False as i32,
+            registry: "main".into(),
+            resource_arn: arn.clone(),
+            ..Default::default()
+        })
+        .await,
+        1
+    );
+    let errors = lookup(
+        &channel,
+        pb::LookupAuditEventsRequest {
+            error_code: "*".into(),
+            ..by(carol)
+        },
+    )
+    .await;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].error_code, "InvalidArgument");
+    assert_eq!(errors[0].user_identity.as_ref().unwrap().principal_id, carol);
+    assert_eq!(
+        count(pb::LookupAuditEventsRequest {
+            error_code: "InvalidArgument".into(),
+            ..by(bob)
+        })
+        .await,
+        0
+    );
+    // A time range that ends before the calls holds none of them.
+    assert_eq!(
+        count(pb::LookupAuditEventsRequest {
+            end_time: Some(prost_types::Timestamp {
+                seconds: chrono::Utc::now().timestamp() - 3600,
+                nanos: 0
+            }),
+            ..by(bob)
+        })
+        .await,
+        0
+    );
+
+    // Pages of one, newest first, each event once.
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = audit(&channel)
+            .lookup_audit_events(auditor(pb::LookupAuditEventsRequest {
+                page_size: 1,
+                page_token,
+                ..by(bob)
+            }))
+            .await
+            .expect("page")
+            .into_inner();
+        seen.extend(page.events);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token.clone();
+        // The token is bound to its filters.
+        let reused = audit(&channel)
+            .lookup_audit_events(auditor(pb::LookupAuditEventsRequest {
+                page_token: page.next_page_token,
+                ..by(alice)
+            }))
+            .await
+            .expect_err("other filters");
+        assert_eq!(reused.code(), Code::InvalidArgument);
+    }
+    assert_eq!(seen.len(), 3);
+    assert!(seen.windows(2).all(|w| {
+        let (a, b) = (w[0].event_time.unwrap(), w[1].event_time.unwrap());
+        (a.seconds, a.nanos) >= (b.seconds, b.nanos)
+    }));
+
+    // Bad filters name the field.
+    let bad = audit(&channel)
+        .lookup_audit_events(auditor(pb::LookupAuditEventsRequest {
+            resource_prefix: true,
+            registry: "nope".into(),
+            principal: "a\u{7}b".into(),
+            page_size: -1,
+            start_time: Some(prost_types::Timestamp {
+                seconds: 100,
+                nanos: 0,
+            }),
+            end_time: Some(prost_types::Timestamp {
+                seconds: 50,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("bad filters");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let fields: Vec<String> = violations(&bad).into_iter().map(|v| v.0).collect();
+    for field in ["resource_arn", "registry", "principal", "page_size", "end_time"] {
+        assert!(fields.iter().any(|f| f == field), "{field}: {fields:?}");
+    }
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_cut_and_resumed_sees_every_event_exactly_once() {
+    let db = TestDb::create().await;
+    let gateway = Gateway::start(config(&db, Moto::shared(), "")).await;
+    let channel = gateway.channel.clone();
+    let dave = "dave@example.com";
+    let repo = unique("payments", "stream");
+    create(&channel, "alice@example.com", &repo)
+        .await
+        .expect("create");
+
+    let mut stream = audit(&channel)
+        .stream_audit_events(auditor(pb::StreamAuditEventsRequest {
+            principal: dave.into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("stream")
+        .into_inner();
+    for _ in 0..3 {
+        get(&channel, dave, &repo).await;
+    }
+    let mut received = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..2 {
+        let item = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("an event in time")
+            .expect("open")
+            .expect("ok");
+        received.push(item.event.unwrap().event_id);
+        cursor = item.cursor;
+    }
+    drop(stream);
+    for _ in 0..2 {
+        get(&channel, dave, &repo).await;
+    }
+    let mut resumed = audit(&channel)
+        .stream_audit_events(auditor(pb::StreamAuditEventsRequest {
+            principal: dave.into(),
+            cursor,
+            ..Default::default()
+        }))
+        .await
+        .expect("resume")
+        .into_inner();
+    for _ in 0..3 {
+        let item = tokio::time::timeout(Duration::from_secs(20), resumed.next())
+            .await
+            .expect("an event in time")
+            .expect("open")
+            .expect("ok");
+        received.push(item.event.unwrap().event_id);
+    }
+    let extra = tokio::time::timeout(Duration::from_millis(800), resumed.next()).await;
+    assert!(extra.is_err(), "no duplicate or stray event: {extra:?}");
+    let stored: Vec<String> = settled(&channel, dave, 5)
+        .await
+        .into_iter()
+        .rev()
+        .map(|e| e.event_id)
+        .collect();
+    let mut sorted_received = received.clone();
+    sorted_received.sort();
+    let mut sorted_stored = stored.clone();
+    sorted_stored.sort();
+    assert_eq!(
+        sorted_received, sorted_stored,
+        "each of dave's five events exactly once"
+    );
+
+    let bad = audit(&channel)
+        .stream_audit_events(auditor(pb::StreamAuditEventsRequest {
+            cursor: "12".into(),
+            start_event_id: "x".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("bad start");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let fields: Vec<String> = violations(&bad).into_iter().map(|v| v.0).collect();
+    assert!(
+        fields.contains(&"cursor".to_owned()) && fields.contains(&"start_event_id".to_owned()),
+        "{fields:?}"
+    );
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chain_verifies_in_the_database_and_offline_and_tampering_is_located() {
+    let db = TestDb::create().await;
+    let gateway = Gateway::start(config(&db, Moto::shared(), "")).await;
+    let channel = gateway.channel.clone();
+    let erin = "erin@example.com";
+    let repo = unique("payments", "chain");
+    create(&channel, erin, &repo).await.expect("create");
+    for _ in 0..4 {
+        get(&channel, erin, &repo).await;
+    }
+    let events = settled(&channel, erin, 5).await;
+    let valid = audit(&channel)
+        .verify_audit_log(auditor(pb::VerifyAuditLogRequest::default()))
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(valid.valid, "{valid:?}");
+    assert!(valid.checked >= 5);
+
+    // Finalised events and links cannot be changed or removed.
+    let pool = db.pool().await;
+    for statement in [
+        "UPDATE audit_events SET principal = 'mallory' WHERE principal = 'erin@example.com'",
+        "DELETE FROM audit_events WHERE principal = 'erin@example.com'",
+        "UPDATE audit_chain_links SET hash = '\\x00' WHERE seq = 1",
+        "DELETE FROM audit_chain_links WHERE seq = 1",
+    ] {
+        let error = sqlx::query(statement).execute(&pool).await.expect_err(statement);
+        assert!(
+            error.to_string().contains("append-only") || error.to_string().contains("final"),
+            "{error}"
+        );
+    }
+
+    // Export through the CLI, verify offline, then tamper with copies.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join("gateway.toml");
+    std::fs::write(&config_path, config_text(&db, Moto::shared(), "")).expect("config");
+    let export = dir.path().join("audit.jsonl");
+    let exported = Command::new(env!("CARGO_BIN_EXE_ecr-gateway"))
+        .args(["audit", "export", "--from", "2000-01-01T00:00:00Z", "--output"])
+        .arg(&export)
+        .arg("--config")
+        .arg(&config_path)
+        .output()
+        .expect("export");
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    let verify = |path: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_ecr-gateway"))
+            .args(["audit", "verify"])
+            .arg(path)
+            .output()
+            .expect("verify");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = verify(&export);
+    assert_eq!(code, Some(0), "{text}");
+    let lines: Vec<String> = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(lines.len() >= 5);
+    let target: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+    let target_id = target["eventID"].as_str().unwrap().to_owned();
+    let tampered = |name: &str, lines: Vec<String>| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        verify(&path)
+    };
+    let mut edited = lines.clone();
+    edited[2] = edited[2].replace(
+        &format!(
+            "\"principalId\":\"{}\"",
+            target["userIdentity"]["principalId"].as_str().unwrap()
+        ),
+        "\"principalId\":\"mallory\"",
+    );
+    let (code, text) = tampered("edited.jsonl", edited);
+    assert_eq!(code, Some(1));
+    assert!(text.contains(&target_id) && text.contains("modified"), "{text}");
+    let mut dropped = lines.clone();
+    dropped.remove(2);
+    let (code, text) = tampered("dropped.jsonl", dropped);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("removed"), "{text}");
+    let mut swapped = lines.clone();
+    swapped.swap(2, 3);
+    let (code, text) = tampered("swapped.jsonl", swapped);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("reordered"), "{text}");
+    let mut inserted = lines.clone();
+    inserted.insert(2, lines[4].clone());
+    let (code, text) = tampered("inserted.jsonl", inserted);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("reordered") || text.contains("inserted"), "{text}");
+
+    // A change made behind the triggers' back shows in VerifyAuditLog, at its sequence.
+    let victim = events.last().expect("an event");
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("ALTER TABLE audit_events DISABLE TRIGGER audit_events_append_only")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_events SET principal = 'mallory' WHERE event_id = $1::uuid")
+        .bind(&victim.event_id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE audit_events ENABLE TRIGGER audit_events_append_only")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let broken = audit(&channel)
+        .verify_audit_log(auditor(pb::VerifyAuditLogRequest::default()))
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(!broken.valid);
+    assert_eq!(
+        (
+            broken.first_bad_sequence,
+            broken.first_bad_event_id.as_str(),
+            broken.problem.as_str()
+        ),
+        (victim.sequence, victim.event_id.as_str(), "modified")
+    );
+    gateway.stop().await.unwrap();
+}
