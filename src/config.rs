@@ -35,6 +35,8 @@ pub struct Config {
     pub sync: SyncConfig,
     /// The worker that carries out cleanup runs.
     pub cleanup: CleanupRunConfig,
+    /// The audit trail's signed digests.
+    pub audit: AuditConfig,
 }
 
 /// `[server]`
@@ -215,6 +217,27 @@ impl Default for CleanupRunConfig {
     }
 }
 
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The Ed25519 key that signs the chain's digests: a file holding the
+    /// 32-byte seed as hex (`ecr-gateway audit keygen` writes one). Unset:
+    /// the chain is kept but no digest is signed.
+    pub signing_key_file: Option<std::path::PathBuf>,
+    /// How often the chain's head is signed (when it moved).
+    pub digest_interval_seconds: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            signing_key_file: None,
+            digest_interval_seconds: 60,
+        }
+    }
+}
+
 /// A configuration that failed to load or check; each line names the key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", problems.join("\n  - "))]
@@ -298,6 +321,14 @@ impl Config {
         if self.cleanup.lease_seconds == 0 || self.cleanup.poll_interval_seconds == 0 {
             problems
                 .push("cleanup.lease_seconds and cleanup.poll_interval_seconds: must be at least 1".into());
+        }
+        if let Some(path) = &self.audit.signing_key_file
+            && let Err(problem) = crate::audit::digest::load_signing_key(path)
+        {
+            problems.push(format!("audit.signing_key_file: {problem}"));
+        }
+        if self.audit.digest_interval_seconds == 0 {
+            problems.push("audit.digest_interval_seconds: must be at least 1".into());
         }
         if self.auth.mode.is_none() {
             problems.push(

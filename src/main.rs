@@ -53,14 +53,27 @@ enum AuditCommand {
     Verify {
         /// The export (JSON lines).
         file: PathBuf,
+        /// Also check the signed digests with this Ed25519 public key (64 hex characters, or a file holding them).
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Write a new Ed25519 signing key for the audit digests (audit.signing_key_file) and print its public key.
+    Keygen {
+        /// Where to write the private key (created with mode 0600; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    if let Command::Audit(AuditCommand::Verify { file }) = &cli.command {
-        return verify_export(file);
+    match &cli.command {
+        Command::Audit(AuditCommand::Verify { file, public_key }) => {
+            return verify_export(file, public_key.as_deref());
+        }
+        Command::Audit(AuditCommand::Keygen { out }) => return keygen(out),
+        _ => {}
     }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
@@ -97,7 +110,7 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Audit(AuditCommand::Verify { .. }) => Ok(()),
+            Command::Audit(AuditCommand::Verify { .. } | AuditCommand::Keygen { .. }) => Ok(()),
             Command::Serve => {
                 let shutdown = shutdown_signal()?;
                 let listener = TcpListener::bind(&config.server.listen).await?;
@@ -132,15 +145,65 @@ async fn export(
         serde_json::to_writer(&mut out, &ecr_gateway::audit::chain::export_json(row))?;
         out.write_all(b"\n")?;
     }
+    let (first, last) = (
+        rows.first().and_then(|r| r.seq).unwrap_or(0),
+        rows.last().and_then(|r| r.seq).unwrap_or(0),
+    );
+    let digests = ecr_gateway::store::audit_trail::digests_between(store.pool(), first, last).await?;
+    for digest in &digests {
+        serde_json::to_writer(&mut out, &ecr_gateway::audit::digest::export_json(digest))?;
+        out.write_all(b"\n")?;
+    }
     out.flush()?;
-    eprintln!("exported {} events", rows.len());
+    eprintln!(
+        "exported {} events and {} signed digests",
+        rows.len(),
+        digests.len()
+    );
     Ok(())
 }
 
-/// Checks an export's chain; 0 when every event fits, 1 naming the first that does not, 2 when unreadable.
-fn verify_export(file: &std::path::Path) -> ExitCode {
-    use ecr_gateway::audit::chain::{Link, verify};
+/// Writes a new signing key and prints its public key.
+fn keygen(out: &std::path::Path) -> ExitCode {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let key = ecr_gateway::audit::digest::generate();
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .and_then(|mut f| writeln!(f, "{}", hex::encode(key.to_bytes())));
+    match written {
+        Ok(()) => {
+            println!("{}", hex::encode(key.verifying_key().to_bytes()));
+            eprintln!(
+                "wrote the private key to {}; the line above is the public key (for audit verify --public-key)",
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("cannot write {}: {error}", out.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Checks an export's chain (and its signed digests with `public_key`); 0
+/// when every event fits, 1 naming the first problem, 2 when unreadable.
+fn verify_export(file: &std::path::Path, public_key: Option<&str>) -> ExitCode {
+    use ecr_gateway::audit::chain::{Link, check_digests, verify};
+    use ecr_gateway::audit::digest;
     use std::io::BufRead as _;
+    let trusted = match public_key.map(digest::parse_public_key).transpose() {
+        Ok(key) => key,
+        Err(problem) => {
+            eprintln!("--public-key: {problem}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut digests = Vec::new();
     let reader = match std::fs::File::open(file) {
         Ok(f) => std::io::BufReader::new(f),
         Err(error) => {
@@ -154,7 +217,14 @@ fn verify_export(file: &std::path::Path) -> ExitCode {
             .map_err(|e| e.to_string())
             .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).map_err(|e| e.to_string()));
         match parsed {
-            Ok(value) => links.push(Link::from_export(value)),
+            Ok(value) => match digest::from_export(&value) {
+                Some(Ok(signed)) => digests.push(signed),
+                Some(Err(problem)) => {
+                    eprintln!("{}:{}: {problem}", file.display(), number + 1);
+                    return ExitCode::from(2);
+                }
+                None => links.push(Link::from_export(value)),
+            },
             Err(error) => {
                 eprintln!("{}:{}: not a JSON event: {error}", file.display(), number + 1);
                 return ExitCode::from(2);
@@ -169,7 +239,24 @@ fn verify_export(file: &std::path::Path) -> ExitCode {
                 verification.checked,
                 hex::encode(&verification.last_hash)
             );
-            ExitCode::SUCCESS
+            let Some(trusted) = trusted else {
+                println!("signatures not checked (give --public-key to check the signed digests)");
+                return ExitCode::SUCCESS;
+            };
+            let signed = check_digests(&links, &digests, &trusted);
+            match signed.problem {
+                None => {
+                    println!(
+                        "ok: {} signed digests match; {} newest events are not covered by a digest yet",
+                        signed.matched, signed.unsigned_tail
+                    );
+                    ExitCode::SUCCESS
+                }
+                Some(problem) => {
+                    println!("broken (signature): {problem}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Some((sequence, event_id, problem)) => {
             println!(

@@ -68,6 +68,18 @@ pub async fn run(
     if config.database.migrate_on_start {
         store.migrate().await.context("applying database migrations")?;
     }
+    let signing_key = config
+        .audit
+        .signing_key_file
+        .as_deref()
+        .map(crate::audit::digest::load_signing_key)
+        .transpose()
+        .map_err(|problem| anyhow::anyhow!("audit.signing_key_file: {problem}"))?;
+    if signing_key.is_none() {
+        tracing::warn!(
+            "audit.signing_key_file is not set: the audit chain is kept but its digests are not signed"
+        );
+    }
     let registries = Registries::connect(&config.registries).await;
     let (audit, audit_writer) = AuditLog::start(store.clone());
     let state: Shared = Arc::new(AppState {
@@ -83,6 +95,7 @@ pub async fn run(
             scans_per_pass: config.sync.scans_per_pass,
         },
         cleanup_wake: Arc::new(tokio::sync::Notify::new()),
+        audit_key: signing_key.as_ref().map(|k| k.verifying_key()),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -101,6 +114,14 @@ pub async fn run(
     });
 
     let chainer = tokio::spawn(crate::audit::run_chainer(store.clone(), stop_rx.clone()));
+    let digester = signing_key.map(|key| {
+        tokio::spawn(crate::audit::run_digester(
+            store.clone(),
+            key,
+            Duration::from_secs(config.audit.digest_interval_seconds),
+            stop_rx.clone(),
+        ))
+    });
     let cleanup_worker = config.cleanup.worker.then(|| {
         tokio::spawn(crate::cleanup::worker::run_worker(
             crate::cleanup::worker::Worker {
@@ -187,6 +208,9 @@ pub async fn run(
     }
     audit_writer.shutdown(grace).await;
     let _ = chainer.await;
+    if let Some(digester) = digester {
+        let _ = digester.await;
+    }
     tracing::info!("ecr-gateway stopped");
     Ok(())
 }

@@ -341,7 +341,26 @@ async fn a_stream_cut_and_resumed_sees_every_event_exactly_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chain_verifies_in_the_database_and_offline_and_tampering_is_located() {
     let db = TestDb::create().await;
-    let gateway = Gateway::start(config(&db, Moto::shared(), "")).await;
+    // A signing key from the CLI; the head is signed every second.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key_path = dir.path().join("audit.key");
+    let keygen = Command::new(env!("CARGO_BIN_EXE_ecr-gateway"))
+        .args(["audit", "keygen", "--out"])
+        .arg(&key_path)
+        .output()
+        .expect("keygen");
+    assert!(
+        keygen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&keygen.stderr)
+    );
+    let public_key = String::from_utf8(keygen.stdout).unwrap().trim().to_owned();
+    assert_eq!(public_key.len(), 64);
+    let signing = format!(
+        "[audit]\nsigning_key_file = \"{}\"\ndigest_interval_seconds = 1\n",
+        key_path.display()
+    );
+    let gateway = Gateway::start(config(&db, Moto::shared(), &signing)).await;
     let channel = gateway.channel.clone();
     let erin = "erin@example.com";
     let repo = unique("payments", "chain");
@@ -350,11 +369,24 @@ async fn the_chain_verifies_in_the_database_and_offline_and_tampering_is_located
         get(&channel, erin, &repo).await;
     }
     let events = settled(&channel, erin, 5).await;
-    let valid = audit(&channel)
-        .verify_audit_log(auditor(pb::VerifyAuditLogRequest::default()))
-        .await
-        .expect("verify")
-        .into_inner();
+    let newest = events.iter().map(|e| e.sequence).max().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let valid = loop {
+        let answer = audit(&channel)
+            .verify_audit_log(auditor(pb::VerifyAuditLogRequest::default()))
+            .await
+            .expect("verify")
+            .into_inner();
+        // Sequences 1..=checked were checked; all but the unsigned tail are under a signature.
+        if answer.digests_checked > 0 && answer.checked - answer.unsigned_tail >= newest {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no signed digest covers erin's events: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(valid.valid, "{valid:?}");
     assert!(valid.checked >= 5);
 
@@ -374,9 +406,8 @@ async fn the_chain_verifies_in_the_database_and_offline_and_tampering_is_located
     }
 
     // Export through the CLI, verify offline, then tamper with copies.
-    let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("gateway.toml");
-    std::fs::write(&config_path, config_text(&db, Moto::shared(), "")).expect("config");
+    std::fs::write(&config_path, config_text(&db, Moto::shared(), &signing)).expect("config");
     let export = dir.path().join("audit.jsonl");
     let exported = Command::new(env!("CARGO_BIN_EXE_ecr-gateway"))
         .args(["audit", "export", "--from", "2000-01-01T00:00:00Z", "--output"])
@@ -392,7 +423,7 @@ async fn the_chain_verifies_in_the_database_and_offline_and_tampering_is_located
     );
     let verify = |path: &std::path::Path| {
         let out = Command::new(env!("CARGO_BIN_EXE_ecr-gateway"))
-            .args(["audit", "verify"])
+            .args(["audit", "verify", "--public-key", &public_key])
             .arg(path)
             .output()
             .expect("verify");
@@ -403,17 +434,27 @@ async fn the_chain_verifies_in_the_database_and_offline_and_tampering_is_located
     };
     let (code, text) = verify(&export);
     assert_eq!(code, Some(0), "{text}");
-    let lines: Vec<String> = std::fs::read_to_string(&export)
+    assert!(text.contains("signed digests match"), "{text}");
+    let all: Vec<String> = std::fs::read_to_string(&export)
         .unwrap()
         .lines()
         .map(str::to_owned)
         .collect();
+    let (digest_lines, lines): (Vec<String>, Vec<String>) =
+        all.into_iter().partition(|l| l.starts_with("{\"digest\""));
+    assert!(!digest_lines.is_empty(), "the export carries the signed digests");
     assert!(lines.len() >= 5);
     let target: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
     let target_id = target["eventID"].as_str().unwrap().to_owned();
     let tampered = |name: &str, lines: Vec<String>| {
         let path = dir.path().join(name);
-        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let text = lines
+            .iter()
+            .chain(&digest_lines)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&path, text + "\n").unwrap();
         verify(&path)
     };
     let mut edited = lines.clone();
@@ -442,6 +483,30 @@ async fn the_chain_verifies_in_the_database_and_offline_and_tampering_is_located
     let (code, text) = tampered("inserted.jsonl", inserted);
     assert_eq!(code, Some(1));
     assert!(text.contains("reordered") || text.contains("inserted"), "{text}");
+
+    // Editing an event and recomputing every later hash keeps the links
+    // consistent, but not the signed digests.
+    let mut recomputed: Vec<serde_json::Value> =
+        lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    recomputed[1]["userIdentity"]["principalId"] = serde_json::json!("mallory");
+    let mut previous = hex::decode(recomputed[1]["chain"]["previousHash"].as_str().unwrap()).unwrap();
+    for line in recomputed.iter_mut().skip(1) {
+        let mut event = line.clone();
+        event.as_object_mut().unwrap().remove("chain");
+        let hash = ecr_gateway::audit::chain::link(&previous, &event);
+        line["chain"]["previousHash"] = serde_json::json!(hex::encode(&previous));
+        line["chain"]["hash"] = serde_json::json!(hex::encode(&hash));
+        previous = hash;
+    }
+    let (code, text) = tampered(
+        "recomputed.jsonl",
+        recomputed.iter().map(|v| v.to_string()).collect(),
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("signature") && text.contains("recomputed"),
+        "{text}"
+    );
 
     // A change made behind the triggers' back shows in VerifyAuditLog, at its sequence.
     let victim = events.last().expect("an event");

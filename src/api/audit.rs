@@ -454,17 +454,30 @@ async fn verify(
         let missing = rows.last().and_then(|r| r.seq).map_or(from, |s| s + 1);
         verification.first_bad = Some((missing, String::new(), chain::Problem::Removed));
     }
-    let (first_bad_sequence, first_bad_event_id, problem) = verification
+    let (first_bad_sequence, first_bad_event_id, mut problem) = verification
         .first_bad
         .map(|(seq, id, problem)| (seq, id, problem.as_str().to_owned()))
         .unwrap_or_default();
+    let (mut digests_checked, mut unsigned_tail) = (0, 0);
+    if let (Some(key), true) = (&state.audit_key, problem.is_empty() && !links.is_empty()) {
+        let digests = audit_trail::digests_between(pool, from, to).await?;
+        let signed = chain::check_digests(&links, &digests, key);
+        digests_checked = signed.matched as i64;
+        unsigned_tail = signed.unsigned_tail as i64;
+        // A range newer than the last digest is not an error; a bad digest is.
+        if let Some(why) = signed.problem.filter(|_| !digests.is_empty()) {
+            problem = format!("signature: {why}");
+        }
+    }
     let response = pb::VerifyAuditLogResponse {
-        valid: first_bad_sequence == 0,
+        valid: problem.is_empty(),
         checked: verification.checked as i64,
         first_bad_sequence,
         first_bad_event_id,
         problem,
         last_hash: hex::encode(&verification.last_hash),
+        digests_checked,
+        unsigned_tail,
     };
     let elements = json!({"valid": response.valid, "checked": response.checked});
     Ok((response, elements))

@@ -257,6 +257,67 @@ pub fn verify(links: &[Link], start: Option<(i64, Vec<u8>)>) -> Verification {
     }
 }
 
+/// What the signed digests say about a chain that verified link by link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestCheck {
+    /// Digests that cover an event of the chain and match it.
+    pub matched: usize,
+    /// Events after the newest matching digest (not protected by a signature yet).
+    pub unsigned_tail: usize,
+    /// The first problem: a digest that does not verify, or a signed hash the chain does not reproduce.
+    pub problem: Option<String>,
+}
+
+/// Checks `digests` against `links` (already verified by [`verify`]) with the trusted key.
+pub fn check_digests(
+    links: &[Link],
+    digests: &[super::digest::SignedDigest],
+    trusted: &ed25519_dalek::VerifyingKey,
+) -> DigestCheck {
+    let (Some(first), Some(last)) = (
+        links.first().and_then(|l| l.sequence),
+        links.last().and_then(|l| l.sequence),
+    ) else {
+        return DigestCheck {
+            matched: 0,
+            unsigned_tail: 0,
+            problem: None,
+        };
+    };
+    let mut matched = 0;
+    let mut newest = first - 1;
+    for digest in digests.iter().filter(|d| (first..=last).contains(&d.sequence)) {
+        if let Err(problem) = super::digest::check(digest, trusted) {
+            return DigestCheck {
+                matched,
+                unsigned_tail: 0,
+                problem: Some(problem),
+            };
+        }
+        let link = links.iter().find(|l| l.sequence == Some(digest.sequence));
+        if link.and_then(|l| l.hash.as_ref()) != Some(&digest.hash) {
+            return DigestCheck {
+                matched,
+                unsigned_tail: 0,
+                problem: Some(format!(
+                    "the chain does not reproduce the hash signed at {} for sequence {}: events up to it were \
+                     changed and the chain recomputed",
+                    digest.signed_at.to_rfc3339(),
+                    digest.sequence
+                )),
+            };
+        }
+        matched += 1;
+        newest = newest.max(digest.sequence);
+    }
+    let problem = (matched == 0).then(|| "no signed digest covers these events".to_owned());
+    DigestCheck {
+        matched,
+        unsigned_tail: (last - newest).max(0) as usize,
+        problem,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +341,33 @@ mod tests {
     fn check(lines: &[Value]) -> Option<(i64, String, Problem)> {
         let links: Vec<Link> = lines.iter().cloned().map(Link::from_export).collect();
         verify(&links, Some((0, vec![0; 32]))).first_bad
+    }
+
+    #[test]
+    fn signed_digests_catch_a_recomputed_chain() {
+        let key = crate::audit::digest::generate();
+        let lines = chain(4);
+        let links: Vec<Link> = lines.iter().cloned().map(Link::from_export).collect();
+        let signed = crate::audit::digest::sign(&key, 3, links[2].hash.as_ref().unwrap(), chrono::Utc::now());
+        let good = check_digests(&links, std::slice::from_ref(&signed), &key.verifying_key());
+        assert_eq!((good.matched, good.unsigned_tail, good.problem), (1, 1, None));
+
+        // Edit event 2 and recompute every hash after it: the links verify, the digest does not.
+        let mut forged = lines.clone();
+        forged[1]["eventName"] = json!("DeleteRepository");
+        let mut previous = hex::decode(forged[1]["chain"]["previousHash"].as_str().unwrap()).unwrap();
+        for line in forged.iter_mut().skip(1) {
+            let mut event = line.clone();
+            event.as_object_mut().unwrap().remove("chain");
+            let hash = link(&previous, &event);
+            line["chain"]["previousHash"] = json!(hex::encode(&previous));
+            line["chain"]["hash"] = json!(hex::encode(&hash));
+            previous = hash;
+        }
+        let forged: Vec<Link> = forged.into_iter().map(Link::from_export).collect();
+        assert_eq!(verify(&forged, Some((0, vec![0; 32]))).first_bad, None);
+        let caught = check_digests(&forged, &[signed], &key.verifying_key());
+        assert!(caught.problem.unwrap().contains("recomputed"));
     }
 
     #[test]

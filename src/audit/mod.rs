@@ -5,6 +5,7 @@
 //! which a background writer stores in batches; shutdown drains it.
 
 pub mod chain;
+pub mod digest;
 
 use std::time::Duration;
 
@@ -125,6 +126,39 @@ pub async fn run_chainer(store: Store, mut stop: tokio::sync::watch::Receiver<bo
             }
         }
     }
+}
+
+/// Signs the chain's head every `interval` when it moved since the last
+/// digest, until `stop` flips.
+pub async fn run_digester(
+    store: Store,
+    key: ed25519_dalek::SigningKey,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(error) = sign_head(&store, &key).await {
+            tracing::warn!("signing the audit chain's head failed, retrying later: {error}");
+        }
+    }
+}
+
+/// Signs the chain's head if no digest covers it yet.
+pub async fn sign_head(
+    store: &Store,
+    key: &ed25519_dalek::SigningKey,
+) -> Result<(), crate::store::StoreError> {
+    use crate::store::audit_trail;
+    let (sequence, hash) = audit_trail::head_with_hash(store.pool()).await?;
+    if sequence > audit_trail::last_digest(store.pool()).await? {
+        let signed = digest::sign(key, sequence, &hash, chrono::Utc::now());
+        audit_trail::insert_digest(store.pool(), &signed).await?;
+    }
+    Ok(())
 }
 
 /// Cuts a JSON element that is larger than [`MAX_ELEMENT_BYTES`], keeping a marker.

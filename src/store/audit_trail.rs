@@ -358,3 +358,66 @@ pub async fn chain_step(
     tx.commit().await?;
     Ok(rows.len())
 }
+
+/// The chain's head: last sequence and its hash.
+pub async fn head_with_hash(pool: &PgPool) -> Result<(i64, Vec<u8>), StoreError> {
+    Ok(sqlx::query_as("SELECT last_seq, last_hash FROM audit_chain")
+        .fetch_one(pool)
+        .await?)
+}
+
+/// The newest signed digest's sequence (0: none yet).
+pub async fn last_digest(pool: &PgPool) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM audit_digests")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Stores a signed digest (a second one for the same sequence is ignored).
+pub async fn insert_digest(
+    pool: &PgPool,
+    digest: &crate::audit::digest::SignedDigest,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_digests (seq, hash, signed_at, public_key, signature) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(digest.sequence)
+    .bind(&digest.hash)
+    .bind(digest.signed_at)
+    .bind(&digest.public_key)
+    .bind(&digest.signature)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Signed digests of sequences `from..=to`, in order.
+pub async fn digests_between(
+    pool: &PgPool,
+    from: i64,
+    to: i64,
+) -> Result<Vec<crate::audit::digest::SignedDigest>, StoreError> {
+    type DigestRow = (i64, Vec<u8>, DateTime<Utc>, Vec<u8>, Vec<u8>);
+    let rows: Vec<DigestRow> = sqlx::query_as(
+        "SELECT seq, hash, signed_at, public_key, signature FROM audit_digests WHERE seq BETWEEN $1 AND $2 ORDER BY seq",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(sequence, hash, signed_at, public_key, signature)| crate::audit::digest::SignedDigest {
+                sequence,
+                hash,
+                signed_at,
+                public_key,
+                signature,
+            },
+        )
+        .collect())
+}
