@@ -227,6 +227,14 @@ pub struct AuditConfig {
     pub signing_key_file: Option<std::path::PathBuf>,
     /// How often the chain's head is signed (when it moved).
     pub digest_interval_seconds: u64,
+    /// Ship the chain as JSON lines: `-` for standard output, or a file to append to.
+    pub jsonl: Option<String>,
+    /// Publish the chain to NATS JetStream at this URL, e.g. nats://127.0.0.1:4222.
+    pub nats_url: Option<String>,
+    /// The subject events are published on.
+    pub nats_subject: String,
+    /// The JetStream stream that holds the subject (created when missing).
+    pub nats_stream: String,
 }
 
 impl Default for AuditConfig {
@@ -234,6 +242,10 @@ impl Default for AuditConfig {
         Self {
             signing_key_file: None,
             digest_interval_seconds: 60,
+            jsonl: None,
+            nats_url: None,
+            nats_subject: "ecr-gateway.audit".into(),
+            nats_stream: "ECR_GATEWAY_AUDIT".into(),
         }
     }
 }
@@ -326,6 +338,12 @@ impl Config {
             && let Err(problem) = crate::audit::digest::load_signing_key(path)
         {
             problems.push(format!("audit.signing_key_file: {problem}"));
+        }
+        if self.audit.nats_url.is_some() && self.audit.nats_subject.trim().is_empty() {
+            problems.push("audit.nats_subject: must not be empty".into());
+        }
+        if self.audit.jsonl.as_deref().is_some_and(|p| p.trim().is_empty()) {
+            problems.push("audit.jsonl: give `-` for standard output or a file path".into());
         }
         if self.audit.digest_interval_seconds == 0 {
             problems.push("audit.digest_interval_seconds: must be at least 1".into());

@@ -122,6 +122,31 @@ pub async fn run(
             stop_rx.clone(),
         ))
     });
+    let mut sinks = Vec::new();
+    if let Some(jsonl) = &config.audit.jsonl {
+        sinks.push(if jsonl == "-" {
+            crate::audit::sink::Target::Stdout
+        } else {
+            crate::audit::sink::Target::File(jsonl.into())
+        });
+    }
+    if let Some(url) = &config.audit.nats_url {
+        sinks.push(crate::audit::sink::Target::Nats {
+            url: url.clone(),
+            subject: config.audit.nats_subject.clone(),
+            stream: config.audit.nats_stream.clone(),
+        });
+    }
+    let sinks: Vec<_> = sinks
+        .into_iter()
+        .map(|target| {
+            tokio::spawn(crate::audit::sink::run_sink(
+                store.clone(),
+                target,
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
     let cleanup_worker = config.cleanup.worker.then(|| {
         tokio::spawn(crate::cleanup::worker::run_worker(
             crate::cleanup::worker::Worker {
@@ -208,6 +233,9 @@ pub async fn run(
     }
     audit_writer.shutdown(grace).await;
     let _ = chainer.await;
+    for sink in sinks {
+        let _ = sink.await;
+    }
     if let Some(digester) = digester {
         let _ = digester.await;
     }

@@ -211,3 +211,56 @@ async fn forward(
     }
     Ok(answer)
 }
+
+/// A TCP proxy in front of a server (e.g. NATS) that can be cut: every
+/// live connection is closed and new ones are refused until restored.
+#[derive(Clone)]
+pub struct TcpProxy {
+    /// host:port to give the client.
+    pub addr: String,
+    cut: Arc<Mutex<(bool, Vec<tokio::task::AbortHandle>)>>,
+}
+
+impl TcpProxy {
+    /// Starts a proxy to `upstream` (host:port).
+    pub async fn start(upstream: &str) -> TcpProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp proxy");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let cut: Arc<Mutex<(bool, Vec<tokio::task::AbortHandle>)>> = Arc::default();
+        let (shared, upstream) = (cut.clone(), upstream.to_owned());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut state = shared.lock().expect("proxy state");
+                if state.0 {
+                    drop(inbound);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                state.1.push(task.abort_handle());
+            }
+        });
+        TcpProxy { addr, cut }
+    }
+
+    /// Closes every live connection and refuses new ones.
+    pub fn cut(&self) {
+        let mut state = self.cut.lock().expect("proxy state");
+        state.0 = true;
+        for task in state.1.drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.cut.lock().expect("proxy state").0 = false;
+    }
+}
