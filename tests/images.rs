@@ -386,6 +386,18 @@ async fn deletes_and_retags_in_ecr_reach_the_cache_on_the_next_reconcile() {
     assert_eq!(cached, in_ecr);
     assert!(!cached.contains(&doomed));
     let _ = old;
+    // The sync's removal left an audit event naming the image, on the gateway's own behalf.
+    let removals: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT principal, response_elements FROM audit_events \
+         WHERE event_name = 'SyncRemoveImages' AND request_parameters->>'repositoryName' = $1",
+    )
+    .bind(&repository)
+    .fetch_all(&db.pool().await)
+    .await
+    .expect("audit");
+    assert_eq!(removals.len(), 1, "{removals:?}");
+    assert_eq!(removals[0].0, "ecr-gateway/sync");
+    assert!(removals[0].1.to_string().contains(&doomed), "{removals:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

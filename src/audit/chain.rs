@@ -25,7 +25,11 @@ pub fn cloudtrail_json(row: &AuditRow) -> Value {
         "eventTime": row.event_time.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
         "eventSource": row.event_source,
         "eventName": row.event_name,
-        "eventType": if row.event_name == "BatchDeleteImage" { "AwsServiceEvent" } else { "AwsApiCall" },
+        "eventType": if row.principal_type == "Service" && row.auth_method == "internal" || row.event_name == "BatchDeleteImage" {
+            "AwsServiceEvent"
+        } else {
+            "AwsApiCall"
+        },
         "awsRegion": row.region,
         "recipientAccountId": row.account_id,
         "registry": row.registry_alias,

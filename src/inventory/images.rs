@@ -15,7 +15,7 @@ use crate::ecr::{CallLog, Registry};
 use crate::store::images::{self, ManifestFacts};
 use crate::store::scans;
 use crate::store::sync::{self, RunCounts};
-use crate::store::{Store, StoreError, repositories};
+use crate::store::{Store, StoreError, audit_events, repositories};
 
 /// Rows written per statement (ECR's DescribeImages page size).
 pub const PAGE: usize = 1000;
@@ -131,8 +131,13 @@ impl Syncer {
             counts.added += page_counts.added as i32;
             counts.changed += page_counts.changed as i32;
         }
-        counts.removed =
-            images::finish_reconcile(&mut tx, &registry.reference, repository, &records).await? as i32;
+        let removed = images::finish_reconcile(&mut tx, &registry.reference, repository, &records).await?;
+        counts.removed = removed.len() as i32;
+        if !removed.is_empty() {
+            // Images gone from ECR leave the inventory with an audit event, in the same transaction.
+            let record = removal_record(&registry.reference, repository, &removed, log);
+            audit_events::insert(&mut tx, &record).await?;
+        }
         let unread = images::digests_without_manifest(&mut tx, &registry.reference, repository).await?;
         tx.commit().await.map_err(StoreError::from)?;
         self.store.invalidate(&registry.reference, repository.as_str());
@@ -320,5 +325,48 @@ impl Syncer {
             .filter(|r| r.kind.is_none())
             .map(|r| vec![r.digest])
             .unwrap_or_default())
+    }
+}
+
+/// The audit event of a sync that found images gone from ECR: the gateway
+/// acting on its own (`AwsServiceEvent`), naming each digest it dropped.
+fn removal_record(
+    registry: &crate::domain::RegistryRef,
+    repository: &RepositoryName,
+    removed: &[String],
+    log: &CallLog,
+) -> crate::domain::AuditRecord {
+    use crate::domain::{AuditOutcome, AuditRecord, AuditResource, AuditStatus, Identity};
+    AuditRecord {
+        event_id: uuid::Uuid::now_v7(),
+        event_time: Utc::now(),
+        event_name: "SyncRemoveImages".into(),
+        read_only: false,
+        identity: Identity {
+            principal: "ecr-gateway/sync".into(),
+            principal_type: "Service".into(),
+            groups: Vec::new(),
+            auth_method: "internal".into(),
+        },
+        source_ip: None,
+        user_agent: Some("ecr-gateway inventory sync".into()),
+        registry: Some(registry.clone()),
+        gateway_request_id: uuid::Uuid::new_v4(),
+        client_request_id: None,
+        request_parameters: json!({"registryId": registry.account_id, "repositoryName": repository.as_str()}),
+        resources: vec![AuditResource {
+            resource_type: "AWS::ECR::Repository".into(),
+            arn: registry.repository_arn(repository),
+        }],
+        outcome: AuditOutcome {
+            status: AuditStatus::Succeeded,
+            response_elements: Some(crate::audit::cap_element(json!({
+                "reason": "no longer listed by ECR DescribeImages",
+                "imageIds": removed.iter().map(|d| json!({"imageDigest": d})).collect::<Vec<_>>(),
+            }))),
+            error_code: None,
+            error_message: None,
+            ecr_request_ids: log.ids(),
+        },
     }
 }

@@ -84,31 +84,30 @@ pub async fn upsert_page(
 
 /// Makes the repository's tag index and image set exactly what ECR listed:
 /// deletes images and tags ECR no longer has, upserts moved or new tags.
-/// Returns how many images were removed.
+/// Returns the digests of the images removed.
 pub async fn finish_reconcile(
     tx: &mut Tx,
     registry: &RegistryRef,
     repository: &RepositoryName,
     seen: &[ImageRecord],
-) -> Result<u64, StoreError> {
+) -> Result<Vec<String>, StoreError> {
     let digests: Vec<String> = seen.iter().map(|i| i.digest.to_string()).collect();
     let (tag_names, tag_digests): (Vec<String>, Vec<String>) = seen
         .iter()
         .flat_map(|i| i.tags.iter().map(move |t| (t.clone(), i.digest.to_string())))
         .unzip();
-    let removed = sqlx::query!(
+    let removed: Vec<String> = sqlx::query_scalar(
         // NOT IN over a subquery is planned as a hashed subplan: linear, not n × m.
-        r#"DELETE FROM images WHERE account_id = $1 AND region = $2 AND repository = $3
-           AND digest NOT IN (SELECT unnest($4::text[]))"#,
-        registry.account_id,
-        registry.region,
-        repository.as_str(),
-        &digests,
+        "DELETE FROM images WHERE account_id = $1 AND region = $2 AND repository = $3 \
+         AND digest NOT IN (SELECT unnest($4::text[])) RETURNING digest",
     )
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if removed > 0 {
+    .bind(&registry.account_id)
+    .bind(&registry.region)
+    .bind(repository.as_str())
+    .bind(&digests)
+    .fetch_all(&mut **tx)
+    .await?;
+    if !removed.is_empty() {
         prune_scans(tx, registry, repository.as_str(), None).await?;
     }
     sqlx::query!(
