@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Gateway, Moto, TestDb, as_user, config, config_text, unique, violations};
+use common::{Gateway, Moto, TestDb, as_user, config, config_text, tagged_repository, unique, violations};
 use ecr_gateway::pb;
 use ecr_gateway::pb::audit_service_client::AuditServiceClient;
 use ecr_gateway::pb::repository_service_client::RepositoryServiceClient;
@@ -26,21 +26,7 @@ fn audit(channel: &Channel) -> AuditServiceClient<Channel> {
 
 async fn create(channel: &Channel, principal: &str, name: &str) -> Result<(), tonic::Status> {
     RepositoryServiceClient::new(channel.clone())
-        .create_repository(as_user(
-            pb::CreateRepositoryRequest {
-                repository: name.into(),
-                settings: Some(pb::RepositorySettings {
-                    tags: [("team", "payments"), ("cost-center", "cc-1001")]
-                        .into_iter()
-                        .map(|(k, v)| (k.into(), v.into()))
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            principal,
-            "payments",
-        ))
+        .create_repository(as_user(tagged_repository(name), principal, "payments"))
         .await
         .map(|_| ())
 }

@@ -7,7 +7,10 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::images::push;
-use common::{Gateway, Moto, TestDb, as_user, config, ecr_client, unique, violations, wait_for_audit_rows};
+use common::{
+    Gateway, Moto, TestDb, as_user, config, digests_in_ecr, ecr_client, tagged_repository, unique,
+    violations, wait_for_audit_rows,
+};
 use ecr_gateway::pb;
 use ecr_gateway::pb::cleanup_service_client::CleanupServiceClient;
 use ecr_gateway::pb::image_service_client::ImageServiceClient;
@@ -40,32 +43,10 @@ async fn repository(gateway: &Gateway) -> String {
     let name = unique("payments", "cleanup");
     gateway
         .repositories()
-        .create_repository(dan(pb::CreateRepositoryRequest {
-            repository: name.clone(),
-            settings: Some(pb::RepositorySettings {
-                tags: [("team", "payments"), ("cost-center", "cc-1001")]
-                    .into_iter()
-                    .map(|(k, v)| (k.into(), v.into()))
-                    .collect(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }))
+        .create_repository(dan(tagged_repository(&name)))
         .await
         .expect("create repository");
     name
-}
-
-async fn digests_in_ecr(ecr: &aws_sdk_ecr::Client, repository: &str) -> BTreeSet<String> {
-    ecr.describe_images()
-        .repository_name(repository)
-        .send()
-        .await
-        .expect("describe")
-        .image_details()
-        .iter()
-        .filter_map(|d| d.image_digest().map(str::to_owned))
-        .collect()
 }
 
 async fn pin(gateway: &Gateway, repository: &str, tag: &str, holder: &str) -> Result<pb::Pin, tonic::Status> {

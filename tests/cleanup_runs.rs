@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use common::images::{push, push_untagged};
 use common::proxy::FaultProxy;
-use common::{Moto, TestDb, as_user, config, config_text, ecr_client, free_port, unique, violations};
+use common::{
+    Moto, TestDb, as_user, config, config_text, digests_in_ecr, ecr_client, free_port, tagged_repository,
+    unique, violations,
+};
 use ecr_gateway::pb;
 use ecr_gateway::pb::cleanup_service_client::CleanupServiceClient;
 use ecr_gateway::pb::image_service_client::ImageServiceClient;
@@ -47,17 +50,7 @@ fn ops<T>(message: T) -> tonic::Request<T> {
 
 async fn create_repository(channel: &Channel, name: &str) {
     RepositoryServiceClient::new(channel.clone())
-        .create_repository(ops(pb::CreateRepositoryRequest {
-            repository: name.into(),
-            settings: Some(pb::RepositorySettings {
-                tags: [("team", "payments"), ("cost-center", "cc-1001")]
-                    .into_iter()
-                    .map(|(k, v)| (k.into(), v.into()))
-                    .collect(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }))
+        .create_repository(ops(tagged_repository(name)))
         .await
         .expect("create repository");
 }
@@ -82,18 +75,6 @@ async fn age(pool: &sqlx::PgPool, digests: &[String]) {
             .await
             .expect("age");
     }
-}
-
-async fn digests_in_ecr(ecr: &aws_sdk_ecr::Client, repository: &str) -> BTreeSet<String> {
-    ecr.describe_images()
-        .repository_name(repository)
-        .send()
-        .await
-        .expect("describe")
-        .image_details()
-        .iter()
-        .filter_map(|d| d.image_digest().map(str::to_owned))
-        .collect()
 }
 
 async fn get_run(channel: &Channel, id: &str) -> pb::CleanupRun {

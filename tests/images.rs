@@ -40,10 +40,7 @@ async fn create_repository(gateway: &Gateway, stem: &str, exclude_latest: bool) 
     let request = pb::CreateRepositoryRequest {
         repository: name.clone(),
         settings: Some(pb::RepositorySettings {
-            tags: [("team", "payments"), ("cost-center", "cc-1001")]
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
+            tags: common::team_tags(),
             image_tag_mutability: if exclude_latest {
                 pb::ImageTagMutability::ImmutableWithExclusion as i32
             } else {

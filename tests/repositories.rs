@@ -12,10 +12,7 @@ use tonic_types::StatusExt;
 
 fn good_settings() -> pb::RepositorySettings {
     pb::RepositorySettings {
-        tags: [("team", "payments"), ("cost-center", "cc-1001")]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
+        tags: common::team_tags(),
         image_tag_mutability: pb::ImageTagMutability::ImmutableWithExclusion as i32,
         image_tag_mutability_exclusion_filters: vec!["latest".into()],
         ..Default::default()

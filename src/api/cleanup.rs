@@ -16,7 +16,7 @@ use super::error::{ApiError, Precondition, invalid, violations_of};
 use super::image::image_selector;
 use super::mutation::{self, CacheChange, Done, check_request_id};
 use super::page_token::{self, next_token};
-use super::{AppState, Shared};
+use super::{AppState, Shared, repository_filter};
 use crate::cleanup::plan::{self, Floors, Preview, Verdict};
 use crate::domain::{Digest, ImageSelector, ImageTag, RegistryRef, RepositoryName, Violation};
 use crate::ecr::{CallLog, DeleteOutcome, Registry};
@@ -443,9 +443,7 @@ async fn list_pins(
         .registries_named(&request.registry)
         .map_err(|v| violations.push(v))
         .unwrap_or_default();
-    let repository = (!request.repository.is_empty())
-        .then(|| RepositoryName::parse(&request.repository))
-        .transpose()
+    let repository = repository_filter(&request.repository)
         .map_err(|v| violations.push(v))
         .ok()
         .flatten();

@@ -14,7 +14,7 @@ use super::convert::timestamp;
 use super::error::{ApiError, Precondition, invalid, violations_of};
 use super::mutation::{self, CacheChange, Done, check_request_id};
 use super::page_token::{self, next_token};
-use super::{AppState, Shared};
+use super::{AppState, Shared, repository_filter};
 use crate::domain::{RepositoryName, Violation};
 use crate::pb;
 use crate::policy::lifecycle_model::LifecyclePolicy;
@@ -244,9 +244,7 @@ pub async fn list_cleanup_runs(
         .registries_named(&request.registry)
         .map_err(|v| violations.push(v))
         .unwrap_or_default();
-    let repository = (!request.repository.is_empty())
-        .then(|| RepositoryName::parse(&request.repository))
-        .transpose()
+    let repository = repository_filter(&request.repository)
         .map_err(|v| violations.push(v))
         .ok()
         .flatten();

@@ -22,6 +22,13 @@ use crate::ecr::{Registries, Registry};
 use crate::policy::OrgPolicy;
 use crate::store::Store;
 
+/// A list's optional repository filter: empty means none.
+pub fn repository_filter(text: &str) -> Result<Option<RepositoryName>, Violation> {
+    (!text.is_empty())
+        .then(|| RepositoryName::parse(text))
+        .transpose()
+}
+
 /// Everything handlers share, built once in `server.rs`.
 #[derive(Debug)]
 pub struct AppState {

@@ -15,7 +15,7 @@ use super::error::{ApiError, invalid, violations_of};
 use super::image::{decode_reference, image_selector, selector_suffix, tag_is_immutable};
 use super::mutation::{self, CacheChange, Done, check_request_id};
 use super::page_token::{self, next_token};
-use super::{AppState, Shared};
+use super::{AppState, Shared, repository_filter};
 use crate::domain::{Digest, ImageSelector, RegistryRef, RepositoryName, Violation, pinned_uri};
 use crate::ecr::{CallLog, Registry, ScanReport, ScanStart, ScanningSettings};
 use crate::pb;
@@ -1056,9 +1056,7 @@ async fn list_exceptions(
         .map_err(|v| violations.push(v))
         .ok()
         .flatten();
-    let repository = (!request.repository.is_empty())
-        .then(|| RepositoryName::parse(&request.repository))
-        .transpose()
+    let repository = repository_filter(&request.repository)
         .map_err(|v| violations.push(v))
         .ok()
         .flatten();

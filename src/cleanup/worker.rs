@@ -136,13 +136,10 @@ impl Worker {
 
     /// One step: plan, settle what a dead worker left in flight, or delete one batch.
     async fn step(&self, run: &RunRow, registry: &Registry) -> Result<Step, Stop> {
-        let cancel = cleanup_runs::renew(self.store.pool(), run.id, &self.holder, self.lease)
+        let renewed = cleanup_runs::renew(self.store.pool(), run.id, &self.holder, self.lease)
             .await?
             .ok_or(Stop::Lost)?;
-        let planned = cleanup_runs::get(self.store.pool(), run.id)
-            .await?
-            .is_some_and(|r| r.planned);
-        if !planned {
+        if !renewed.planned {
             self.plan(run, &registry.reference).await?;
             return Ok(Step::Continue);
         }
@@ -151,7 +148,7 @@ impl Worker {
             self.settle(run, registry, submitted).await?;
             return Ok(Step::Continue);
         }
-        if cancel {
+        if renewed.cancel_requested {
             let mut tx = self.store.begin().await?;
             if !cleanup_runs::hold(&mut tx, run.id, &self.holder).await? {
                 return Err(Stop::Lost);

@@ -275,17 +275,26 @@ pub async fn claim_next(pool: &PgPool, holder: &str, lease: Duration) -> Result<
     .await?)
 }
 
-/// Extends `holder`'s lease; returns whether cancelling was asked, or None
-/// when the run is no longer this holder's (another worker took it over).
+/// What a renewed lease tells the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Renewed {
+    /// CancelCleanupRun was called.
+    pub cancel_requested: bool,
+    /// The plan is stored.
+    pub planned: bool,
+}
+
+/// Extends `holder`'s lease; None when the run is no longer this holder's
+/// (another worker took it over).
 pub async fn renew(
     pool: &PgPool,
     id: Uuid,
     holder: &str,
     lease: Duration,
-) -> Result<Option<bool>, StoreError> {
-    Ok(sqlx::query_scalar(
+) -> Result<Option<Renewed>, StoreError> {
+    Ok(sqlx::query_as(
         "UPDATE cleanup_runs SET lease_until = now() + make_interval(secs => $3) \
-         WHERE id = $1 AND holder = $2 AND state = 'running' RETURNING cancel_requested",
+         WHERE id = $1 AND holder = $2 AND state = 'running' RETURNING cancel_requested, planned",
     )
     .bind(id)
     .bind(holder)

@@ -482,3 +482,39 @@ pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
         })
         .unwrap_or_default()
 }
+
+/// The resource tags the tests' org policy requires.
+pub fn team_tags() -> std::collections::BTreeMap<String, String> {
+    [("team", "payments"), ("cost-center", "cc-1001")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// A CreateRepository request that meets the org policy with its defaults.
+pub fn tagged_repository(name: &str) -> ecr_gateway::pb::CreateRepositoryRequest {
+    ecr_gateway::pb::CreateRepositoryRequest {
+        repository: name.into(),
+        settings: Some(ecr_gateway::pb::RepositorySettings {
+            tags: team_tags(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The digests ECR holds in `repository`, through the tests' own client.
+pub async fn digests_in_ecr(
+    ecr: &aws_sdk_ecr::Client,
+    repository: &str,
+) -> std::collections::BTreeSet<String> {
+    ecr.describe_images()
+        .repository_name(repository)
+        .send()
+        .await
+        .expect("describe")
+        .image_details()
+        .iter()
+        .filter_map(|d| d.image_digest().map(str::to_owned))
+        .collect()
+}
