@@ -235,6 +235,48 @@ pub struct AuditConfig {
     pub nats_subject: String,
     /// The JetStream stream that holds the subject (created when missing).
     pub nats_stream: String,
+    /// Purge chained events older than this (`400d`, `12h`, `30m`, `45s`)
+    /// after archiving them to `archive_dir`. Unset: keep every event.
+    pub retention: Option<String>,
+    /// Where purged events are archived, one JSON lines file per purge.
+    pub archive_dir: Option<std::path::PathBuf>,
+    /// How often a replica looks for events to purge.
+    pub retention_interval_seconds: u64,
+}
+
+impl AuditConfig {
+    /// The configured retention, if any (checked by [`Config::check`]).
+    pub fn retention_age(&self) -> Option<std::time::Duration> {
+        self.retention.as_deref().and_then(|text| parse_age(text).ok())
+    }
+}
+
+/// Reads an age such as `400d`, `12h`, `30m` or `45s`.
+pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let seconds_per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "`{text}` is not an age: give a whole number and a unit, s, m, h or d (e.g. 400d)"
+            ));
+        }
+    };
+    let number: u64 = number.parse().map_err(|_| {
+        format!("`{text}` is not an age: give a whole number and a unit, s, m, h or d (e.g. 400d)")
+    })?;
+    match number.checked_mul(seconds_per) {
+        Some(0) => Err("must be longer than zero; leave it unset to keep every event".into()),
+        Some(seconds) if seconds <= 100 * 365 * 86_400 => Ok(std::time::Duration::from_secs(seconds)),
+        _ => Err(format!(
+            "`{text}` is longer than 100 years; leave it unset to keep every event"
+        )),
+    }
 }
 
 impl Default for AuditConfig {
@@ -246,6 +288,9 @@ impl Default for AuditConfig {
             nats_url: None,
             nats_subject: "ecr-gateway.audit".into(),
             nats_stream: "ECR_GATEWAY_AUDIT".into(),
+            retention: None,
+            archive_dir: None,
+            retention_interval_seconds: 3600,
         }
     }
 }
@@ -344,6 +389,24 @@ impl Config {
         }
         if self.audit.jsonl.as_deref().is_some_and(|p| p.trim().is_empty()) {
             problems.push("audit.jsonl: give `-` for standard output or a file path".into());
+        }
+        if let Some(retention) = &self.audit.retention {
+            if let Err(problem) = parse_age(retention) {
+                problems.push(format!("audit.retention: {problem}"));
+            }
+            match &self.audit.archive_dir {
+                None => problems.push(
+                    "audit.archive_dir: required with audit.retention: purged events are archived there first".into(),
+                ),
+                Some(dir) if !dir.is_dir() => problems.push(format!(
+                    "audit.archive_dir: {} is not a directory; create it (the gateway writes one file per purge)",
+                    dir.display()
+                )),
+                Some(_) => {}
+            }
+        }
+        if self.audit.retention_interval_seconds == 0 {
+            problems.push("audit.retention_interval_seconds: must be at least 1".into());
         }
         if self.audit.digest_interval_seconds == 0 {
             problems.push("audit.digest_interval_seconds: must be at least 1".into());
@@ -520,6 +583,55 @@ mod tests {
         let text = MINIMAL.replace("mode = \"insecure-dev\"", "");
         let err = Config::from_toml(&text).expect_err("no auth");
         assert!(err.to_string().contains("auth.mode"), "{err}");
+    }
+
+    #[test]
+    fn ages_read_each_unit_and_refuse_the_rest() {
+        assert_eq!(parse_age("45s"), Ok(std::time::Duration::from_secs(45)));
+        assert_eq!(parse_age("30m"), Ok(std::time::Duration::from_secs(1800)));
+        assert_eq!(parse_age("12h"), Ok(std::time::Duration::from_secs(43_200)));
+        assert_eq!(
+            parse_age(" 400d "),
+            Ok(std::time::Duration::from_secs(400 * 86_400))
+        );
+        for bad in [
+            "",
+            "d",
+            "12",
+            "1.5d",
+            "-1d",
+            "12w",
+            "0d",
+            "99999999999999999999d",
+            "40000d",
+        ] {
+            assert!(parse_age(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn retention_needs_an_archive_directory() {
+        let text = format!("{MINIMAL}\n[audit]\nretention = \"400 days\"\n");
+        let err = Config::from_toml(&text).expect_err("bad retention");
+        let joined = err.problems.join("\n");
+        assert!(joined.contains("audit.retention:"), "{joined}");
+        assert!(joined.contains("audit.archive_dir: required"), "{joined}");
+
+        let text =
+            format!("{MINIMAL}\n[audit]\nretention = \"400d\"\narchive_dir = \"/nonexistent/archive\"\n");
+        let err = Config::from_toml(&text).expect_err("missing directory");
+        assert!(err.problems.join("\n").contains("is not a directory"), "{err}");
+
+        let dir = std::env::temp_dir();
+        let text = format!(
+            "{MINIMAL}\n[audit]\nretention = \"400d\"\narchive_dir = \"{}\"\n",
+            dir.display()
+        );
+        let config = Config::from_toml(&text).expect("valid");
+        assert_eq!(
+            config.audit.retention_age(),
+            Some(std::time::Duration::from_secs(400 * 86_400))
+        );
     }
 
     #[test]

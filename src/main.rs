@@ -49,10 +49,17 @@ enum AuditCommand {
         #[arg(long)]
         output: Option<PathBuf>,
     },
-    /// Check an export's hash chain offline; exits 1 naming the first event that was modified, removed, inserted or reordered.
+    /// Archive and purge the events older than audit.retention now (a running gateway does this every audit.retention_interval_seconds).
+    Purge {
+        /// Purge events chained longer ago than this instead (e.g. 400d, 12h); audit.archive_dir is still required.
+        #[arg(long)]
+        older_than: Option<String>,
+    },
+    /// Check exports' hash chain offline; exits 1 naming the first event that was modified, removed, inserted or reordered.
     Verify {
-        /// The export (JSON lines).
-        file: PathBuf,
+        /// Exports or retention archives (JSON lines); several are checked as one chain, in the order given.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         /// Also check the signed digests with this Ed25519 public key (64 hex characters, or a file holding them).
         #[arg(long)]
         public_key: Option<String>,
@@ -69,8 +76,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match &cli.command {
-        Command::Audit(AuditCommand::Verify { file, public_key }) => {
-            return verify_export(file, public_key.as_deref());
+        Command::Audit(AuditCommand::Verify { files, public_key }) => {
+            return verify_export(files, public_key.as_deref());
         }
         Command::Audit(AuditCommand::Keygen { out }) => return keygen(out),
         _ => {}
@@ -110,6 +117,7 @@ fn main() -> ExitCode {
                 )
                 .await
             }
+            Command::Audit(AuditCommand::Purge { older_than }) => purge(&config, older_than.as_deref()).await,
             Command::Audit(AuditCommand::Verify { .. } | AuditCommand::Keygen { .. }) => Ok(()),
             Command::Serve => {
                 let shutdown = shutdown_signal()?;
@@ -141,25 +149,56 @@ async fn export(
         Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path)?)),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    for row in &rows {
-        serde_json::to_writer(&mut out, &ecr_gateway::audit::chain::export_json(row))?;
-        out.write_all(b"\n")?;
-    }
     let (first, last) = (
         rows.first().and_then(|r| r.seq).unwrap_or(0),
         rows.last().and_then(|r| r.seq).unwrap_or(0),
     );
     let digests = ecr_gateway::store::audit_trail::digests_between(store.pool(), first, last).await?;
-    for digest in &digests {
-        serde_json::to_writer(&mut out, &ecr_gateway::audit::digest::export_json(digest))?;
-        out.write_all(b"\n")?;
-    }
+    ecr_gateway::audit::chain::write_export(&mut out, &rows, &digests)?;
     out.flush()?;
     eprintln!(
         "exported {} events and {} signed digests",
         rows.len(),
         digests.len()
     );
+    Ok(())
+}
+
+/// Archives and purges what has expired, step by step.
+async fn purge(config: &Config, older_than: Option<&str>) -> anyhow::Result<()> {
+    use ecr_gateway::audit::{digest, retention};
+    let mut audit = config.audit.clone();
+    if let Some(age) = older_than {
+        ecr_gateway::config::parse_age(age).map_err(|problem| anyhow::anyhow!("--older-than: {problem}"))?;
+        audit.retention = Some(age.to_owned());
+    }
+    let key = audit
+        .signing_key_file
+        .as_deref()
+        .map(digest::load_signing_key)
+        .transpose()
+        .map_err(|problem| anyhow::anyhow!("audit.signing_key_file: {problem}"))?;
+    let Some(retention) = retention::Retention::configured(&audit, key) else {
+        anyhow::bail!(
+            "nothing to purge by: set audit.retention (or give --older-than) and audit.archive_dir in the configuration"
+        );
+    };
+    let store = ecr_gateway::store::Store::connect_lazy(&config.database)?;
+    let done = retention::purge_all(&store, &retention, chrono::Utc::now()).await?;
+    for step in &done {
+        println!(
+            "purged sequences {}..={} ({} events), archived to {}",
+            step.from,
+            step.through,
+            step.events,
+            step.archive.display()
+        );
+    }
+    if done.is_empty() {
+        println!(
+            "nothing to purge: no chained event is older than the retention and delivered to every sink"
+        );
+    }
     Ok(())
 }
 
@@ -192,7 +231,7 @@ fn keygen(out: &std::path::Path) -> ExitCode {
 
 /// Checks an export's chain (and its signed digests with `public_key`); 0
 /// when every event fits, 1 naming the first problem, 2 when unreadable.
-fn verify_export(file: &std::path::Path, public_key: Option<&str>) -> ExitCode {
+fn verify_export(files: &[PathBuf], public_key: Option<&str>) -> ExitCode {
     use ecr_gateway::audit::chain::{Link, check_digests, verify};
     use ecr_gateway::audit::digest;
     use std::io::BufRead as _;
@@ -204,30 +243,32 @@ fn verify_export(file: &std::path::Path, public_key: Option<&str>) -> ExitCode {
         }
     };
     let mut digests = Vec::new();
-    let reader = match std::fs::File::open(file) {
-        Ok(f) => std::io::BufReader::new(f),
-        Err(error) => {
-            eprintln!("cannot read {}: {error}", file.display());
-            return ExitCode::from(2);
-        }
-    };
     let mut links = Vec::new();
-    for (number, line) in reader.lines().enumerate() {
-        let parsed = line
-            .map_err(|e| e.to_string())
-            .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).map_err(|e| e.to_string()));
-        match parsed {
-            Ok(value) => match digest::from_export(&value) {
-                Some(Ok(signed)) => digests.push(signed),
-                Some(Err(problem)) => {
-                    eprintln!("{}:{}: {problem}", file.display(), number + 1);
+    for file in files {
+        let reader = match std::fs::File::open(file) {
+            Ok(f) => std::io::BufReader::new(f),
+            Err(error) => {
+                eprintln!("cannot read {}: {error}", file.display());
+                return ExitCode::from(2);
+            }
+        };
+        for (number, line) in reader.lines().enumerate() {
+            let parsed = line
+                .map_err(|e| e.to_string())
+                .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(value) => match digest::from_export(&value) {
+                    Some(Ok(signed)) => digests.push(signed),
+                    Some(Err(problem)) => {
+                        eprintln!("{}:{}: {problem}", file.display(), number + 1);
+                        return ExitCode::from(2);
+                    }
+                    None => links.push(Link::from_export(value)),
+                },
+                Err(error) => {
+                    eprintln!("{}:{}: not a JSON event: {error}", file.display(), number + 1);
                     return ExitCode::from(2);
                 }
-                None => links.push(Link::from_export(value)),
-            },
-            Err(error) => {
-                eprintln!("{}:{}: not a JSON event: {error}", file.display(), number + 1);
-                return ExitCode::from(2);
             }
         }
     }

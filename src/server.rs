@@ -114,6 +114,15 @@ pub async fn run(
     });
 
     let chainer = tokio::spawn(crate::audit::run_chainer(store.clone(), stop_rx.clone()));
+    let retention =
+        crate::audit::retention::Retention::configured(&config.audit, signing_key.clone()).map(|retention| {
+            tokio::spawn(crate::audit::retention::run_retention(
+                store.clone(),
+                retention,
+                Duration::from_secs(config.audit.retention_interval_seconds),
+                stop_rx.clone(),
+            ))
+        });
     let digester = signing_key.map(|key| {
         tokio::spawn(crate::audit::run_digester(
             store.clone(),
@@ -122,22 +131,7 @@ pub async fn run(
             stop_rx.clone(),
         ))
     });
-    let mut sinks = Vec::new();
-    if let Some(jsonl) = &config.audit.jsonl {
-        sinks.push(if jsonl == "-" {
-            crate::audit::sink::Target::Stdout
-        } else {
-            crate::audit::sink::Target::File(jsonl.into())
-        });
-    }
-    if let Some(url) = &config.audit.nats_url {
-        sinks.push(crate::audit::sink::Target::Nats {
-            url: url.clone(),
-            subject: config.audit.nats_subject.clone(),
-            stream: config.audit.nats_stream.clone(),
-        });
-    }
-    let sinks: Vec<_> = sinks
+    let sinks: Vec<_> = crate::audit::sink::configured(&config.audit)
         .into_iter()
         .map(|target| {
             tokio::spawn(crate::audit::sink::run_sink(
@@ -238,6 +232,9 @@ pub async fn run(
     }
     if let Some(digester) = digester {
         let _ = digester.await;
+    }
+    if let Some(retention) = retention {
+        let _ = retention.await;
     }
     tracing::info!("ecr-gateway stopped");
     Ok(())

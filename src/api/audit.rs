@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::call::Call;
 use super::convert::{time_of, timestamp};
-use super::error::{ApiError, invalid, violations_of};
+use super::error::{ApiError, Precondition, invalid, violations_of};
 use super::page_token::{self, next_token};
 use super::{AppState, Shared};
 use crate::audit::chain::{self, Link};
@@ -23,8 +23,9 @@ use crate::store::audit_trail::{self, AuditFilter, AuditRow};
 
 /// Longest filter value.
 const MAX_FILTER: usize = 2048;
-/// How often an idle stream looks for new links.
-const STREAM_POLL: Duration = Duration::from_millis(250);
+/// How often an idle stream looks for new links when no notification came
+/// (the chainer notifies each step; this covers a lost listener connection).
+const STREAM_POLL: Duration = Duration::from_secs(1);
 /// Links read per stream query.
 const STREAM_BATCH: i64 = 500;
 /// Most links VerifyAuditLog checks per call.
@@ -352,6 +353,30 @@ async fn start_stream(
         return Err(invalid(violations));
     }
     let pool = state.store.pool().clone();
+    if let Some(purge) = audit_trail::last_purge(&pool).await? {
+        let lost = match (cursor, start_time) {
+            (Some(seq), _) => seq < purge.through_seq,
+            (None, Some(time)) => time < purge.cutoff,
+            (None, None) => false,
+        };
+        if lost {
+            return Err(ApiError::FailedPrecondition {
+                reason: "AUDIT_EVENTS_PURGED",
+                violations: vec![Precondition {
+                    kind: "AUDIT_EVENTS_PURGED".into(),
+                    subject: encode_cursor(purge.through_seq),
+                    description: format!(
+                        "events up to sequence {} (chained before {}) were archived and purged by retention, the \
+                         newest in {}; stream what remains from cursor `{}`, and read the archives for the rest",
+                        purge.through_seq,
+                        purge.cutoff.to_rfc3339(),
+                        purge.archive,
+                        encode_cursor(purge.through_seq)
+                    ),
+                }],
+            });
+        }
+    }
     let from = match cursor {
         Some(seq) => seq,
         None => audit_trail::sequence_before(&pool, start_event, start_time)
@@ -367,9 +392,12 @@ async fn start_stream(
             })?,
     };
     let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    let mut head = state.store.audit_head();
     tokio::spawn(async move {
         let mut after = from;
         loop {
+            // Seen before the query, so that a link committed after it wakes the wait below.
+            head.mark_unchanged();
             match audit_trail::chained_after(&pool, &filter, after, STREAM_BATCH).await {
                 Ok((rows, upto)) => {
                     for row in &rows {
@@ -383,6 +411,7 @@ async fn start_stream(
                     }
                     if upto == after {
                         tokio::select! {
+                            Ok(()) = head.changed() => {}
                             _ = tokio::time::sleep(STREAM_POLL) => {}
                             _ = sender.closed() => return,
                         }
@@ -411,8 +440,10 @@ async fn verify(
     call.caller()?;
     let pool = state.store.pool();
     let head = audit_trail::head(pool).await?;
+    let purge = audit_trail::last_purge(pool).await?;
+    let purged_through = purge.as_ref().map_or(0, |p| p.through_seq);
     let from = if request.from_sequence == 0 {
-        1
+        purged_through + 1
     } else {
         request.from_sequence
     };
@@ -427,6 +458,19 @@ async fn verify(
             "from_sequence",
             "audit-verify.range",
             "sequence numbers start at 1",
+        ));
+    } else if let Some(purge) = purge.as_ref().filter(|p| from <= p.through_seq) {
+        violations.push(Violation::new(
+            "from_sequence",
+            "audit-verify.purged",
+            format!(
+                "events up to sequence {} were archived and purged by retention at {} (the newest in {}); check \
+                 archives offline with `ecr-gateway audit verify`, or start at {}",
+                purge.through_seq,
+                purge.purged_at.to_rfc3339(),
+                purge.archive,
+                purge.through_seq + 1
+            ),
         ));
     }
     if to < from.min(head) || to > head {
@@ -478,6 +522,8 @@ async fn verify(
         last_hash: hex::encode(&verification.last_hash),
         digests_checked,
         unsigned_tail,
+        purged_through_sequence: purged_through,
+        purged_archive: purge.map(|p| p.archive).unwrap_or_default(),
     };
     let elements = json!({"valid": response.valid, "checked": response.checked});
     Ok((response, elements))

@@ -68,6 +68,24 @@ pub fn export_json(row: &AuditRow) -> Value {
     event
 }
 
+/// Writes events with their links, then the signed digests, as JSON lines:
+/// the form `audit export` writes and `audit verify` reads.
+pub fn write_export(
+    out: &mut impl std::io::Write,
+    rows: &[AuditRow],
+    digests: &[super::digest::SignedDigest],
+) -> std::io::Result<()> {
+    for row in rows {
+        serde_json::to_writer(&mut *out, &export_json(row))?;
+        out.write_all(b"\n")?;
+    }
+    for digest in digests {
+        serde_json::to_writer(&mut *out, &super::digest::export_json(digest))?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
 /// `value` serialised with object keys sorted, without whitespace.
 pub fn canonical(value: &Value) -> Vec<u8> {
     let mut out = Vec::new();

@@ -6,6 +6,7 @@
 
 pub mod chain;
 pub mod digest;
+pub mod retention;
 pub mod sink;
 
 use std::time::Duration;

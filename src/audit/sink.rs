@@ -42,6 +42,26 @@ pub enum Target {
     },
 }
 
+/// The sinks `[audit]` configures.
+pub fn configured(config: &crate::config::AuditConfig) -> Vec<Target> {
+    let mut targets = Vec::new();
+    if let Some(jsonl) = &config.jsonl {
+        targets.push(if jsonl == "-" {
+            Target::Stdout
+        } else {
+            Target::File(jsonl.into())
+        });
+    }
+    if let Some(url) = &config.nats_url {
+        targets.push(Target::Nats {
+            url: url.clone(),
+            subject: config.nats_subject.clone(),
+            stream: config.nats_stream.clone(),
+        });
+    }
+    targets
+}
+
 impl Target {
     /// The cursor's name.
     pub fn name(&self) -> String {

@@ -9,6 +9,9 @@ use uuid::Uuid;
 
 use super::StoreError;
 
+/// The channel the chainer notifies with the new head sequence after each step.
+pub const CHANNEL: &str = "ecr_gateway_audit_chain";
+
 /// One stored event with its chain link (if chained yet).
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct AuditRow {
@@ -178,7 +181,17 @@ pub async fn lookup(
     query
         .push(" ORDER BY e.event_time DESC, e.event_id DESC LIMIT ")
         .push_bind(limit);
-    Ok(query.build_query_as::<AuditRow>().fetch_all(pool).await?)
+    // Planned for its values: which index serves a lookup depends on them (a
+    // resource prefix can use its index only when the planner sees the
+    // prefix; a rare principal wants its own index, a common one the time
+    // index). The pool's generic plans suit the hot key reads, not this.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
+        .execute(&mut *tx)
+        .await?;
+    let rows = query.build_query_as::<AuditRow>().fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
 /// Chained events after sequence `after`, in chain order, matching `filter`
@@ -263,17 +276,19 @@ pub async fn chain_range(pool: &PgPool, from: i64, to: i64) -> Result<Vec<AuditR
     .await?)
 }
 
-/// The hash of link `seq` (the zero hash for 0), if it exists.
+/// The hash of link `seq` (the zero hash for 0), if it exists or a purge
+/// ended at it.
 pub async fn hash_at(pool: &PgPool, seq: i64) -> Result<Option<Vec<u8>>, StoreError> {
     if seq == 0 {
         return Ok(Some(vec![0; 32]));
     }
-    Ok(
-        sqlx::query_scalar("SELECT hash FROM audit_chain_links WHERE seq = $1")
-            .bind(seq)
-            .fetch_optional(pool)
-            .await?,
+    Ok(sqlx::query_scalar(
+        "SELECT hash FROM audit_chain_links WHERE seq = $1 \
+         UNION ALL SELECT through_hash FROM audit_purges WHERE through_seq = $1 LIMIT 1",
     )
+    .bind(seq)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// The links of events chained within `[from, to)`, in sequence order (for export).
@@ -353,6 +368,11 @@ pub async fn chain_step(
     sqlx::query("UPDATE audit_chain SET last_seq = $1, last_hash = $2")
         .bind(seq)
         .bind(&prev)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(seq.to_string())
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -447,4 +467,100 @@ pub async fn advance_sink(tx: &mut super::Tx, sink: &str, seq: i64) -> Result<()
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// A recorded retention purge: links `from_seq..=through_seq` were archived and removed.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Purge {
+    /// The first purged sequence.
+    pub from_seq: i64,
+    /// The last purged sequence: the remaining chain starts after it.
+    pub through_seq: i64,
+    /// That link's hash: the remaining chain's first link follows it.
+    pub through_hash: Vec<u8>,
+    /// Only links chained before this were purged.
+    pub cutoff: DateTime<Utc>,
+    /// The archive file's name.
+    pub archive: String,
+    /// The archive's SHA-256 (hex).
+    pub archive_sha256: String,
+    /// When the purge was committed.
+    pub purged_at: DateTime<Utc>,
+}
+
+/// The newest retention purge, if any.
+pub async fn last_purge(pool: &PgPool) -> Result<Option<Purge>, StoreError> {
+    Ok(sqlx::query_as::<_, Purge>(
+        "SELECT from_seq, through_seq, through_hash, cutoff, archive, archive_sha256, purged_at \
+         FROM audit_purges ORDER BY through_seq DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// The last sequence of the chain's oldest run after `after`, at most `limit`
+/// links long, whose links were all chained before `cutoff` and delivered to
+/// every sink named (a sink without a cursor has delivered nothing).
+pub async fn purgeable_through(
+    pool: &PgPool,
+    after: i64,
+    cutoff: DateTime<Utc>,
+    sinks: &[String],
+    limit: i64,
+) -> Result<Option<i64>, StoreError> {
+    let delivered: i64 = sqlx::query_scalar(
+        "SELECT coalesce(min(coalesce(c.seq, 0)), 9223372036854775807) \
+         FROM UNNEST($1::text[]) s(name) LEFT JOIN audit_sink_cursors c ON c.sink = s.name",
+    )
+    .bind(sinks)
+    .fetch_one(pool)
+    .await?;
+    let through: Option<i64> = sqlx::query_scalar(
+        "SELECT max(seq) FROM ( \
+           SELECT seq, bool_and(chained_at < $2) OVER (ORDER BY seq) AS old_so_far \
+           FROM (SELECT seq, chained_at FROM audit_chain_links WHERE seq > $1 ORDER BY seq LIMIT $3) r \
+         ) w WHERE old_so_far",
+    )
+    .bind(after)
+    .bind(cutoff)
+    .bind(limit)
+    .fetch_one(pool)
+    .await?;
+    Ok(through.map(|t| t.min(delivered)).filter(|t| *t > after))
+}
+
+/// Records a purge and removes its events and links, in one transaction.
+/// The database refuses a purge that does not continue the last one, names a
+/// link with another hash, or covers a link chained after the cutoff.
+/// Returns the number of events removed.
+pub async fn purge(pool: &PgPool, purge: &Purge) -> Result<u64, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO audit_purges (from_seq, through_seq, through_hash, cutoff, archive, archive_sha256) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(purge.from_seq)
+    .bind(purge.through_seq)
+    .bind(&purge.through_hash)
+    .bind(purge.cutoff)
+    .bind(&purge.archive)
+    .bind(&purge.archive_sha256)
+    .execute(&mut *tx)
+    .await?;
+    let removed = sqlx::query(
+        "DELETE FROM audit_events WHERE event_id IN \
+           (SELECT event_id FROM audit_chain_links WHERE seq BETWEEN $1 AND $2)",
+    )
+    .bind(purge.from_seq)
+    .bind(purge.through_seq)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query("DELETE FROM audit_chain_links WHERE seq BETWEEN $1 AND $2")
+        .bind(purge.from_seq)
+        .bind(purge.through_seq)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(removed)
 }

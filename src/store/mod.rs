@@ -71,6 +71,8 @@ pub struct Store {
     resolutions: Arc<ReadCache<String, Option<Resolution>>>,
     /// CheckDeployment facts by repository and `:tag` / `@digest`; `None` is "not found".
     deploy_facts: Arc<ReadCache<String, Option<scans::DeployFacts>>>,
+    /// The audit chain's head as last notified (streams wait on it).
+    audit_head: Arc<tokio::sync::watch::Sender<i64>>,
 }
 
 /// Default TTL of a cached read (a bound; invalidation is by notification).
@@ -115,6 +117,7 @@ impl Store {
             resolutions: Arc::new(ReadCache::new(invalidations.clone(), ttl, max_entries)),
             deploy_facts: Arc::new(ReadCache::new(invalidations.clone(), ttl, max_entries)),
             invalidations,
+            audit_head: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 
@@ -161,6 +164,11 @@ impl Store {
                                 return;
                             }
                             notification = listener.try_recv() => match notification {
+                                Ok(Some(n)) if n.channel() == audit_trail::CHANNEL => {
+                                    if let Ok(seq) = n.payload().parse() {
+                                        self.audit_head.send_replace(seq);
+                                    }
+                                }
                                 Ok(Some(n)) => match RepoKey::from_payload(n.payload()) {
                                     Some(key) => self.invalidations.invalidate(key),
                                     None => self.invalidations.flush(),
@@ -188,8 +196,16 @@ impl Store {
 
     async fn change_listener(&self) -> Result<PgListener, sqlx::Error> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(cache::CHANNEL).await?;
+        listener
+            .listen_all([cache::CHANNEL, audit_trail::CHANNEL])
+            .await?;
         Ok(listener)
+    }
+
+    /// The audit chain's head sequence, changed whenever another link is
+    /// committed (by any replica) while [`Store::listen_for_changes`] runs.
+    pub fn audit_head(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.audit_head.subscribe()
     }
 
     /// The pool, for queries outside a transaction.
