@@ -28,5 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }
+    // `sqlx::migrate!` embeds migrations/ at compile time; without this a new
+    // migration file would not rebuild the crate, and the binary would not have it.
+    println!("cargo:rerun-if-changed=migrations");
     Ok(())
 }

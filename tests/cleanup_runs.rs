@@ -10,14 +10,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::images::{push, push_untagged};
+use common::process::Process;
 use common::proxy::FaultProxy;
 use common::{
-    Moto, TestDb, as_user, config, config_text, digests_in_ecr, ecr_client, free_port, tagged_repository,
-    unique, violations,
+    Moto, TestDb, as_user, config, config_text, digests_in_ecr, ecr_client, tagged_repository, unique,
+    violations,
 };
 use ecr_gateway::pb;
 use ecr_gateway::pb::cleanup_service_client::CleanupServiceClient;
@@ -145,65 +145,6 @@ async fn pin(
         }))
         .await
         .map(|r| r.into_inner())
-}
-
-/// The gateway as its own process, so that it can be killed outright.
-struct Process {
-    child: std::process::Child,
-    channel: Channel,
-    _config: tempfile::NamedTempFile,
-}
-
-impl Process {
-    async fn start(text: &str) -> Process {
-        use std::io::Write;
-        let mut file = tempfile::Builder::new()
-            .suffix(".toml")
-            .tempfile()
-            .expect("temp file");
-        file.write_all(text.as_bytes()).expect("write config");
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_ecr-gateway"))
-            .args(["serve", "--config"])
-            .arg(file.path())
-            .env("ECR_GATEWAY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the gateway");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let channel = loop {
-            match Channel::from_shared(format!("http://127.0.0.1:{port}"))
-                .expect("uri")
-                .connect()
-                .await
-            {
-                Ok(channel) => break channel,
-                Err(error) => {
-                    assert!(Instant::now() < deadline, "the gateway did not come up: {error}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        };
-        Process {
-            child,
-            channel,
-            _config: file,
-        }
-    }
-
-    /// SIGKILL: no drain, no hand-back of the run.
-    fn kill(mut self) {
-        self.child.kill().expect("kill");
-        self.child.wait().expect("wait");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -113,13 +113,11 @@ impl AuditFilter {
         }
         match &self.resource_arn {
             Some((arn, false)) => {
-                query
-                    .push(" AND (e.resources -> 0 ->> 'ARN') = ")
-                    .push_bind(arn.clone());
+                query.push(" AND e.resource_arn = ").push_bind(arn.clone());
             }
             Some((prefix, true)) => {
                 query
-                    .push(" AND (e.resources -> 0 ->> 'ARN') LIKE ")
+                    .push(" AND e.resource_arn LIKE ")
                     .push_bind(format!("{}%", escape_like(prefix)));
             }
             None => {}

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod images;
+pub mod process;
 pub mod proxy;
 
 use std::net::SocketAddr;
