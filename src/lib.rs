@@ -22,6 +22,7 @@ pub mod domain;
 pub mod ecr;
 pub mod inventory;
 pub mod policy;
+pub mod recovery;
 pub mod server;
 pub mod store;
 

@@ -16,6 +16,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::api::audit::AuditApi;
 use crate::api::cleanup::CleanupApi;
+use crate::api::error::DecodeErrorLayer;
 use crate::api::image::ImageApi;
 use crate::api::repository::RepositoryApi;
 use crate::api::scan::ScanApi;
@@ -141,6 +142,12 @@ pub async fn run(
             ))
         })
         .collect();
+    // A call interrupted by a crash becomes resolvable when its lease ends.
+    let recovery = tokio::spawn(crate::recovery::run_recovery(
+        state.clone(),
+        state.mutation_lease.min(Duration::from_secs(60)),
+        stop_rx.clone(),
+    ));
     let cleanup_worker = config.cleanup.worker.then(|| {
         tokio::spawn(crate::cleanup::worker::run_worker(
             crate::cleanup::worker::Worker {
@@ -193,6 +200,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(IdentityLayer::new(mode))
+        .layer(DecodeErrorLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -236,6 +244,7 @@ pub async fn run(
     if let Some(retention) = retention {
         let _ = retention.await;
     }
+    let _ = recovery.await;
     tracing::info!("ecr-gateway stopped");
     Ok(())
 }

@@ -277,15 +277,17 @@ async fn lookup(
 }
 
 /// A stream cursor: the chain sequence of the last event sent (or scanned past).
-fn encode_cursor(seq: i64) -> String {
+pub fn encode_cursor(seq: i64) -> String {
     format!("seq:{seq}")
 }
 
-fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
+/// The sequence of a cursor [`encode_cursor`] made, exactly as it wrote it
+/// (`seq:07` or `seq:+7` are not cursors it makes).
+pub fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
     cursor
         .strip_prefix("seq:")
         .and_then(|n| n.parse::<i64>().ok())
-        .filter(|n| *n >= 0)
+        .filter(|n| *n >= 0 && encode_cursor(*n) == cursor)
         .ok_or_else(|| {
             ApiError::invalid(
                 "cursor",
@@ -473,13 +475,20 @@ async fn verify(
             ),
         ));
     }
+    if request.from_sequence > head.max(1) {
+        violations.push(Violation::new(
+            "from_sequence",
+            "audit-verify.range",
+            format!("must be at most the newest sequence, {head}"),
+        ));
+    }
     if to < from.min(head) || to > head {
         violations.push(Violation::new(
             "to_sequence",
             "audit-verify.range",
             format!("must be between from_sequence and the newest sequence, {head}"),
         ));
-    } else if to - from >= MAX_VERIFY {
+    } else if to.saturating_sub(from) >= MAX_VERIFY {
         violations.push(Violation::new(
             "to_sequence",
             "audit-verify.range",

@@ -2,6 +2,8 @@
 //! and the two ways a call ends — recorded as a read, or through a mutation
 //! whose pending record was already written ([`crate::api::mutation`]).
 
+use std::borrow::Cow;
+
 use chrono::Utc;
 use serde_json::Value;
 use uuid::Uuid;
@@ -71,7 +73,12 @@ impl Call {
 
     /// Records what the caller asked (size-capped).
     pub fn set_parameters(&mut self, parameters: Value) {
-        self.record.request_parameters = cap_element(parameters);
+        self.record.request_parameters = cap_element(storable_json(parameters));
+    }
+
+    /// Records the caller's idempotency key, as sent (it is checked later).
+    pub fn set_client_request_id(&mut self, request_id: &str) {
+        self.record.client_request_id = (!request_id.is_empty()).then(|| storable(request_id).into_owned());
     }
 
     /// Records the registry and the repository the call is about.
@@ -109,7 +116,7 @@ impl Call {
 pub fn succeeded(elements: Value, ecr_request_ids: Vec<String>) -> AuditOutcome {
     AuditOutcome {
         status: AuditStatus::Succeeded,
-        response_elements: Some(cap_element(elements)),
+        response_elements: Some(cap_element(storable_json(elements))),
         error_code: None,
         error_message: None,
         ecr_request_ids,
@@ -122,7 +129,47 @@ pub fn failed(error: &ApiError, ecr_request_ids: Vec<String>) -> AuditOutcome {
         status: AuditStatus::Failed,
         response_elements: None,
         error_code: Some(format!("{:?}", error.code())),
-        error_message: Some(error.to_string()),
+        error_message: Some(storable(&error.to_string()).into_owned()),
         ecr_request_ids,
+    }
+}
+
+/// What Postgres can store of a caller's text: its `text` and `jsonb` hold
+/// no U+0000, so a NUL (which callers can send in any string field, and
+/// which an error may quote back) is recorded as U+FFFD. Without this the
+/// record could not be stored, and it would hold up the audit writer's batch.
+fn storable(text: &str) -> Cow<'_, str> {
+    match text.contains('\0') {
+        true => Cow::Owned(text.replace('\0', "\u{FFFD}")),
+        false => Cow::Borrowed(text),
+    }
+}
+
+/// [`storable`] for every string and key of a JSON value.
+fn storable_json(value: Value) -> Value {
+    match value {
+        Value::String(text) if text.contains('\0') => Value::String(storable(&text).into_owned()),
+        Value::Array(items) => Value::Array(items.into_iter().map(storable_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| (storable(&key).into_owned(), storable_json(value)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_characters_become_replacement_characters() {
+        let value = serde_json::json!({"prefix": "a\u{0}b", "tags": {"k\u{0}": ["\u{0}"]}, "n": 1});
+        assert_eq!(
+            storable_json(value),
+            serde_json::json!({"prefix": "a\u{FFFD}b", "tags": {"k\u{FFFD}": ["\u{FFFD}"]}, "n": 1})
+        );
+        assert_eq!(storable("plain"), Cow::Borrowed("plain"));
     }
 }

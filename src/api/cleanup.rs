@@ -572,6 +572,8 @@ async fn delete_images(
             }),
         }
     }
+    violations.extend(duplicates("tags", &request.tags));
+    violations.extend(duplicates("digests", &request.digests));
     let total = request.tags.len() + request.digests.len();
     if total == 0 {
         violations.push(Violation::new(
@@ -675,6 +677,24 @@ async fn delete_images(
     response.replayed = replayed;
     let elements = json!({"replayed": replayed, "results": response.results.len()});
     Ok((response, elements))
+}
+
+/// A violation for each entry of `list` that repeats an earlier one (ECR's
+/// BatchDeleteImage takes each image id once).
+fn duplicates(list: &str, entries: &[String]) -> Vec<Violation> {
+    let mut seen = BTreeSet::new();
+    entries
+        .iter()
+        .enumerate()
+        .filter(|(_, entry)| !seen.insert(entry.as_str()))
+        .map(|(i, entry)| {
+            Violation::new(
+                format!("{list}[{i}]"),
+                "delete.duplicate",
+                format!("{entry:?} is named twice; name each tag and digest once"),
+            )
+        })
+        .collect()
 }
 
 /// The images the request deletes whole, with their tags: every digest

@@ -232,7 +232,13 @@ pub fn repository_json(repository: &pb::Repository) -> Value {
     })
 }
 
-/// A request's optional timestamp; out of range (or bad nanos) is a violation of `field`.
+/// `google.protobuf.Timestamp`'s range: 0001-01-01T00:00:00Z …
+const MIN_SECONDS: i64 = -62_135_596_800;
+/// … to 9999-12-31T23:59:59Z.
+const MAX_SECONDS: i64 = 253_402_300_799;
+
+/// A request's optional timestamp; outside `google.protobuf.Timestamp`'s
+/// range (years 1-9999, nanos 0-999,999,999) it is a violation of `field`.
 pub fn time_of(
     field: &str,
     value: Option<&prost_types::Timestamp>,
@@ -241,9 +247,39 @@ pub fn time_of(
         None => Ok(None),
         Some(t) => u32::try_from(t.nanos)
             .ok()
-            .filter(|n| *n < 1_000_000_000)
+            .filter(|n| *n < 1_000_000_000 && (MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds))
             .and_then(|n| DateTime::from_timestamp(t.seconds, n))
             .map(Some)
-            .ok_or_else(|| Violation::new(field, "timestamp.range", "not a valid timestamp")),
+            .ok_or_else(|| {
+                Violation::new(
+                    field,
+                    "timestamp.range",
+                    "not a valid timestamp (seconds within years 1-9999, nanos 0-999999999)",
+                )
+            }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_outside_the_protobuf_range_are_violations() {
+        let at = |seconds, nanos| time_of("t", Some(&prost_types::Timestamp { seconds, nanos }));
+        assert!(at(MAX_SECONDS, 999_999_999).is_ok());
+        assert!(at(MIN_SECONDS, 0).is_ok());
+        for (seconds, nanos) in [
+            (MAX_SECONDS + 1, 0),
+            (MIN_SECONDS - 1, 0),
+            (i64::MAX, 0),
+            (i64::MIN, 0),
+            (0, -1),
+            // Ends a minute, where chrono would take 1e9 nanos for a leap second.
+            (1_799_999_999, 1_000_000_000),
+        ] {
+            assert!(at(seconds, nanos).is_err(), "{seconds} {nanos}");
+        }
+        assert_eq!(time_of("t", None), Ok(None));
     }
 }

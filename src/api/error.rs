@@ -2,11 +2,18 @@
 //! carries `google.rpc.ErrorInfo` (domain `ecr-gateway`, reason in
 //! UPPER_SNAKE_CASE) and the detail that helps: `BadRequest` with one field
 //! violation per broken rule, `PreconditionFailure`, `ResourceInfo`,
-//! `RetryInfo`. Internal causes go to the log, never to the caller.
+//! `RetryInfo`. Internal causes go to the log, never to the caller. Statuses
+//! travel in HTTP/2 trailers, which clients cap (16 KiB by default in hyper):
+//! an error lists as many violations as fit a budget and counts the rest.
+//! [`DecodeErrorLayer`] answers a body that is not the method's message.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::TryFutureExt as _;
+use futures::future::MapOk;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use uuid::Uuid;
@@ -17,6 +24,14 @@ use crate::store::StoreError;
 
 /// The `ErrorInfo.domain` of every error.
 pub const ERROR_DOMAIN: &str = "ecr-gateway";
+/// Bytes of violations an error lists. The message and the details (which
+/// repeat the message) each carry them: 1.5 KiB keeps a status's trailers
+/// under 8 KiB (grpc-java's default cap; hyper's is 16 KiB).
+const LISTED_BYTES: usize = 1536;
+/// Longest field name or description listed, in bytes.
+const MAX_TEXT_BYTES: usize = 512;
+/// How tonic words a request body prost could not decode (it answers INTERNAL).
+const UNDECODABLE: &str = "failed to decode Protobuf message: ";
 
 /// A state conflict, reported as one `PreconditionFailure` violation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +76,7 @@ pub enum ApiError {
         description: String,
     },
     /// The resource's state forbids the call. → FAILED_PRECONDITION with `PreconditionFailure`
-    #[error("{}", .violations.iter().map(|v| v.description.as_str()).collect::<Vec<_>>().join("; "))]
+    #[error("{}", describe_preconditions(.violations))]
     FailedPrecondition {
         /// `ErrorInfo.reason`.
         reason: &'static str,
@@ -184,9 +199,16 @@ impl ApiError {
         let mut metadata = HashMap::new();
         match self {
             ApiError::InvalidArgument { violations, .. } => {
-                let rules: Vec<&str> = violations.iter().map(|v| v.rule).collect();
+                let shown = listed(violations, violation_bytes);
+                let rules: Vec<&str> = shown.iter().map(|v| v.rule).collect();
                 metadata.insert("rules".to_owned(), rules.join(","));
-                details.set_bad_request(violations.iter().map(field_violation).collect::<Vec<_>>());
+                if shown.len() < violations.len() {
+                    metadata.insert(
+                        "unlisted".to_owned(),
+                        (violations.len() - shown.len()).to_string(),
+                    );
+                }
+                details.set_bad_request(shown.iter().map(field_violation).collect::<Vec<_>>());
             }
             ApiError::NotFound {
                 resource_type,
@@ -201,11 +223,18 @@ impl ApiError {
                 details.set_resource_info(*resource_type, resource_name.clone(), "", description.clone());
             }
             ApiError::FailedPrecondition { violations, .. } => {
-                for v in violations {
+                let shown = listed(violations, precondition_bytes);
+                if shown.len() < violations.len() {
+                    metadata.insert(
+                        "unlisted".to_owned(),
+                        (violations.len() - shown.len()).to_string(),
+                    );
+                }
+                for v in shown {
                     details.add_precondition_failure_violation(
                         v.kind.clone(),
-                        v.subject.clone(),
-                        v.description.clone(),
+                        clip(&v.subject),
+                        clip(&v.description),
                     );
                 }
             }
@@ -237,21 +266,149 @@ pub fn rule_reason(rule: &str) -> String {
 
 fn field_violation(violation: &Violation) -> FieldViolation {
     FieldViolation {
-        field: violation.field.clone(),
-        description: format!("[{}] {}", violation.rule, violation.description),
+        field: clip(&violation.field).into_owned(),
+        description: format!("[{}] {}", violation.rule, clip(&violation.description)),
         reason: rule_reason(violation.rule),
         localized_message: None,
     }
 }
 
-fn summarize(violations: &[Violation]) -> String {
-    let listed: Vec<String> = violations
+/// The first `items` that fit [`LISTED_BYTES`] (at least one).
+fn listed<T>(items: &[T], bytes: impl Fn(&T) -> usize) -> &[T] {
+    let mut total = 0;
+    let fitting = items
         .iter()
-        .map(|v| format!("{}: {} [{}]", v.field, v.description, v.rule))
+        .take_while(|item| {
+            total += bytes(item);
+            total <= LISTED_BYTES
+        })
+        .count();
+    &items[..fitting.max(1).min(items.len())]
+}
+
+fn violation_bytes(violation: &Violation) -> usize {
+    clip(&violation.field).len() + clip(&violation.description).len() + violation.rule.len()
+}
+
+fn precondition_bytes(precondition: &Precondition) -> usize {
+    clip(&precondition.subject).len() + clip(&precondition.description).len() + precondition.kind.len()
+}
+
+/// `text` cut to [`MAX_TEXT_BYTES`] on a character boundary (marked `…`).
+fn clip(text: &str) -> Cow<'_, str> {
+    if text.len() <= MAX_TEXT_BYTES {
+        return Cow::Borrowed(text);
+    }
+    let mut cut = MAX_TEXT_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Cow::Owned(format!("{}…", &text[..cut]))
+}
+
+/// How many more there are than were listed, as a suffix.
+fn unlisted(total: usize, shown: usize) -> String {
+    match total - shown {
+        0 => String::new(),
+        more => format!("; and {more} more"),
+    }
+}
+
+fn summarize(violations: &[Violation]) -> String {
+    let shown = listed(violations, violation_bytes);
+    let listed: Vec<String> = shown
+        .iter()
+        .map(|v| format!("{}: {} [{}]", clip(&v.field), clip(&v.description), v.rule))
         .collect();
+    let more = unlisted(violations.len(), shown.len());
     match violations.len() {
         1 => listed.join(""),
-        n => format!("{n} problems: {}", listed.join("; ")),
+        n => format!("{n} problems: {}{more}", listed.join("; ")),
+    }
+}
+
+fn describe_preconditions(violations: &[Precondition]) -> String {
+    let shown = listed(violations, precondition_bytes);
+    let listed: Vec<Cow<'_, str>> = shown.iter().map(|v| clip(&v.description)).collect();
+    format!("{}{}", listed.join("; "), unlisted(violations.len(), shown.len()))
+}
+
+/// INVALID_ARGUMENT for a request body prost could not decode (tonic's
+/// `detail`, e.g. `Inner.field: Outer.field: invalid wire type …`): the field
+/// is the path prost names, outermost first, or `body` when it names none.
+fn undecodable(detail: &str) -> ApiError {
+    let identifier = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let mut path = Vec::new();
+    let mut problem = detail;
+    while let Some((location, rest)) = problem.split_once(": ") {
+        match location.split_once('.') {
+            Some((message, field)) if identifier(message) && identifier(field) => {
+                path.push(field);
+                problem = rest;
+            }
+            _ => break,
+        }
+    }
+    path.reverse();
+    let field = if path.is_empty() {
+        "body".to_owned()
+    } else {
+        path.join(".")
+    };
+    ApiError::invalid(
+        field,
+        "request.protobuf",
+        format!(
+            "the request body is not this method's protobuf message ({problem}); send the encoded request"
+        ),
+    )
+}
+
+/// Turns tonic's INTERNAL for an undecodable request body (the caller's
+/// mistake, answered before any handler runs) into INVALID_ARGUMENT naming
+/// the field; every other response passes unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DecodeErrorLayer;
+
+impl<S> tower::Layer<S> for DecodeErrorLayer {
+    type Service = DecodeErrorService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        DecodeErrorService { inner }
+    }
+}
+
+/// The service [`DecodeErrorLayer`] wraps around the gRPC router.
+#[derive(Debug, Clone)]
+pub struct DecodeErrorService<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for DecodeErrorService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    R: Default,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = MapOk<S::Future, fn(http::Response<R>) -> http::Response<R>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        self.inner.call(request).map_ok(answer_undecodable::<R>)
+    }
+}
+
+/// The response, or INVALID_ARGUMENT when it is tonic's answer to an undecodable body.
+fn answer_undecodable<R: Default>(response: http::Response<R>) -> http::Response<R> {
+    let detail = Status::from_header_map(response.headers())
+        .filter(|status| status.code() == Code::Internal)
+        .and_then(|status| status.message().strip_prefix(UNDECODABLE).map(str::to_owned));
+    match detail {
+        Some(detail) => undecodable(&detail).to_status().into_http(),
+        None => response,
     }
 }
 
@@ -379,6 +536,83 @@ mod tests {
         .to_status();
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.get_details_retry_info().is_some());
+    }
+
+    #[test]
+    fn an_error_lists_what_fits_its_trailers_and_counts_the_rest() {
+        let error = invalid(
+            (0..10_000)
+                .map(|i| {
+                    Violation::new(
+                        format!("update_mask.paths[{i}]"),
+                        "update-mask.unknown-path",
+                        "x".repeat(600),
+                    )
+                })
+                .collect(),
+        );
+        let status = error.to_status();
+        let listed = status
+            .get_details_bad_request()
+            .expect("bad request")
+            .field_violations;
+        assert!((1..100).contains(&listed.len()), "{}", listed.len());
+        assert!(
+            status
+                .message()
+                .ends_with(&format!("and {} more", 10_000 - listed.len()))
+        );
+        assert!(listed[0].description.ends_with('…'));
+        let trailers: usize = status
+            .into_http::<String>()
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 32)
+            .sum();
+        assert!(trailers < 8 * 1024, "{trailers} bytes of trailers");
+    }
+
+    #[test]
+    fn an_undecodable_body_names_the_field_prost_names() {
+        let nested = undecodable(
+            "RepositorySettings.tags: CreateRepositoryRequest.settings: invalid string value: data is not UTF-8 encoded",
+        );
+        let status = nested.to_status();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let field = &status
+            .get_details_bad_request()
+            .expect("bad request")
+            .field_violations[0]
+            .field;
+        assert_eq!(field, "settings.tags");
+        assert!(status.message().contains("invalid string value"));
+        let whole = undecodable("invalid wire type value: 7").to_status();
+        assert_eq!(
+            whole
+                .get_details_bad_request()
+                .expect("bad request")
+                .field_violations[0]
+                .field,
+            "body"
+        );
+    }
+
+    #[test]
+    fn only_tonics_decode_failure_is_rewritten() {
+        let undecodable = Status::internal(format!("{UNDECODABLE}invalid varint")).into_http::<String>();
+        assert_eq!(
+            Status::from_header_map(answer_undecodable(undecodable).headers()).map(|s| s.code()),
+            Some(Code::InvalidArgument)
+        );
+        let internal = ApiError::Internal {
+            reference: Uuid::nil(),
+        }
+        .to_status()
+        .into_http::<String>();
+        assert_eq!(
+            Status::from_header_map(answer_undecodable(internal).headers()).map(|s| s.code()),
+            Some(Code::Internal)
+        );
     }
 
     #[test]

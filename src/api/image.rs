@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
 
 use super::call::Call;
-use super::convert::timestamp;
+use super::convert::{time_of, timestamp};
 use super::error::{ApiError, invalid, violations_of};
 use super::page_token::{self, next_token};
 use super::{AppState, Shared};
@@ -640,6 +640,12 @@ fn image_filter(request: &pb::ListImagesRequest) -> Result<(ImageFilter, i64), A
             "media-type.length",
             "a media type is at most 255 characters",
         ));
+    } else if request.media_type.chars().any(char::is_control) {
+        violations.push(Violation::new(
+            "media_type",
+            "media-type.characters",
+            "a media type has no control characters, e.g. application/vnd.oci.image.manifest.v1+json",
+        ));
     }
     match limit {
         Some(limit) if violations.is_empty() => Ok((
@@ -682,18 +688,10 @@ fn time(
     field: &str,
     violations: &mut Vec<Violation>,
 ) -> Option<DateTime<Utc>> {
-    let value = value?;
-    let parsed = u32::try_from(value.nanos)
+    time_of(field, value)
+        .map_err(|v| violations.push(v))
         .ok()
-        .and_then(|nanos| DateTime::<Utc>::from_timestamp(value.seconds, nanos));
-    if parsed.is_none() {
-        violations.push(Violation::new(
-            field,
-            "timestamp.range",
-            "not a valid timestamp (seconds within years 1-9999, nanos 0-999999999)",
-        ));
-    }
-    parsed
+        .flatten()
 }
 
 async fn search_images(
@@ -727,17 +725,15 @@ async fn search_images(
             }
             None => Some(SearchQuery::TagLike(image_reads::glob_to_like(&request.tag_glob))),
         },
-        [false, false, true] if request.repository_prefix.len() <= 256 => Some(SearchQuery::RepositoryLike(
-            image_reads::prefix_to_like(&request.repository_prefix),
-        )),
-        [false, false, true] => {
-            violations.push(Violation::new(
-                "repository_prefix",
-                "prefix.length",
-                "a prefix is at most 256 characters",
-            ));
-            None
-        }
+        [false, false, true] => match super::check_prefix("repository_prefix", &request.repository_prefix) {
+            Some(v) => {
+                violations.push(v);
+                None
+            }
+            None => Some(SearchQuery::RepositoryLike(image_reads::prefix_to_like(
+                &request.repository_prefix,
+            ))),
+        },
         _ => {
             violations.push(Violation::new(
                 "digest",

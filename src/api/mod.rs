@@ -29,6 +29,29 @@ pub fn repository_filter(text: &str) -> Result<Option<RepositoryName>, Violation
         .transpose()
 }
 
+/// Longest repository-name prefix.
+const MAX_PREFIX: usize = 256;
+
+/// A repository-name prefix in `field`: at most 256 of the characters names
+/// use (a prefix with any other character could never match). Empty passes:
+/// where a prefix is required, the caller says so.
+pub fn check_prefix(field: &str, prefix: &str) -> Option<Violation> {
+    let valid = prefix.len() <= MAX_PREFIX
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._/-".contains(&b));
+    (!valid).then(|| {
+        Violation::new(
+            field,
+            "repository-prefix.format",
+            format!(
+                "{:?} is not a repository prefix: use up to {MAX_PREFIX} of a-z 0-9 . _ - / (e.g. `payments/`)",
+                prefix.chars().take(64).collect::<String>()
+            ),
+        )
+    })
+}
+
 /// Everything handlers share, built once in `server.rs`.
 #[derive(Debug)]
 pub struct AppState {
@@ -91,5 +114,33 @@ impl AppState {
                 ),
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_use_repository_name_characters() {
+        for good in ["payments/", "p", "", "pay_ments.x-y/"] {
+            assert!(check_prefix("prefix", good).is_none(), "{good:?}");
+        }
+        for bad in [
+            "Payments/",
+            "pay ments",
+            "pay*",
+            "%",
+            "\\",
+            "a\u{0}",
+            "päy",
+            &"a".repeat(257),
+        ] {
+            let violation = check_prefix("prefix", bad).expect(bad);
+            assert_eq!(
+                (violation.field.as_str(), violation.rule),
+                ("prefix", "repository-prefix.format")
+            );
+        }
     }
 }

@@ -52,7 +52,7 @@ impl RepositoryService for RepositoryApi {
         let mut call = Call::start(&request, "CreateRepository", false);
         let request = request.into_inner();
         call.record.read_only = request.validate_only;
-        call.record.client_request_id = non_empty(&request.request_id);
+        call.set_client_request_id(&request.request_id);
         call.set_parameters(json!({
             "registry": request.registry,
             "repositoryName": request.repository,
@@ -102,7 +102,7 @@ impl RepositoryService for RepositoryApi {
         let mut call = Call::start(&request, "UpdateRepository", false);
         let request = request.into_inner();
         call.record.read_only = request.validate_only;
-        call.record.client_request_id = non_empty(&request.request_id);
+        call.set_client_request_id(&request.request_id);
         call.set_parameters(json!({
             "registry": request.registry,
             "repositoryName": request.repository,
@@ -121,7 +121,7 @@ impl RepositoryService for RepositoryApi {
         let mut call = Call::start(&request, "DeleteRepository", false);
         let request = request.into_inner();
         call.record.read_only = request.validate_only;
-        call.record.client_request_id = non_empty(&request.request_id);
+        call.set_client_request_id(&request.request_id);
         call.set_parameters(json!({
             "registry": request.registry,
             "repositoryName": request.repository,
@@ -318,13 +318,9 @@ async fn list(
         .registries_named(&request.registry)
         .map_err(|v| violations.push(v))
         .unwrap_or_default();
-    if request.prefix.len() > 256 {
-        violations.push(Violation::new(
-            "prefix",
-            "prefix.length",
-            "a prefix is at most 256 characters, like a repository name",
-        ));
-    }
+    violations.extend(super::check_prefix("prefix", &request.prefix));
+    let tags: std::collections::BTreeMap<String, String> = request.tag_filter.clone().into_iter().collect();
+    violations.extend(crate::policy::tag_filter_violations("tag_filter", &tags));
     let limit = page_token::page_size(request.page_size);
     if let Err(ApiError::InvalidArgument { violations: v, .. }) = &limit {
         violations.extend(v.iter().cloned());
@@ -336,7 +332,6 @@ async fn list(
         });
     }
     let limit = limit?;
-    let tags: std::collections::BTreeMap<String, String> = request.tag_filter.clone().into_iter().collect();
     let fingerprint = page_token::fingerprint(&(&request.registry, &request.prefix, &tags));
     let after: Option<(String, String, String)> = page_token::decode(&request.page_token, &fingerprint)?;
     let filter = RepositoryFilter {
@@ -662,8 +657,4 @@ async fn remove(
         },
         change: CacheChange::Delete(registry.reference.clone(), name),
     })
-}
-
-fn non_empty(text: &str) -> Option<String> {
-    (!text.is_empty()).then(|| text.to_owned())
 }

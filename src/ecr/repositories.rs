@@ -106,7 +106,8 @@ impl Registry {
             Err(error) => {
                 log.record(error.request_id());
                 let error = classify("GetLifecyclePolicy", error);
-                if error.is_not_found() {
+                // A missing repository is not a missing policy.
+                if error.code() == "LifecyclePolicyNotFoundException" {
                     Ok(None)
                 } else {
                     Err(error)
@@ -135,7 +136,8 @@ impl Registry {
             Err(error) => {
                 log.record(error.request_id());
                 let error = classify("GetRepositoryPolicy", error);
-                if error.is_not_found() {
+                // A missing repository is not a missing policy.
+                if error.code() == "RepositoryPolicyNotFoundException" {
                     Ok(None)
                 } else {
                     Err(error)

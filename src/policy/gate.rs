@@ -528,6 +528,13 @@ pub fn scanning_violations(
         ));
     }
     for (i, (frequency, filters)) in rules.iter().enumerate() {
+        if rules[..i].iter().any(|(earlier, _)| earlier == frequency) {
+            violations.push(Violation::new(
+                format!("rules[{i}].frequency"),
+                "scanning.duplicate-frequency",
+                "ECR takes one rule per frequency; put every repository filter of this frequency in one rule",
+            ));
+        }
         if !enhanced && *frequency == Frequency::Continuous {
             violations.push(Violation::new(
                 format!("rules[{i}].frequency"),

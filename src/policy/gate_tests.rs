@@ -334,15 +334,27 @@ fn scanning_configuration_against_the_policy() {
     assert!(scanning_violations(true, &[rule(Frequency::Continuous, &["*"])], &ns, true).is_empty());
     assert_eq!(
         rules_of(scanning_violations(
-            false,
+            true,
             &[
                 rule(Frequency::ScanOnPush, &["Bad Filter"]),
-                rule(Frequency::ScanOnPush, &[])
+                rule(Frequency::Continuous, &[])
             ],
             &ns,
             false
         )),
         ["scanning.filter-syntax", "scanning.filters"]
+    );
+    assert_eq!(
+        rules_of(scanning_violations(
+            false,
+            &[
+                rule(Frequency::ScanOnPush, &["payments/*"]),
+                rule(Frequency::ScanOnPush, &["search/*"])
+            ],
+            &ns,
+            true
+        )),
+        ["scanning.duplicate-frequency"]
     );
 }
 

@@ -39,6 +39,7 @@ pub use config::{
 };
 pub use org_policy::OrgPolicy;
 pub use request::{RepositoryRequest, RepositorySpec};
+pub use tags::tag_filter_violations;
 
 use regex::Regex;
 

@@ -1,6 +1,7 @@
 //! Resource tag rules: defaults first, then required keys, allowed values and AWS's limits.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use regex::Regex;
 
@@ -18,6 +19,12 @@ const MAX_KEY_LENGTH: usize = 128;
 const MAX_VALUE_LENGTH: usize = 256;
 /// Prefix AWS keeps for its own tags (matched without regard to case).
 const RESERVED_PREFIX: &str = "aws:";
+/// The characters AWS allows in tag keys and values.
+const TAG_CHARACTERS: &str = "letters, digits, spaces and `_ . : / = + - @`";
+
+/// AWS's tag text: letters, digits, separators (spaces) and `_ . : / = + - @`.
+static TAG_TEXT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[\p{L}\p{Z}\p{N}_.:/=+\-@]*$").expect("literal regex"));
 
 /// The tag rules, compiled.
 #[derive(Debug, Clone)]
@@ -82,7 +89,7 @@ impl TagRules {
         let mut violations: Vec<Violation> = count_violation(tags.len()).into_iter().collect();
         for (key, value) in tags {
             violations.extend(key_violations(key));
-            violations.extend(value_violation(key, value));
+            violations.extend(value_violations(FIELD, key, value));
             violations.extend(self.allowed_violation(key, value));
         }
         violations.extend(self.required_violations(tags));
@@ -123,7 +130,7 @@ impl TagRules {
         let mut violations: Vec<Violation> = count_violation(defaults.len()).into_iter().collect();
         for (key, value) in defaults {
             violations.extend(key_violations(key));
-            violations.extend(value_violation(key, value));
+            violations.extend(value_violations(FIELD, key, value));
             violations.extend(self.allowed_violation(key, value));
         }
         violations
@@ -153,7 +160,25 @@ fn compile_allowed(key: &str, values: &AllowedValues) -> Result<AllowedRule, Str
 
 /// `settings.tags["key"]`, escaped like a JSON string.
 fn key_field(key: &str) -> String {
-    format!("{FIELD}[{key:?}]")
+    field_of(FIELD, key)
+}
+
+/// `field["key"]`, escaped like a JSON string.
+fn field_of(field: &str, key: &str) -> String {
+    format!("{field}[{key:?}]")
+}
+
+/// AWS's limits on a tag filter's keys and values (e.g. ListRepositories'
+/// `tag_filter`): a filter outside them could never match. Keys under `aws:`
+/// are fine here: AWS's own tags can be filtered on.
+pub fn tag_filter_violations(field: &str, tags: &BTreeMap<String, String>) -> Vec<Violation> {
+    tags.iter()
+        .flat_map(|(key, value)| {
+            let mut violations = aws_key_violations(field, key);
+            violations.extend(value_violations(field, key, value));
+            violations
+        })
+        .collect()
 }
 
 fn count_violation(count: usize) -> Option<Violation> {
@@ -167,15 +192,7 @@ fn count_violation(count: usize) -> Option<Violation> {
 }
 
 fn key_violations(key: &str) -> Vec<Violation> {
-    let mut violations = Vec::new();
-    let length = key.chars().count();
-    if !(1..=MAX_KEY_LENGTH).contains(&length) {
-        violations.push(Violation::new(
-            key_field(key),
-            "tags.key-length",
-            format!("the tag key has {length} characters; AWS tag keys have 1 to {MAX_KEY_LENGTH}"),
-        ));
-    }
+    let mut violations = aws_key_violations(FIELD, key);
     if key
         .get(..RESERVED_PREFIX.len())
         .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX))
@@ -191,17 +208,48 @@ fn key_violations(key: &str) -> Vec<Violation> {
     violations
 }
 
-fn value_violation(key: &str, value: &str) -> Option<Violation> {
+/// AWS's limits on a tag key: length and characters.
+fn aws_key_violations(field: &str, key: &str) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let length = key.chars().count();
+    if !(1..=MAX_KEY_LENGTH).contains(&length) {
+        violations.push(Violation::new(
+            field_of(field, key),
+            "tags.key-length",
+            format!("the tag key has {length} characters; AWS tag keys have 1 to {MAX_KEY_LENGTH}"),
+        ));
+    }
+    if !TAG_TEXT.is_match(key) {
+        violations.push(Violation::new(
+            field_of(field, key),
+            "tags.key-characters",
+            format!("the tag key {key:?} has characters AWS does not allow; use {TAG_CHARACTERS}"),
+        ));
+    }
+    violations
+}
+
+/// AWS's limits on a tag value: length and characters.
+fn value_violations(field: &str, key: &str, value: &str) -> Vec<Violation> {
+    let mut violations = Vec::new();
     let length = value.chars().count();
-    (length > MAX_VALUE_LENGTH).then(|| {
-        Violation::new(
-            key_field(key),
+    if length > MAX_VALUE_LENGTH {
+        violations.push(Violation::new(
+            field_of(field, key),
             "tags.value-length",
             format!(
-                "the value of `{key}` has {length} characters; AWS tag values have at most {MAX_VALUE_LENGTH}"
+                "the value of {key:?} has {length} characters; AWS tag values have at most {MAX_VALUE_LENGTH}"
             ),
-        )
-    })
+        ));
+    }
+    if !TAG_TEXT.is_match(value) {
+        violations.push(Violation::new(
+            field_of(field, key),
+            "tags.value-characters",
+            format!("the value of {key:?} has characters AWS does not allow; use {TAG_CHARACTERS}"),
+        ));
+    }
+    violations
 }
 
 #[cfg(test)]

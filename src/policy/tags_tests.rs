@@ -193,3 +193,50 @@ fn bad_allowed_pattern_and_empty_value_list_are_config_errors_naming_the_key() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn keys_and_values_outside_awss_characters_are_rejected() {
+    let ids = rule_ids(rules().check(&tags(&[
+        ("team", "t"),
+        ("env", "dev"),
+        ("owner'; DROP TABLE images; --", "alice"),
+        ("note", "a\u{0}b"),
+    ])));
+
+    assert_eq!(ids, ["tags.value-characters", "tags.key-characters"]);
+}
+
+#[test]
+fn awss_tag_characters_are_accepted() {
+    assert!(
+        rules()
+            .check(&tags(&[
+                ("team", "t"),
+                ("env", "dev"),
+                ("Owner Name:é_.:/=+-@", "Zoë 42")
+            ]))
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_tag_filter_is_held_to_awss_limits_but_may_name_aws_tags() {
+    let filter = tags(&[
+        ("aws:cloudformation:stack-name", "api"),
+        ("k\u{0}", "v"),
+        ("team", &"v".repeat(257)),
+    ]);
+
+    let found: Vec<(String, &str)> = tag_filter_violations("tag_filter", &filter)
+        .into_iter()
+        .map(|v| (v.field, v.rule))
+        .collect();
+
+    assert_eq!(
+        found,
+        [
+            ("tag_filter[\"k\\0\"]".to_owned(), "tags.key-characters"),
+            ("tag_filter[\"team\"]".to_owned(), "tags.value-length"),
+        ]
+    );
+}

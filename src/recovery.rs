@@ -1,0 +1,284 @@
+//! Resolving mutations that a crash interrupted.
+//!
+//! A mutation writes its audit record as `pending` (and claims its
+//! `request_id`) before it calls ECR, and finalises both with the cache
+//! change afterwards (docs/architecture.md, "A mutation"). A process killed
+//! in between leaves the record pending. Every replica runs [`run_recovery`]:
+//! at start-up and then every minute it takes pending records whose call is
+//! certainly over — the operation's lease has expired, or, without a
+//! `request_id`, the record is older than the mutation lease — and resolves
+//! each against ECR's real state:
+//!
+//! - calls that change only Postgres (pins, exceptions, cleanup runs) commit
+//!   their change with the record, so a pending one was **not made**;
+//! - `CreateRepository` was made if ECR has the repository, `DeleteRepository`
+//!   if it does not; the cached row is set to what ECR has;
+//! - for the rest (settings, lifecycle policies, image deletions, scans) the
+//!   repository is re-read from ECR into the inventory, and the record says
+//!   that the outcome is not known from the record alone.
+//!
+//! The record is finalised with `errorCode` `INTERRUPTED` (not made or not
+//! known) or as succeeded (made), with `responseElements.recovered = true`,
+//! and the operation is marked failed so that a retry with the same
+//! `request_id` runs at once and converges. Records of cleanup batches that
+//! belong to an unfinished run are left to the cleanup worker, which settles
+//! them with BatchGetImage when it resumes the run. Resolution is a
+//! conditional update of a pending record, so two replicas never both
+//! resolve one.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use sqlx::FromRow;
+use uuid::Uuid;
+
+use crate::api::AppState;
+use crate::api::convert;
+use crate::domain::{AuditOutcome, AuditStatus, RepositoryName};
+use crate::ecr::{CallLog, Registry};
+use crate::inventory::Trigger;
+use crate::store::{StoreError, audit_events, images, repositories};
+
+/// The error code of a record that recovery resolved as not made, or not known.
+pub const INTERRUPTED: &str = "INTERRUPTED";
+/// Records resolved per pass.
+const BATCH: i64 = 100;
+
+/// Calls whose change lives only in Postgres and commits with the record.
+const POSTGRES_ONLY: &[&str] = &[
+    "PinImage",
+    "UnpinImage",
+    "CreateVulnerabilityException",
+    "RevokeVulnerabilityException",
+    "RunCleanup",
+    "CancelCleanupRun",
+];
+
+/// A pending record recovery may resolve.
+#[derive(Debug, Clone, FromRow)]
+struct Interrupted {
+    event_id: Uuid,
+    event_name: String,
+    principal: String,
+    client_request_id: Option<String>,
+    registry_alias: Option<String>,
+    request_parameters: Value,
+}
+
+/// What ECR says about an interrupted call.
+#[derive(Debug, Clone, PartialEq)]
+enum Verdict {
+    /// The change is in ECR.
+    Made(Value),
+    /// The change is not in ECR (or was never sent).
+    NotMade(String),
+    /// ECR's state was re-read; whether this call changed it is not known.
+    Unknown(Value),
+}
+
+/// What a pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Records finalised as succeeded.
+    pub made: usize,
+    /// Records finalised as not made.
+    pub not_made: usize,
+    /// Records finalised with the outcome unknown (ECR re-read).
+    pub unknown: usize,
+    /// Records left pending (ECR could not be asked; tried again next pass).
+    pub deferred: usize,
+}
+
+/// Resolves up to [`BATCH`] interrupted calls, oldest first.
+pub async fn recover_once(state: &AppState) -> Result<Recovered, StoreError> {
+    let lease = chrono::Duration::from_std(state.mutation_lease).unwrap_or(chrono::Duration::hours(1));
+    let rows = sqlx::query_as::<_, Interrupted>(
+        "SELECT e.event_id, e.event_name, e.principal, e.client_request_id, e.registry_alias, e.request_parameters \
+         FROM audit_events e \
+         LEFT JOIN operations o ON o.principal = e.principal AND o.request_id = e.client_request_id \
+         WHERE e.status = 'pending' \
+           AND CASE WHEN o.principal IS NOT NULL THEN o.state <> 'pending' OR o.lease_until < now() \
+                    ELSE e.event_time < $1 END \
+           AND NOT EXISTS (SELECT 1 FROM cleanup_run_items i JOIN cleanup_runs r ON r.id = i.run_id \
+                           WHERE i.audit_event_id = e.event_id AND r.state IN ('pending', 'running')) \
+         ORDER BY e.event_time LIMIT $2",
+    )
+    .bind(Utc::now() - lease)
+    .bind(BATCH)
+    .fetch_all(state.store.pool())
+    .await?;
+    let mut done = Recovered::default();
+    for row in rows {
+        let log = CallLog::default();
+        let verdict = match judge(state, &row, &log).await {
+            Ok(verdict) => verdict,
+            Err(why) => {
+                tracing::warn!(event_id = %row.event_id, event = %row.event_name, "recovery deferred: {why}");
+                done.deferred += 1;
+                continue;
+            }
+        };
+        let outcome = outcome_of(&verdict, log.ids());
+        let mut tx = state.store.begin().await?;
+        if !audit_events::finalize(&mut tx, row.event_id, &outcome).await? {
+            continue; // another replica resolved it
+        }
+        if let Some(request_id) = row.client_request_id.as_deref().filter(|r| !r.is_empty()) {
+            // Only an attempt nobody took over: a retry may have finished it since.
+            sqlx::query(
+                "UPDATE operations SET state = 'failed', error_code = $3, error_message = $4, updated_at = now() \
+                 WHERE principal = $1 AND request_id = $2 AND state = 'pending' AND lease_until < now()",
+            )
+            .bind(&row.principal)
+            .bind(request_id)
+            .bind(INTERRUPTED)
+            .bind(outcome.error_message.as_deref().unwrap_or("interrupted; resolved by recovery"))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        tracing::info!(event_id = %row.event_id, event = %row.event_name, ?verdict, "resolved an interrupted call");
+        match verdict {
+            Verdict::Made(_) => done.made += 1,
+            Verdict::NotMade(_) => done.not_made += 1,
+            Verdict::Unknown(_) => done.unknown += 1,
+        }
+    }
+    Ok(done)
+}
+
+/// Runs [`recover_once`] now and every `interval` until `stop` flips.
+pub async fn run_recovery(
+    state: std::sync::Arc<AppState>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        loop {
+            match recover_once(&state).await {
+                Ok(done) if done.made + done.not_made + done.unknown > 0 && !*stop.borrow() => continue,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!("recovery of interrupted calls failed, retrying later: {error}");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+fn outcome_of(verdict: &Verdict, ecr_request_ids: Vec<String>) -> AuditOutcome {
+    let recovered_at = Utc::now().to_rfc3339();
+    match verdict {
+        Verdict::Made(state) => AuditOutcome {
+            status: AuditStatus::Succeeded,
+            response_elements: Some(json!({"recovered": true, "recoveredAt": recovered_at, "ecrState": state})),
+            error_code: None,
+            error_message: None,
+            ecr_request_ids,
+        },
+        Verdict::NotMade(why) => AuditOutcome {
+            status: AuditStatus::Failed,
+            response_elements: Some(json!({"recovered": true, "recoveredAt": recovered_at})),
+            error_code: Some(INTERRUPTED.into()),
+            error_message: Some(format!(
+                "the gateway stopped before this call finished; {why}: the change was not made. A retry with the \
+                 same request_id runs it again"
+            )),
+            ecr_request_ids,
+        },
+        Verdict::Unknown(state) => AuditOutcome {
+            status: AuditStatus::Failed,
+            response_elements: Some(json!({"recovered": true, "recoveredAt": recovered_at, "ecrState": state})),
+            error_code: Some(INTERRUPTED.into()),
+            error_message: Some(
+                "the gateway stopped after it called ECR and before it recorded the answer; whether ECR made the \
+                 change is not known from this record. The inventory was re-read from ECR (ecrState); a retry \
+                 with the same request_id converges"
+                    .into(),
+            ),
+            ecr_request_ids,
+        },
+    }
+}
+
+async fn judge(state: &AppState, row: &Interrupted, log: &CallLog) -> Result<Verdict, String> {
+    if POSTGRES_ONLY.contains(&row.event_name.as_str()) {
+        return Ok(Verdict::NotMade(
+            "this call changes only the gateway's database, together with its audit record".into(),
+        ));
+    }
+    let registry = row
+        .registry_alias
+        .as_deref()
+        .and_then(|alias| state.registries.get(alias))
+        .or_else(|| state.registries.all().next())
+        .ok_or("no registry is configured")?;
+    let Some(name) = row
+        .request_parameters
+        .get("repositoryName")
+        .and_then(Value::as_str)
+        .and_then(|n| RepositoryName::parse(n).ok())
+    else {
+        // Registry-wide calls (scanning configuration) or a name that never parsed.
+        return Ok(Verdict::Unknown(json!({"registry": registry.reference.alias})));
+    };
+    let present = reread_repository(state, registry, &name, log).await?;
+    let ecr_state =
+        json!({"repositoryName": name.as_str(), "exists": present.is_some(), "repository": present});
+    Ok(match (row.event_name.as_str(), present.is_some()) {
+        ("CreateRepository", true) => Verdict::Made(ecr_state),
+        ("CreateRepository", false) => Verdict::NotMade("ECR has no such repository".into()),
+        ("DeleteRepository", false) => Verdict::Made(ecr_state),
+        ("DeleteRepository", true) => Verdict::NotMade("ECR still has the repository".into()),
+        _ => Verdict::Unknown(ecr_state),
+    })
+}
+
+/// Reads the repository from ECR into the cache (and its images, when it
+/// exists); returns its JSON form, or None when ECR has no such repository.
+async fn reread_repository(
+    state: &AppState,
+    registry: &Registry,
+    name: &RepositoryName,
+    log: &CallLog,
+) -> Result<Option<Value>, String> {
+    let fetched = registry
+        .fetch_repository(log, name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tx = state.store.begin().await.map_err(|e| e.to_string())?;
+    match &fetched {
+        Some(repository) => repositories::upsert(&mut tx, &registry.reference, repository, Utc::now()).await,
+        None => {
+            images::delete_repository(&mut tx, &registry.reference, name)
+                .await
+                .map_err(|e| e.to_string())?;
+            repositories::delete(&mut tx, &registry.reference, name).await
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    tx.commit().await.map_err(|e| e.to_string())?;
+    state.store.invalidate(&registry.reference, name.as_str());
+    if fetched.is_some()
+        && let Err(error) = state
+            .syncer
+            .sync_repository(registry, name, Trigger::WriteThrough)
+            .await
+    {
+        tracing::warn!(repository = %name, "recovery: re-reading the images failed: {error}");
+    }
+    Ok(fetched.map(|r| {
+        convert::repository_json(&convert::repository(
+            &registry.reference,
+            &r,
+            Some(Utc::now()),
+            true,
+        ))
+    }))
+}
