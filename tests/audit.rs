@@ -527,3 +527,75 @@ async fn the_chain_verifies_in_the_database_and_offline_and_tampering_is_located
     );
     gateway.stop().await.unwrap();
 }
+
+/// A finished record from `principal`, with `parameters` as its request.
+fn record(principal: &str, parameters: serde_json::Value) -> ecr_gateway::domain::AuditRecord {
+    use ecr_gateway::domain::{AuditOutcome, AuditRecord, AuditStatus, Identity};
+    AuditRecord {
+        event_id: uuid::Uuid::now_v7(),
+        event_time: chrono::Utc::now(),
+        event_name: "GetRepository".into(),
+        read_only: true,
+        identity: Identity {
+            principal: principal.into(),
+            principal_type: "User".into(),
+            groups: vec!["payments".into()],
+            auth_method: "insecure-dev".into(),
+        },
+        source_ip: None,
+        user_agent: Some("test-agent".into()),
+        registry: None,
+        gateway_request_id: uuid::Uuid::new_v4(),
+        client_request_id: None,
+        request_parameters: parameters,
+        resources: Vec::new(),
+        outcome: AuditOutcome {
+            status: AuditStatus::Succeeded,
+            response_elements: None,
+            error_code: None,
+            error_message: None,
+            ecr_request_ids: Vec::new(),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_postgres_cannot_store_is_kept_without_its_free_text_and_does_not_stall_the_writer() {
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    let store = ecr_gateway::store::Store::from_pool(pool.clone());
+    store.migrate().await.expect("migrate");
+    let (log, writer) = ecr_gateway::audit::AuditLog::start(store);
+    // Postgres cannot store U+0000 in text or jsonb: the middle record of the
+    // batch is refused (the gateway's own calls replace it before this point).
+    log.record(record(
+        "writer-a",
+        serde_json::json!({"repositoryName": "payments/a"}),
+    ))
+    .await;
+    log.record(record(
+        "writer-b",
+        serde_json::json!({"repositoryName": "pay\u{0}ments"}),
+    ))
+    .await;
+    log.record(record(
+        "writer-c",
+        serde_json::json!({"repositoryName": "payments/c"}),
+    ))
+    .await;
+    drop(log);
+    writer.shutdown(Duration::from_secs(20)).await;
+    let rows: Vec<(String, serde_json::Value, Option<String>)> = sqlx::query_as(
+        "SELECT principal, request_parameters, user_agent FROM audit_events WHERE principal LIKE 'writer-%' \
+         ORDER BY principal",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 3, "every record is stored: {rows:?}");
+    assert_eq!(rows[0].1["repositoryName"], "payments/a");
+    assert_eq!(rows[1].1["unstorable"], true, "{rows:?}");
+    assert!(rows[1].1["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    assert_eq!(rows[1].2, None);
+    assert_eq!(rows[2].1["repositoryName"], "payments/c");
+}

@@ -82,18 +82,46 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<AuditRecord>) 
             let _ = writing.join_next().await;
         }
         let store = store.clone();
-        writing.spawn(async move { write_with_retry(&store, &FinalBatch::new(batch)).await });
+        writing.spawn(async move { write_with_retry(&store, FinalBatch::new(batch)).await });
     }
     while writing.join_next().await.is_some() {}
 }
 
 /// Retries while Postgres is down, so that no record is dropped; the queue's
-/// bound pushes back on callers meanwhile.
-async fn write_with_retry(store: &Store, batch: &FinalBatch) {
+/// bound pushes back on callers meanwhile. A batch Postgres refuses for its
+/// values is written record by record, and a record it refuses is stored
+/// with its free text replaced by why ([`FinalBatch::strip`]): the event is
+/// kept and the writer does not stall.
+async fn write_with_retry(store: &Store, batch: FinalBatch) {
     let mut delay = Duration::from_millis(100);
+    let mut batch = batch;
+    let mut stripped = false;
     loop {
-        match insert_final_batch(store.pool(), batch).await {
+        match insert_final_batch(store.pool(), &batch).await {
             Ok(()) => return,
+            Err(error) if error.is_data_error() && batch.len() > 1 => {
+                tracing::warn!(
+                    records = batch.len(),
+                    "Postgres refused an audit batch ({error}); writing its records one by one"
+                );
+                for single in batch.split() {
+                    Box::pin(write_with_retry(store, single)).await;
+                }
+                return;
+            }
+            Err(error) if error.is_data_error() && !stripped => {
+                tracing::error!(
+                    "Postgres refused an audit record ({error}); storing it without its free text"
+                );
+                batch.strip(&error.to_string());
+                stripped = true;
+            }
+            Err(error) if error.is_data_error() => {
+                tracing::error!(
+                    "Postgres refused an audit record even without its free text ({error}): {batch:?}"
+                );
+                return;
+            }
             Err(error) => {
                 tracing::warn!(
                     records = batch.len(),

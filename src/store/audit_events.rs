@@ -104,6 +104,60 @@ impl FinalBatch {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+
+    /// One batch per record, to find the record Postgres refuses.
+    pub fn split(self) -> Vec<FinalBatch> {
+        let mut singles: Vec<FinalBatch> = (0..self.len()).map(|_| FinalBatch::default()).collect();
+        macro_rules! deal {
+            ($($column:ident),*) => {
+                $(for (single, value) in singles.iter_mut().zip(self.$column) {
+                    single.$column.push(value);
+                })*
+            };
+        }
+        deal!(
+            ids,
+            times,
+            names,
+            read_only,
+            status,
+            principals,
+            principal_types,
+            groups,
+            methods,
+            ips,
+            agents,
+            aliases,
+            accounts,
+            regions,
+            gateway_ids,
+            client_ids,
+            parameters,
+            responses,
+            codes,
+            messages,
+            ecr_ids,
+            resources
+        );
+        singles
+    }
+
+    /// Replaces the caller-supplied free text of every record (request
+    /// parameters, response elements, error message, user agent; the client
+    /// request id escaped) with a note of why: for a record whose values
+    /// Postgres refused, so that the event itself is still stored.
+    pub fn strip(&mut self, why: &str) {
+        let note = serde_json::json!({"unstorable": true, "reason": why});
+        self.parameters.iter_mut().for_each(|p| *p = note.clone());
+        self.responses.iter_mut().for_each(|r| *r = Value::Null);
+        self.agents.iter_mut().for_each(|a| *a = None);
+        for message in self.messages.iter_mut().flatten() {
+            *message = format!("(not storable: {why})");
+        }
+        for id in self.client_ids.iter_mut().flatten() {
+            *id = id.escape_default().to_string();
+        }
+    }
 }
 
 /// Writes many finalised records in one prepared statement (arrays, UNNEST):

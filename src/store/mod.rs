@@ -61,6 +61,16 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl StoreError {
+    /// Postgres refused the values themselves (SQLSTATE classes 22 and 23:
+    /// a character it cannot store, a value out of range, a broken
+    /// constraint): sending the same values again cannot succeed.
+    pub fn is_data_error(&self) -> bool {
+        matches!(self, StoreError::Other(sqlx::Error::Database(db))
+            if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")))
+    }
+}
+
 /// The handle every part of the gateway uses to reach Postgres, with the
 /// in-process read cache in front of the hottest reads.
 #[derive(Clone, Debug)]
