@@ -599,3 +599,60 @@ async fn a_record_postgres_cannot_store_is_kept_without_its_free_text_and_does_n
     assert_eq!(rows[1].2, None);
     assert_eq!(rows[2].1["repositoryName"], "payments/c");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_stay_stable_while_new_events_arrive() {
+    let db = TestDb::create().await;
+    let gateway = Gateway::start(config(&db, Moto::shared(), "")).await;
+    let channel = gateway.channel.clone();
+    let pager = "pager@example.com";
+    let repo = unique("payments", "paging");
+    create(&channel, pager, &repo).await.expect("create");
+    for _ in 0..9 {
+        get(&channel, pager, &repo).await;
+    }
+    let before: std::collections::BTreeSet<String> = settled(&channel, pager, 10)
+        .await
+        .into_iter()
+        .map(|e| e.event_id)
+        .collect();
+
+    // The same principal keeps calling while another pages through its events.
+    let writing = tokio::spawn({
+        let (channel, repo) = (channel.clone(), repo.clone());
+        async move {
+            loop {
+                get(&channel, pager, &repo).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = audit(&channel)
+            .lookup_audit_events(auditor(pb::LookupAuditEventsRequest {
+                principal: pager.into(),
+                page_size: 2,
+                page_token,
+                ..Default::default()
+            }))
+            .await
+            .expect("page")
+            .into_inner();
+        seen.extend(page.events.into_iter().map(|e| e.event_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writing.abort();
+    let unique_seen: std::collections::BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(unique_seen.len(), seen.len(), "an event was on two pages");
+    assert!(
+        before.is_subset(&unique_seen),
+        "events that existed before paging began were skipped"
+    );
+    gateway.stop().await.unwrap();
+}
