@@ -1885,25 +1885,14 @@ async fn cleanup_service_refuses_bad_input_cleanly() {
         .expect("dry run")
         .into_inner()
         .id;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let run = cleanup
-            .clone()
-            .get_cleanup_run(fixture_user(pb::GetCleanupRunRequest {
-                id: run_id.clone(),
-                ..Default::default()
-            }))
-            .await
-            .expect("get run")
-            .into_inner()
-            .run
-            .expect("run");
-        if run.state == pb::CleanupRunState::Succeeded as i32 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the dry run did not finish: {run:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_for_run_state(
+        &f.gateway.channel,
+        &run_id,
+        ("fixture@example.com", "payments"),
+        pb::CleanupRunState::Succeeded,
+        Duration::from_secs(20),
+    )
+    .await;
     let mut cat = Catalogue::new("bad-input-cleanup@example.com");
     let unknown = unique("payments", "no-such-repo");
 

@@ -78,17 +78,7 @@ async fn age(pool: &sqlx::PgPool, digests: &[String]) {
 }
 
 async fn get_run(channel: &Channel, id: &str) -> pb::CleanupRun {
-    CleanupServiceClient::new(channel.clone())
-        .get_cleanup_run(ops(pb::GetCleanupRunRequest {
-            id: id.into(),
-            page_size: 1,
-            ..Default::default()
-        }))
-        .await
-        .expect("get run")
-        .into_inner()
-        .run
-        .expect("run")
+    common::cleanup_run(channel, id, "platform-ops", "platform").await
 }
 
 /// Every item of a run with `outcome`, paging through.
@@ -123,11 +113,14 @@ async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
 }
 
 async fn wait_for_state(channel: &Channel, id: &str, state: pb::CleanupRunState) -> pb::CleanupRun {
-    wait_for(&format!("run {id} to be {state:?}"), async || {
-        get_run(channel, id).await.state == state as i32
-    })
-    .await;
-    get_run(channel, id).await
+    common::wait_for_run_state(
+        channel,
+        id,
+        ("platform-ops", "platform"),
+        state,
+        Duration::from_secs(60),
+    )
+    .await
 }
 
 async fn pin(

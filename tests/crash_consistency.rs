@@ -307,32 +307,14 @@ async fn killed_again_and_again_the_gateway_loses_nothing_and_does_nothing_twice
         .enumerate()
         .find_map(|(n, op)| matches!(op, Op::Cleanup(_)).then(|| answered[&n].clone().expect("a run id")))
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let run = CleanupServiceClient::new(process.channel.clone())
-            .get_cleanup_run(ops(pb::GetCleanupRunRequest {
-                id: run_id.clone(),
-                page_size: 1,
-                ..Default::default()
-            }))
-            .await
-            .expect("get run")
-            .into_inner()
-            .run
-            .expect("run");
-        if run.state == pb::CleanupRunState::Succeeded as i32 {
-            break;
-        }
-        assert!(
-            run.state != pb::CleanupRunState::Failed as i32,
-            "the cleanup run failed: {run:?}"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the cleanup run did not finish: {run:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    common::wait_for_run_state(
+        &process.channel,
+        &run_id,
+        ("platform-ops", "platform"),
+        pb::CleanupRunState::Succeeded,
+        Duration::from_secs(60),
+    )
+    .await;
 
     // Recovery resolves every pending record (their leases are over by now).
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -519,3 +519,59 @@ pub async fn digests_in_ecr(
         .filter_map(|d| d.image_digest().map(str::to_owned))
         .collect()
 }
+
+/// A cleanup run as GetCleanupRun answers it (without items), asked as `principal` of `groups`.
+pub async fn cleanup_run(
+    channel: &Channel,
+    id: &str,
+    principal: &str,
+    groups: &str,
+) -> ecr_gateway::pb::CleanupRun {
+    ecr_gateway::pb::cleanup_service_client::CleanupServiceClient::new(channel.clone())
+        .get_cleanup_run(as_user(
+            ecr_gateway::pb::GetCleanupRunRequest {
+                id: id.into(),
+                page_size: 1,
+                ..Default::default()
+            },
+            principal,
+            groups,
+        ))
+        .await
+        .expect("get cleanup run")
+        .into_inner()
+        .run
+        .expect("the answer carries the run")
+}
+
+/// Waits up to `timeout` until cleanup run `id` is in `state`, and returns it;
+/// panics (with the run) when it ends in another state or takes too long.
+pub async fn wait_for_run_state(
+    channel: &Channel,
+    id: &str,
+    (principal, groups): (&str, &str),
+    state: ecr_gateway::pb::CleanupRunState,
+    timeout: Duration,
+) -> ecr_gateway::pb::CleanupRun {
+    use ecr_gateway::pb::CleanupRunState;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let run = cleanup_run(channel, id, principal, groups).await;
+        if run.state == state as i32 {
+            return run;
+        }
+        let ended = [
+            CleanupRunState::Succeeded,
+            CleanupRunState::Failed,
+            CleanupRunState::Cancelled,
+        ]
+        .iter()
+        .any(|s| *s as i32 == run.state);
+        assert!(!ended, "run {id} ended before reaching {state:?}: {run:?}");
+        assert!(
+            Instant::now() < deadline,
+            "run {id} is not {state:?} after {timeout:?}: {run:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
