@@ -25,6 +25,7 @@ pub mod policy;
 pub mod recovery;
 pub mod server;
 pub mod store;
+pub mod tasks;
 
 /// Generated protobuf types and gRPC stubs of `ecrgateway.v1`.
 #[allow(missing_docs, clippy::all)]

@@ -165,9 +165,8 @@ pub async fn run_recovery(
                 }
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => return,
+        if !crate::tasks::pause(interval, &mut stop).await {
+            return;
         }
     }
 }

@@ -286,9 +286,8 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 async fn probe_database(store: Store, reporter: HealthReporter, mut stop: watch::Receiver<bool>) {
     let mut healthy = true;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(DATABASE_PROBE) => {}
-            _ = stop.changed() => return,
+        if !crate::tasks::pause(DATABASE_PROBE, &mut stop).await {
+            return;
         }
         let ok = tokio::time::timeout(DATABASE_PROBE, store.ping())
             .await

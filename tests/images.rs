@@ -358,16 +358,7 @@ async fn deletes_and_retags_in_ecr_reach_the_cache_on_the_next_reconcile() {
     );
     // The cache holds exactly what ECR holds (moto drops an image whose last tag moved
     // away; ECR keeps it untagged: either way the cache follows ECR).
-    let in_ecr: std::collections::BTreeSet<String> = ecr
-        .describe_images()
-        .repository_name(&repository)
-        .send()
-        .await
-        .expect("describe")
-        .image_details()
-        .iter()
-        .filter_map(|d| d.image_digest().map(str::to_owned))
-        .collect();
+    let in_ecr = common::digests_in_ecr(&ecr, &repository).await;
     let cached: std::collections::BTreeSet<String> = images(&gateway)
         .list_images(bob(pb::ListImagesRequest {
             repository: repository.clone(),

@@ -146,14 +146,8 @@ pub async fn run_chainer(store: Store, mut stop: tokio::sync::watch::Receiver<bo
                 Duration::from_secs(1)
             }
         };
-        if *stop.borrow() {
+        if !crate::tasks::pause(pause, &mut stop).await {
             return;
-        }
-        if !pause.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = stop.changed() => return,
-            }
         }
     }
 }
@@ -167,9 +161,8 @@ pub async fn run_digester(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => return,
+        if !crate::tasks::pause(interval, &mut stop).await {
+            return;
         }
         if let Err(error) = sign_head(&store, &key).await {
             tracing::warn!("signing the audit chain's head failed, retrying later: {error}");

@@ -176,9 +176,8 @@ pub async fn run_retention(
                 }
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => return,
+        if !crate::tasks::pause(interval, &mut stop).await {
+            return;
         }
     }
 }

@@ -173,14 +173,8 @@ pub async fn run_sink(store: Store, target: Target, mut stop: watch::Receiver<bo
                 pause
             }
         };
-        if *stop.borrow() {
+        if !crate::tasks::pause(pause, &mut stop).await {
             return;
-        }
-        if !pause.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = stop.changed() => return,
-            }
         }
     }
 }

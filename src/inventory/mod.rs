@@ -74,9 +74,8 @@ pub async fn run_sync_loop(
                 return;
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => return,
+        if !crate::tasks::pause(interval, &mut shutdown).await {
+            return;
         }
     }
 }

@@ -197,9 +197,8 @@ impl Store {
                     tracing::debug!("read cache: cannot listen for inventory changes yet: {error}");
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.changed() => return,
+            if !crate::tasks::pause(Duration::from_secs(1), &mut shutdown).await {
+                return;
             }
         }
     }
