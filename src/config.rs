@@ -37,6 +37,8 @@ pub struct Config {
     pub cleanup: CleanupRunConfig,
     /// The audit trail's signed digests.
     pub audit: AuditConfig,
+    /// Who may do what: the Cedar policies and entity data.
+    pub authz: AuthzConfig,
 }
 
 /// `[server]`
@@ -547,6 +549,16 @@ fn describe_figment_error(error: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// `[authz]`: the authorization policies (docs/security.md).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthzConfig {
+    /// A `.cedar` file, or a directory whose `.cedar` files are read in name order. Required to serve.
+    pub policies: Option<std::path::PathBuf>,
+    /// Entity data in Cedar's JSON format: groups, namespaces and who owns them, principals' groups.
+    pub entities: Option<std::path::PathBuf>,
 }
 
 #[cfg(test)]

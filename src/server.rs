@@ -23,6 +23,7 @@ use crate::api::scan::ScanApi;
 use crate::api::{AppState, Shared};
 use crate::audit::AuditLog;
 use crate::auth::IdentityLayer;
+use crate::auth::authz::Authorizer;
 use crate::config::{AuthMode, Config};
 use crate::ecr::Registries;
 use crate::pb::audit_service_server::AuditServiceServer;
@@ -82,9 +83,24 @@ pub async fn run(
         );
     }
     let registries = Registries::connect(&config.registries).await;
+    let authz = Arc::new(
+        Authorizer::load(
+            &config.authz,
+            registries.all().map(|r| r.reference.clone()).collect(),
+            config.policy.naming.namespaces.iter().cloned(),
+        )
+        .map_err(|problems| anyhow::anyhow!("authorization: {}", problems.join("; ")))?,
+    );
+    let loaded = authz.summary();
+    tracing::info!(
+        policies = loaded.policies,
+        entities = loaded.entities,
+        "authorization policies loaded; SIGHUP reloads them"
+    );
     let (audit, audit_writer) = AuditLog::start(store.clone());
     let state: Shared = Arc::new(AppState {
         policy,
+        authz: authz.clone(),
         store: store.clone(),
         registries: registries.clone(),
         audit,
@@ -100,6 +116,7 @@ pub async fn run(
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let reloader = tokio::spawn(reload_on_sighup(authz, stop_rx.clone()));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::Serving).await;
     let probe = tokio::spawn(probe_database(store.clone(), reporter.clone(), stop_rx.clone()));
@@ -245,6 +262,7 @@ pub async fn run(
         let _ = retention.await;
     }
     let _ = recovery.await;
+    let _ = reloader.await;
     tracing::info!("ecr-gateway stopped");
     Ok(())
 }
@@ -279,6 +297,39 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
     for service in SERVICES {
         reporter.set_service_status(*service, status).await;
+    }
+}
+
+/// Reloads the authorization policies and entity data on every SIGHUP. A
+/// broken reload keeps the policies in force and logs every problem.
+async fn reload_on_sighup(authz: Arc<Authorizer>, mut stop: watch::Receiver<bool>) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGHUP: authorization policies will not reload");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return,
+            received = hangups.recv() => {
+                if received.is_none() {
+                    return;
+                }
+                match authz.reload() {
+                    Ok(loaded) => tracing::info!(
+                        policies = loaded.policies,
+                        entities = loaded.entities,
+                        "SIGHUP: authorization policies reloaded"
+                    ),
+                    Err(problems) => tracing::error!(
+                        problems = %problems.join("; "),
+                        "SIGHUP: the authorization policies did not reload; the previous ones stay in force"
+                    ),
+                }
+            }
+        }
     }
 }
 

@@ -549,6 +549,7 @@ fn record(principal: &str, parameters: serde_json::Value) -> ecr_gateway::domain
         client_request_id: None,
         request_parameters: parameters,
         resources: Vec::new(),
+        authorization: None,
         outcome: AuditOutcome {
             status: AuditStatus::Succeeded,
             response_elements: None,

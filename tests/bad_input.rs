@@ -114,6 +114,9 @@ struct Case {
 
 struct Catalogue {
     principal: &'static str,
+    /// The caller's groups: the payments team, or a platform admin for the
+    /// admin-only calls (docs/security.md) the audit catalogue makes.
+    groups: &'static str,
     cases: Vec<Case>,
     /// Cases a handler sees as this principal's call (each leaves one audit event).
     audited: usize,
@@ -123,6 +126,7 @@ impl Catalogue {
     fn new(principal: &'static str) -> Self {
         Self {
             principal,
+            groups: "payments",
             cases: Vec::new(),
             audited: 0,
         }
@@ -162,7 +166,7 @@ impl Catalogue {
 macro_rules! case {
     ($cat:expr, $client:ident . $rpc:ident, $what:expr => $expect:expr, $message:expr) => {{
         let mut client = $client.clone();
-        let request = as_user($message, $cat.principal, "payments");
+        let request = as_user($message, $cat.principal, $cat.groups);
         $cat.add(stringify!($rpc), $what, $expect, true, async move {
             client.$rpc(request).await
         });
@@ -174,7 +178,7 @@ macro_rules! case {
 macro_rules! empty_case {
     ($cat:expr, $client:ident . $rpc:ident, $what:expr => $items:ident, $message:expr) => {{
         let mut client = $client.clone();
-        let request = as_user($message, $cat.principal, "payments");
+        let request = as_user($message, $cat.principal, $cat.groups);
         $cat.add_listing(stringify!($rpc), $what, async move {
             client.$rpc(request).await.map(|r| r.into_inner().$items.len())
         });
@@ -534,7 +538,7 @@ fn raw_case(
 ) {
     let path = http::uri::PathAndQuery::try_from(format!("/ecrgateway.v1.{service}/{method}")).expect("path");
     let mut grpc = tonic::client::Grpc::new(channel.clone());
-    let request = as_user(body, cat.principal, "payments");
+    let request = as_user(body, cat.principal, cat.groups);
     cat.add(method, format!("raw body: {what}"), expect, false, async move {
         grpc.ready()
             .await
@@ -2310,6 +2314,7 @@ async fn audit_service_refuses_bad_input_cleanly() {
     let f = fixture("bad-audit").await;
     let audit = AuditServiceClient::new(f.gateway.channel.clone());
     let mut cat = Catalogue::new("bad-input-audit@example.com");
+    cat.groups = "platform-admins";
     let bad_texts = || -> Vec<(&'static str, String)> {
         vec![
             ("with NUL", "Create\0Repository".into()),

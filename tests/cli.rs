@@ -115,6 +115,8 @@ shutdown_grace_seconds = 5
 url = "{url}"
 [auth]
 mode = "insecure-dev"
+[authz]
+policies = "{root}/deploy/policies"
 [sync]
 interval_seconds = 0
 [[registries]]
@@ -127,6 +129,7 @@ endpoint_url = "{endpoint}"
         account = common::ACCOUNT,
         region = common::REGION,
         endpoint = Moto::shared(),
+        root = env!("CARGO_MANIFEST_DIR"),
     );
     let file = config_file(&text);
     let mut child = binary()

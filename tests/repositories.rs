@@ -33,6 +33,11 @@ fn alice<T>(message: T) -> tonic::Request<T> {
     as_user(message, "alice@example.com", "payments")
 }
 
+/// A member of the search team (the `search` namespace is theirs, not alice's).
+fn sam<T>(message: T) -> tonic::Request<T> {
+    as_user(message, "sam@example.com", "search")
+}
+
 async fn start(db: &TestDb) -> Gateway {
     Gateway::start(config(db, Moto::shared(), "")).await
 }
@@ -295,7 +300,7 @@ async fn validate_only_reports_the_plan_and_touches_nothing() {
 
     let response = gateway
         .repositories()
-        .create_repository(alice(request))
+        .create_repository(sam(request))
         .await
         .expect("valid")
         .into_inner();
@@ -857,7 +862,7 @@ async fn get_repository_answers_from_the_cache_or_reads_through() {
         .insert("team".into(), "search".into());
     gateway
         .repositories()
-        .create_repository(alice(request))
+        .create_repository(sam(request))
         .await
         .expect("created");
     let get = |consistency: pb::Consistency| pb::GetRepositoryRequest {
@@ -868,13 +873,13 @@ async fn get_repository_answers_from_the_cache_or_reads_through() {
 
     let cached = gateway
         .repositories()
-        .get_repository(alice(get(pb::Consistency::Unspecified)))
+        .get_repository(sam(get(pb::Consistency::Unspecified)))
         .await
         .expect("cached")
         .into_inner();
     let strong = gateway
         .repositories()
-        .get_repository(alice(get(pb::Consistency::Strong)))
+        .get_repository(sam(get(pb::Consistency::Strong)))
         .await
         .expect("strong")
         .into_inner();

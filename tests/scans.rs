@@ -28,6 +28,11 @@ fn carol<T>(message: T) -> tonic::Request<T> {
     as_user(message, "carol@example.com", "payments")
 }
 
+/// Exceptions and registry scanning settings are the admin group's actions (docs/security.md).
+fn sec<T>(message: T) -> tonic::Request<T> {
+    as_user(message, "sec-lead@example.com", "platform-admins")
+}
+
 fn scans(gateway: &Gateway) -> ScanServiceClient<Channel> {
     ScanServiceClient::new(gateway.channel.clone())
 }
@@ -109,7 +114,7 @@ async fn create_exception(
     request: pb::CreateVulnerabilityExceptionRequest,
 ) -> Result<pb::VulnerabilityException, tonic::Status> {
     scans(gateway)
-        .create_vulnerability_exception(carol(request))
+        .create_vulnerability_exception(sec(request))
         .await
         .map(|r| r.into_inner())
 }
@@ -298,7 +303,7 @@ async fn exceptions_apply_at_each_scope_until_they_expire_or_are_revoked() {
     .await
     .expect("image exception");
     assert_eq!(image.cve_id, CRITICAL_CVE, "ids are normalised");
-    assert_eq!(image.created_by, "carol@example.com");
+    assert_eq!(image.created_by, "sec-lead@example.com");
     assert!(image.active);
     let answer = check(&gateway, &critical, "dev").await.unwrap();
     assert_eq!(answer.decision(), pb::Decision::Allow, "{answer:?}");
@@ -309,7 +314,7 @@ async fn exceptions_apply_at_each_scope_until_they_expire_or_are_revoked() {
 
     // Revoked: counted again at once.
     let revoked = scans(&gateway)
-        .revoke_vulnerability_exception(carol(pb::RevokeVulnerabilityExceptionRequest {
+        .revoke_vulnerability_exception(sec(pb::RevokeVulnerabilityExceptionRequest {
             id: image.id.clone(),
             reason: "the fix landed".into(),
         }))
@@ -317,7 +322,7 @@ async fn exceptions_apply_at_each_scope_until_they_expire_or_are_revoked() {
         .expect("revoke")
         .into_inner();
     assert!(!revoked.active && revoked.revoke_time.is_some());
-    assert_eq!(revoked.revoked_by, "carol@example.com");
+    assert_eq!(revoked.revoked_by, "sec-lead@example.com");
     assert!(deny(&check(&gateway, &critical, "dev").await.unwrap()));
 
     // Repository, namespace and org scopes each cover the HIGH finding in prod.
@@ -349,7 +354,7 @@ async fn exceptions_apply_at_each_scope_until_they_expire_or_are_revoked() {
         // It does not cover another CVE.
         assert!(deny(&check(&gateway, &critical, "prod").await.unwrap()));
         scans(&gateway)
-            .revoke_vulnerability_exception(carol(pb::RevokeVulnerabilityExceptionRequest {
+            .revoke_vulnerability_exception(sec(pb::RevokeVulnerabilityExceptionRequest {
                 id: exception.id,
                 reason: "test done".into(),
             }))
@@ -417,7 +422,7 @@ async fn exceptions_apply_at_each_scope_until_they_expire_or_are_revoked() {
         let mut client = scans(&gateway);
         async move {
             client
-                .list_vulnerability_exceptions(carol(pb::ListVulnerabilityExceptionsRequest {
+                .list_vulnerability_exceptions(sec(pb::ListVulnerabilityExceptionsRequest {
                     include_inactive,
                     page_size: 2,
                     page_token,
@@ -788,7 +793,7 @@ async fn a_mutable_tag_is_denied_and_bad_input_names_the_field() {
         .unwrap();
     assert_eq!(stored, 0, "nothing written for bad input");
     let missing = scans(&gateway)
-        .revoke_vulnerability_exception(carol(pb::RevokeVulnerabilityExceptionRequest {
+        .revoke_vulnerability_exception(sec(pb::RevokeVulnerabilityExceptionRequest {
             id: uuid::Uuid::new_v4().to_string(),
             reason: "x".into(),
         }))
@@ -808,7 +813,7 @@ async fn scanning_configuration_is_checked_against_the_org_policy() {
         let mut client = scans(&gateway);
         async move {
             client
-                .update_scanning_configuration(carol(pb::UpdateScanningConfigurationRequest {
+                .update_scanning_configuration(sec(pb::UpdateScanningConfigurationRequest {
                     scan_type: pb::ScanType::Basic as i32,
                     rules,
                     validate_only,

@@ -156,6 +156,8 @@ async fn grpcurl_lists_services_and_creates_a_repository_from_json() {
                 "-plaintext",
                 "-H",
                 "x-ecr-gateway-principal: ops@example.com",
+                "-H",
+                "x-ecr-gateway-groups: platform-admins",
                 "-d",
                 &body,
                 &addr,
@@ -290,7 +292,7 @@ async fn a_caller_deadline_shorter_than_the_server_timeout_wins() {
             ..Default::default()
         },
         "alice",
-        "",
+        "payments",
     );
     request.set_timeout(Duration::from_millis(500));
 

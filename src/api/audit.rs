@@ -16,6 +16,7 @@ use super::error::{ApiError, Precondition, invalid, violations_of};
 use super::page_token::{self, next_token};
 use super::{AppState, Shared};
 use crate::audit::chain::{self, Link};
+use crate::auth::authz::{Resource, Scope};
 use crate::domain::Violation;
 use crate::pb;
 use crate::pb::audit_service_server::AuditService;
@@ -61,7 +62,7 @@ impl AuditService for AuditApi {
             "endTime": request.end_time.as_ref().map(|t| t.seconds), "pageSize": request.page_size,
             "pageToken": request.page_token,
         }));
-        let result = lookup(&self.state, &call, &request).await;
+        let result = lookup(&self.state, &mut call, &request).await;
         call.finish(&self.state.audit, result).await
     }
 
@@ -79,7 +80,7 @@ impl AuditService for AuditApi {
             "errorCode": request.error_code, "cursor": request.cursor, "startEventId": request.start_event_id,
             "startTime": request.start_time.as_ref().map(|t| t.seconds),
         }));
-        match start_stream(&self.state, &call, &request).await {
+        match start_stream(&self.state, &mut call, &request).await {
             Ok((stream, from)) => {
                 call.finish(&self.state.audit, Ok(((), json!({"fromSequence": from}))))
                     .await?;
@@ -101,7 +102,7 @@ impl AuditService for AuditApi {
         call.set_parameters(
             json!({"fromSequence": request.from_sequence, "toSequence": request.to_sequence}),
         );
-        let result = verify(&self.state, &call, &request).await;
+        let result = verify(&self.state, &mut call, &request).await;
         call.finish(&self.state.audit, result).await
     }
 }
@@ -215,6 +216,19 @@ fn event_message(row: &AuditRow) -> pb::AuditEvent {
         sequence: row.seq.unwrap_or(0),
         previous_hash: row.prev_hash.as_ref().map(hex::encode).unwrap_or_default(),
         hash: row.hash.as_ref().map(hex::encode).unwrap_or_default(),
+        authorization: row.authz_decision.as_ref().map(|d| {
+            let text = |key: &str| d[key].as_str().unwrap_or_default().to_owned();
+            pb::AuditAuthorization {
+                decision: text("decision"),
+                action: text("action"),
+                resource: text("resource"),
+                scope: d.get("scope").map(Value::to_string).unwrap_or_default(),
+                policies: d["policies"]
+                    .as_array()
+                    .map(|ids| ids.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                    .unwrap_or_default(),
+            }
+        }),
     }
 }
 
@@ -223,7 +237,7 @@ type LookupPosition = (DateTime<Utc>, Uuid);
 
 async fn lookup(
     state: &AppState,
-    call: &Call,
+    call: &mut Call,
     request: &pb::LookupAuditEventsRequest,
 ) -> Result<(pb::LookupAuditEventsResponse, Value), ApiError> {
     call.caller()?;
@@ -264,16 +278,47 @@ async fn lookup(
     };
     let fingerprint = page_token::fingerprint(&filter);
     let after: Option<LookupPosition> = page_token::decode(&request.page_token, &fingerprint)?;
+    let scope = call.authorize_list(&state.authz, state.registries.all().map(|r| &r.reference))?;
     let mut rows = audit_trail::lookup(state.store.pool(), &filter, after, limit + 1).await?;
     let next_page_token = next_token(&mut rows, limit, |r| {
         page_token::encode(&fingerprint, &(r.event_time, r.event_id))
     });
+    rows.retain(|row| event_visible(&scope, row));
     let response = pb::LookupAuditEventsResponse {
         events: rows.iter().map(event_message).collect(),
         next_page_token,
     };
     let elements = json!({"count": response.events.len()});
     Ok((response, elements))
+}
+
+/// The audit trail spans every registry: streaming or verifying it needs
+/// the action allowed on each.
+fn authorize_everywhere(state: &AppState, call: &mut Call) -> Result<(), ApiError> {
+    for registry in state.registries.all() {
+        call.authorize(&state.authz, &Resource::Registry(registry.reference.clone()))?;
+    }
+    Ok(())
+}
+
+/// Whether a looked-up event is shown: events about a repository where the
+/// caller may read it, events about no repository where they may read the
+/// whole registry (or, with no registry, every registry).
+fn event_visible(scope: &Scope, row: &audit_trail::AuditRow) -> bool {
+    let Some(alias) = &row.registry_alias else {
+        return scope.unrestricted();
+    };
+    if scope.allows_all(alias) {
+        return true;
+    }
+    let repository = row
+        .resources
+        .get(0)
+        .and_then(|r| r.get("ARN"))
+        .and_then(Value::as_str)
+        .and_then(|arn| arn.split_once(":repository/"))
+        .map(|(_, name)| name);
+    repository.is_some_and(|name| scope.allows(alias, name))
 }
 
 /// A stream cursor: the chain sequence of the last event sent (or scanned past).
@@ -299,7 +344,7 @@ pub fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
 
 async fn start_stream(
     state: &Shared,
-    call: &Call,
+    call: &mut Call,
     request: &pb::StreamAuditEventsRequest,
 ) -> Result<(EventStream, i64), ApiError> {
     call.caller()?;
@@ -354,6 +399,7 @@ async fn start_stream(
     if !violations.is_empty() {
         return Err(invalid(violations));
     }
+    authorize_everywhere(state, call)?;
     let pool = state.store.pool().clone();
     if let Some(purge) = audit_trail::last_purge(&pool).await? {
         let lost = match (cursor, start_time) {
@@ -436,10 +482,11 @@ async fn start_stream(
 
 async fn verify(
     state: &AppState,
-    call: &Call,
+    call: &mut Call,
     request: &pb::VerifyAuditLogRequest,
 ) -> Result<(pb::VerifyAuditLogResponse, Value), ApiError> {
     call.caller()?;
+    authorize_everywhere(state, call)?;
     let pool = state.store.pool();
     let head = audit_trail::head(pool).await?;
     let purge = audit_trail::last_purge(pool).await?;

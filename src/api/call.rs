@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use crate::audit::{AuditLog, cap_element, cap_user_agent};
+use crate::auth::authz::{Authorizer, Resource, Scope};
 use crate::auth::{Caller, MissingIdentity};
 use crate::domain::{AuditOutcome, AuditRecord, AuditResource, AuditStatus, Identity, RegistryRef};
 
@@ -55,6 +56,7 @@ impl Call {
             client_request_id: None,
             request_parameters: Value::Object(Default::default()),
             resources: Vec::new(),
+            authorization: None,
             outcome: AuditOutcome::pending(),
         };
         Call {
@@ -69,6 +71,76 @@ impl Call {
         self.caller.as_ref().map_err(|missing| ApiError::Unauthenticated {
             description: missing.reason.clone(),
         })
+    }
+
+    /// Asks the policies whether the caller may make this call (the RPC's
+    /// name is the action) on `resource`, and records the decision. A denial
+    /// is PERMISSION_DENIED naming the caller, the action and the resource.
+    pub fn authorize(&mut self, authz: &Authorizer, resource: &Resource) -> Result<(), ApiError> {
+        let identity = self.caller()?.identity.clone();
+        let action = self.record.event_name.clone();
+        let decision = authz.decide(&identity, &action, resource);
+        self.record.authorization = Some(crate::auth::authz::decision_json(&action, resource, &decision));
+        if decision.allowed {
+            return Ok(());
+        }
+        let why = if decision.policies.is_empty() {
+            "no authorization policy permits it".to_owned()
+        } else {
+            format!("forbidden by policy {}", decision.policies.join(", "))
+        };
+        let ask = match resource {
+            Resource::Registry(_) => "a platform admin".to_owned(),
+            Resource::Namespace { namespace, .. } => {
+                format!("the owners of namespace `{namespace}` or a platform admin")
+            }
+            Resource::Repository { name, .. } => format!(
+                "the owners of namespace `{}` or a platform admin",
+                crate::auth::authz::namespace_of(name)
+            ),
+        };
+        Err(ApiError::PermissionDenied {
+            reason: "ACCESS_DENIED",
+            description: format!(
+                "{} `{}` (groups: {}) may not call {action} on {}: {why}; ask {ask} for access (docs/security.md)",
+                identity.principal_type.to_lowercase(),
+                identity.principal,
+                if identity.groups.is_empty() {
+                    "none".to_owned()
+                } else {
+                    identity.groups.join(", ")
+                },
+                resource.describe(),
+            ),
+        })
+    }
+
+    /// For list and search calls: what the caller may see in `registries`,
+    /// recorded as the call's decision. Never a denial: an empty scope lists nothing.
+    pub fn authorize_list<'a>(
+        &mut self,
+        authz: &Authorizer,
+        registries: impl IntoIterator<Item = &'a RegistryRef>,
+    ) -> Result<Scope, ApiError> {
+        let identity = self.caller()?.identity.clone();
+        let scope = authz.scope(&identity, &self.record.event_name, registries);
+        let mut decision = scope.audit_json();
+        if let Value::Object(map) = &mut decision {
+            map.insert("action".into(), Value::String(self.record.event_name.clone()));
+        }
+        self.record.authorization = Some(decision);
+        Ok(scope)
+    }
+
+    /// Records that the call needs no policy decision because it concerns no
+    /// resource the gateway manages (`why` says so in the audit event).
+    pub fn allow_unscoped(&mut self, why: &str) {
+        self.record.authorization = Some(serde_json::json!({
+            "decision": "allow",
+            "action": self.record.event_name,
+            "resource": "none",
+            "reason": why,
+        }));
     }
 
     /// Records what the caller asked (size-capped).
@@ -97,6 +169,15 @@ impl Call {
         audit: &AuditLog,
         result: Result<(R, Value), ApiError>,
     ) -> Result<tonic::Response<R>, tonic::Status> {
+        // Deny by default: a call that succeeded without asking the policies is a gateway bug.
+        let result = match result {
+            Ok(_) if self.record.authorization.is_none() => {
+                let reference = Uuid::new_v4();
+                tracing::error!(%reference, event = %self.record.event_name, "a call succeeded without an authorization decision (a gateway bug); answering INTERNAL");
+                Err(ApiError::Internal { reference })
+            }
+            other => other,
+        };
         let (result, outcome) = match result {
             Ok((response, elements)) => (Ok(response), succeeded(elements, Vec::new())),
             Err(error) => {

@@ -97,7 +97,7 @@ impl CleanupService for CleanupApi {
             "registry": request.registry, "repositoryName": request.repository, "holder": request.holder,
             "includeExpired": request.include_expired, "pageSize": request.page_size, "pageToken": request.page_token,
         }));
-        let result = list_pins(&self.state, &call, &request).await;
+        let result = list_pins(&self.state, &mut call, &request).await;
         call.finish(&self.state.audit, result).await
     }
 
@@ -179,7 +179,7 @@ impl CleanupService for CleanupApi {
             "cleanupRunId": request.id, "outcome": request.outcome,
             "pageSize": request.page_size, "pageToken": request.page_token,
         }));
-        let result = cleanup_runs::get_cleanup_run(&self.state, &call, &request).await;
+        let result = cleanup_runs::get_cleanup_run(&self.state, &mut call, &request).await;
         call.finish(&self.state.audit, result).await
     }
 
@@ -193,7 +193,7 @@ impl CleanupService for CleanupApi {
             "registry": request.registry, "repositoryName": request.repository, "state": request.state,
             "pageSize": request.page_size, "pageToken": request.page_token,
         }));
-        let result = cleanup_runs::list_cleanup_runs(&self.state, &call, &request).await;
+        let result = cleanup_runs::list_cleanup_runs(&self.state, &mut call, &request).await;
         call.finish(&self.state.audit, result).await
     }
 
@@ -342,6 +342,9 @@ async fn pin_image(
         &registry.reference,
         registry.reference.repository_arn(&repository),
     );
+    state
+        .authorize_repository(call, &registry.reference, repository.as_str())
+        .await?;
     let image = find_image(state, call, registry, &repository, &selector).await?;
     let pin = PinRow {
         account_id: registry.reference.account_id.clone(),
@@ -397,6 +400,9 @@ async fn unpin_image(
         &registry.reference,
         registry.reference.repository_arn(&repository),
     );
+    state
+        .authorize_repository(call, &registry.reference, repository.as_str())
+        .await?;
     let existing = pins::active(
         state.store.pool(),
         &registry.reference,
@@ -434,7 +440,7 @@ type PinPosition = (String, String, String, String, String);
 
 async fn list_pins(
     state: &AppState,
-    call: &Call,
+    call: &mut Call,
     request: &pb::ListPinsRequest,
 ) -> Result<(pb::ListPinsResponse, Value), ApiError> {
     call.caller()?;
@@ -472,6 +478,7 @@ async fn list_pins(
         filter.include_expired,
     ));
     let after: Option<PinPosition> = page_token::decode(&request.page_token, &fingerprint)?;
+    let scope = call.authorize_list(&state.authz, registries.iter().map(|r| &r.reference))?;
     let mut rows = pins::list(state.store.pool(), &filter, after.as_ref(), limit + 1).await?;
     let next_page_token = next_token(&mut rows, limit, |p| {
         page_token::encode(
@@ -493,7 +500,11 @@ async fn list_pins(
             .to_owned()
     };
     let response = pb::ListPinsResponse {
-        pins: rows.iter().map(|p| pin_message(&alias_of(p), p)).collect(),
+        pins: rows
+            .iter()
+            .filter(|p| scope.allows(&alias_of(p), &p.repository))
+            .map(|p| pin_message(&alias_of(p), p))
+            .collect(),
         next_page_token,
     };
     let elements = json!({"count": response.pins.len()});
@@ -595,6 +606,9 @@ async fn delete_images(
         &registry.reference,
         registry.reference.repository_arn(&repository),
     );
+    state
+        .authorize_repository(call, &registry.reference, repository.as_str())
+        .await?;
     let store = state.store.clone();
     let cleanup = state.policy.config().cleanup.clone();
     let (mut response, replayed) = mutation::run(
@@ -789,6 +803,9 @@ async fn get_lifecycle_policy(
         &registry.reference,
         registry.reference.repository_arn(&repository),
     );
+    state
+        .authorize_repository(call, &registry.reference, repository.as_str())
+        .await?;
     let log = CallLog::default();
     let text = registry.get_lifecycle_policy(&log, &repository).await;
     call.record.outcome.ecr_request_ids = log.ids();
@@ -938,6 +955,9 @@ async fn set_lifecycle_policy(
         &registry.reference,
         registry.reference.repository_arn(&repository),
     );
+    state
+        .authorize_repository(call, &registry.reference, repository.as_str())
+        .await?;
     if repositories::get(state.store.pool(), &registry.reference, &repository)
         .await?
         .is_none()
@@ -1022,6 +1042,9 @@ async fn delete_lifecycle_policy(
         &registry.reference,
         registry.reference.repository_arn(&repository),
     );
+    state
+        .authorize_repository(call, &registry.reference, repository.as_str())
+        .await?;
     let (mut response, replayed) = mutation::run(
         &state.store,
         call,
@@ -1088,6 +1111,9 @@ async fn preview_cleanup(
         &registry.reference,
         registry.reference.repository_arn(&repository),
     );
+    state
+        .authorize_repository(call, &registry.reference, repository.as_str())
+        .await?;
     let cached = repositories::get(state.store.pool(), &registry.reference, &repository)
         .await?
         .ok_or_else(|| repository_not_found(&registry.reference, &repository))?;

@@ -15,7 +15,8 @@ use super::error::{ApiError, Precondition, invalid, violations_of};
 use super::mutation::{self, CacheChange, Done, check_request_id};
 use super::page_token::{self, next_token};
 use super::{AppState, Shared, check_prefix, repository_filter};
-use crate::domain::{RepositoryName, Violation};
+use crate::auth::authz::{Resource, Scope};
+use crate::domain::{RegistryRef, RepositoryName, Violation};
 use crate::pb;
 use crate::policy::lifecycle_model::LifecyclePolicy;
 use crate::store::cleanup_runs::{self, Cancel, ItemRow, NewRun, RunFilter, RunRow, RunState};
@@ -75,6 +76,14 @@ pub async fn run_cleanup(
     };
     let pool = state.store.pool();
     call.record.registry = Some(registry.reference.clone());
+    authorize_run(
+        state,
+        call,
+        &registry.reference,
+        &request.repository,
+        &request.repository_prefix,
+    )
+    .await?;
     match &repository {
         Some(repository) => {
             call.set_repository(&registry.reference, registry.reference.repository_arn(repository));
@@ -160,7 +169,7 @@ type ItemPosition = (String, DateTime<Utc>, String);
 /// GetCleanupRun: the run, its counts and a page of its items.
 pub async fn get_cleanup_run(
     state: &AppState,
-    call: &Call,
+    call: &mut Call,
     request: &pb::GetCleanupRunRequest,
 ) -> Result<(pb::GetCleanupRunResponse, Value), ApiError> {
     call.caller()?;
@@ -190,6 +199,7 @@ pub async fn get_cleanup_run(
     let run = cleanup_runs::get(pool, id)
         .await?
         .ok_or_else(|| run_not_found(id))?;
+    authorize_row(state, call, &run).await?;
     let fingerprint = page_token::fingerprint(&(id, outcome));
     let after: Option<ItemPosition> = page_token::decode(&request.page_token, &fingerprint)?;
     let mut rows = cleanup_runs::items(pool, id, outcome, after.as_ref(), limit + 1).await?;
@@ -215,7 +225,7 @@ type RunPosition = (DateTime<Utc>, Uuid);
 /// ListCleanupRuns: newest first.
 pub async fn list_cleanup_runs(
     state: &AppState,
-    call: &Call,
+    call: &mut Call,
     request: &pb::ListCleanupRunsRequest,
 ) -> Result<(pb::ListCleanupRunsResponse, Value), ApiError> {
     call.caller()?;
@@ -256,10 +266,17 @@ pub async fn list_cleanup_runs(
     };
     let fingerprint = page_token::fingerprint(&(&filter.registries, &filter.repository, request.state));
     let after: Option<RunPosition> = page_token::decode(&request.page_token, &fingerprint)?;
+    let scope = call.authorize_list(&state.authz, registries.iter().map(|r| &r.reference))?;
     let pool = state.store.pool();
     let mut rows = cleanup_runs::list(pool, &filter, after, limit + 1).await?;
     let next_page_token = next_token(&mut rows, limit, |r| {
         page_token::encode(&fingerprint, &(r.created_at, r.id))
+    });
+    rows.retain(|r| {
+        state
+            .registries
+            .alias_of(&r.account_id, &r.region)
+            .is_some_and(|alias| run_visible(&scope, alias, &r.repository, &r.repository_prefix))
     });
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let counts = cleanup_runs::counts(pool, &ids).await?;
@@ -283,6 +300,10 @@ pub async fn cancel_cleanup_run(
     call.caller()?;
     let id = run_id(&request.id)?;
     let pool = state.store.pool();
+    let existing = cleanup_runs::get(pool, id)
+        .await?
+        .ok_or_else(|| run_not_found(id))?;
+    authorize_row(state, call, &existing).await?;
     let run = match cleanup_runs::request_cancel(pool, id).await? {
         Cancel::NotFound => return Err(run_not_found(id)),
         Cancel::Finished(run) => {
@@ -309,6 +330,62 @@ pub async fn cancel_cleanup_run(
     let response = run_message(state, &run, counts.get(&id));
     let elements = json!({"cleanupRunId": id.to_string(), "state": state_name(&run.state)});
     Ok((response, elements))
+}
+
+/// What a run covers: one repository, a namespace (a prefix that stays
+/// inside one), or the whole registry (a prefix that could span namespaces).
+fn run_resource(registry: &RegistryRef, repository: &str, prefix: &str) -> Resource {
+    if !repository.is_empty() {
+        Resource::repository(registry, repository)
+    } else if let Some((namespace, _)) = prefix.split_once('/') {
+        Resource::Namespace {
+            registry: registry.clone(),
+            namespace: namespace.to_owned(),
+        }
+    } else {
+        Resource::Registry(registry.clone())
+    }
+}
+
+/// Authorizes a call on what a run covers.
+async fn authorize_run(
+    state: &AppState,
+    call: &mut Call,
+    registry: &RegistryRef,
+    repository: &str,
+    prefix: &str,
+) -> Result<(), ApiError> {
+    match run_resource(registry, repository, prefix) {
+        Resource::Repository { name, .. } => state.authorize_repository(call, registry, &name).await,
+        resource => call.authorize(&state.authz, &resource),
+    }
+}
+
+/// Authorizes a call on a recorded run (a run of a registry no longer configured is refused).
+async fn authorize_row(state: &AppState, call: &mut Call, run: &RunRow) -> Result<(), ApiError> {
+    let Some(registry) = state.registries.at(&run.account_id, &run.region) else {
+        return Err(run_not_found(run.id));
+    };
+    call.record.registry = Some(registry.reference.clone());
+    authorize_run(
+        state,
+        call,
+        &registry.reference,
+        &run.repository,
+        &run.repository_prefix,
+    )
+    .await
+}
+
+/// Whether a listed run is shown to a caller with `scope`.
+fn run_visible(scope: &Scope, alias: &str, repository: &str, prefix: &str) -> bool {
+    if !repository.is_empty() {
+        scope.allows(alias, repository)
+    } else if prefix.contains('/') {
+        scope.allows(alias, prefix)
+    } else {
+        scope.allows_all(alias)
+    }
 }
 
 /// The run RunCleanup just recorded.

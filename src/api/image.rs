@@ -10,6 +10,7 @@ use super::convert::{time_of, timestamp};
 use super::error::{ApiError, invalid, violations_of};
 use super::page_token::{self, next_token};
 use super::{AppState, Shared};
+use crate::auth::authz::Resource;
 use crate::domain::{
     Digest, ImageRef, ImageSelector, ImageTag, RegistryRef, RepositoryName, Violation, pinned_uri,
 };
@@ -87,7 +88,7 @@ impl ImageService for ImageApi {
             "registry": request.registry, "digest": request.digest, "tagGlob": request.tag_glob,
             "repositoryPrefix": request.repository_prefix, "pageSize": request.page_size,
         }));
-        let result = search_images(&self.state, &call, &request).await;
+        let result = search_images(&self.state, &mut call, &request).await;
         call.finish(&self.state.audit, result).await
     }
 
@@ -111,7 +112,7 @@ impl ImageService for ImageApi {
         let mut call = Call::start(&request, "GetSyncStatus", true);
         let request = request.into_inner();
         call.set_parameters(json!({"registry": request.registry, "repositoryName": request.repository}));
-        let result = get_sync_status(&self.state, &call, &request).await;
+        let result = get_sync_status(&self.state, &mut call, &request).await;
         call.finish(&self.state.audit, result).await
     }
 }
@@ -149,6 +150,9 @@ async fn resolve_image(
     let strong = strong(request.consistency)?;
     let repository = &reference.repository;
     call.set_repository(&registry.reference, registry.reference.repository_arn(repository));
+    state
+        .authorize_repository(call, &registry.reference, repository.as_str())
+        .await?;
     if strong {
         refresh(state, call, registry, repository, &reference.selector).await?;
     }
@@ -393,6 +397,9 @@ async fn get_image(
         &registry.reference,
         registry.reference.repository_arn(&repository),
     );
+    state
+        .authorize_repository(call, &registry.reference, repository.as_str())
+        .await?;
     if strong {
         refresh(state, call, registry, &repository, &selector).await?;
     }
@@ -535,6 +542,9 @@ async fn list_images(
         &registry.reference,
         registry.reference.repository_arn(&repository),
     );
+    state
+        .authorize_repository(call, &registry.reference, repository.as_str())
+        .await?;
     let fingerprint = page_token::fingerprint(&(&registry.reference.alias, repository.as_str(), &filter));
     let after: Option<ListPosition> = page_token::decode(&request.page_token, &fingerprint)?;
     let pool = state.store.pool();
@@ -696,7 +706,7 @@ fn time(
 
 async fn search_images(
     state: &AppState,
-    call: &Call,
+    call: &mut Call,
     request: &pb::SearchImagesRequest,
 ) -> Result<(pb::SearchImagesResponse, Value), ApiError> {
     call.caller()?;
@@ -749,6 +759,7 @@ async fn search_images(
     if !violations.is_empty() {
         return Err(invalid(violations));
     }
+    let scope = call.authorize_list(&state.authz, registries.iter().map(|r| &r.reference))?;
     let fingerprint = page_token::fingerprint(&(&request.registry, &query));
     let after: Option<image_reads::SearchPosition> = page_token::decode(&request.page_token, &fingerprint)?;
     let keys: Vec<(String, String)> = registries
@@ -768,6 +779,9 @@ async fn search_images(
             let registry = registries
                 .iter()
                 .find(|r| r.reference.account_id == row.account_id && r.reference.region == row.region)?;
+            if !scope.allows(&registry.reference.alias, &row.repository) {
+                return None;
+            }
             Some(image_message(
                 &registry.reference,
                 row,
@@ -793,6 +807,21 @@ async fn refresh_inventory(
 ) -> Result<(pb::RefreshInventoryResponse, Value), ApiError> {
     call.caller()?;
     let registry = state.registry(&request.registry).map_err(|v| invalid(vec![v]))?;
+    if !request.digest.is_empty() && request.repository.is_empty() {
+        return Err(invalid(vec![Violation::new(
+            "repository",
+            "refresh.digest-needs-repository",
+            "name the repository of the image",
+        )]));
+    }
+    if request.repository.is_empty() {
+        call.authorize(&state.authz, &Resource::Registry(registry.reference.clone()))?;
+    } else {
+        let name = RepositoryName::parse(&request.repository).map_err(|v| invalid(vec![v]))?;
+        state
+            .authorize_repository(call, &registry.reference, name.as_str())
+            .await?;
+    }
     let log = CallLog::default();
     let result = refresh_scope(state, registry, request, &log).await;
     call.record.outcome.ecr_request_ids = log.ids();
@@ -899,7 +928,7 @@ fn run_message(registry: &RegistryRef, run: &SyncRun) -> pb::SyncRun {
 
 async fn get_sync_status(
     state: &AppState,
-    call: &Call,
+    call: &mut Call,
     request: &pb::GetSyncStatusRequest,
 ) -> Result<(pb::GetSyncStatusResponse, Value), ApiError> {
     call.caller()?;
@@ -926,6 +955,14 @@ async fn get_sync_status(
     let Some(registry) = registry.filter(|_| violations.is_empty()) else {
         return Err(invalid(violations));
     };
+    match &repository {
+        Some(name) => {
+            state
+                .authorize_repository(call, &registry.reference, name.as_str())
+                .await?
+        }
+        None => call.authorize(&state.authz, &Resource::Registry(registry.reference.clone()))?,
+    }
     let pool = state.store.pool();
     let name = repository.as_ref().map(|r| r.as_str());
     let runs = sync::recent_runs(pool, &registry.reference, name, limit).await?;

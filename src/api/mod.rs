@@ -57,6 +57,8 @@ pub fn check_prefix(field: &str, prefix: &str) -> Option<Violation> {
 pub struct AppState {
     /// The compiled org policy.
     pub policy: OrgPolicy,
+    /// Who may do what (reloaded on SIGHUP).
+    pub authz: Arc<crate::auth::authz::Authorizer>,
     /// Postgres.
     pub store: Store,
     /// ECR clients by alias.
@@ -77,6 +79,24 @@ pub struct AppState {
 pub type Shared = Arc<AppState>;
 
 impl AppState {
+    /// Authorizes `call` on one repository, with its tags as the inventory knows them.
+    pub async fn authorize_repository(
+        &self,
+        call: &mut call::Call,
+        registry: &crate::domain::RegistryRef,
+        name: &str,
+    ) -> Result<(), error::ApiError> {
+        let tags = self.store.repository_tags(registry, name).await?;
+        call.authorize(
+            &self.authz,
+            &crate::auth::authz::Resource::Repository {
+                registry: registry.clone(),
+                name: name.to_owned(),
+                tags,
+            },
+        )
+    }
+
     /// Decodes a request's `registry` and `repository`, reporting both problems at once.
     pub fn locate(
         &self,

@@ -10,6 +10,7 @@ use super::error::{ApiError, Precondition};
 use super::mutation::{self, Attempt, CacheChange, Done, check_request_id};
 use super::page_token;
 use super::{AppState, Shared};
+use crate::auth::authz::Resource;
 use crate::domain::{RegistryRef, RepositoryName, RepositoryState, Violation};
 use crate::ecr::{CallLog, Registry};
 use crate::pb;
@@ -91,7 +92,7 @@ impl RepositoryService for RepositoryApi {
             "pageSize": request.page_size,
             "pageToken": request.page_token,
         }));
-        let result = list(&self.state, &call, &request).await;
+        let result = list(&self.state, &mut call, &request).await;
         call.finish(&self.state.audit, result).await
     }
 
@@ -141,6 +142,14 @@ async fn create(
     call.caller()?;
     let (registry, spec) = plan_create(state, request)?;
     call.set_repository(&registry.reference, registry.reference.repository_arn(&spec.name));
+    call.authorize(
+        &state.authz,
+        &Resource::Repository {
+            registry: registry.reference.clone(),
+            name: spec.name.to_string(),
+            tags: spec.tags.clone(),
+        },
+    )?;
     if request.validate_only {
         let repository = convert::planned_repository(&registry.reference, &spec);
         let elements = json!({"validateOnly": true, "repository": convert::repository_json(&repository)});
@@ -260,6 +269,9 @@ async fn get(
     call.caller()?;
     let (registry, name) = state.locate(&request.registry, &request.repository)?;
     call.set_repository(&registry.reference, registry.reference.repository_arn(&name));
+    state
+        .authorize_repository(call, &registry.reference, name.as_str())
+        .await?;
     let strong = match pb::Consistency::try_from(request.consistency) {
         Ok(consistency) => consistency == pb::Consistency::Strong,
         Err(_) => {
@@ -309,7 +321,7 @@ async fn refresh_cache(
 
 async fn list(
     state: &AppState,
-    call: &Call,
+    call: &mut Call,
     request: &pb::ListRepositoriesRequest,
 ) -> Result<(pb::ListRepositoriesResponse, Value), ApiError> {
     call.caller()?;
@@ -332,6 +344,7 @@ async fn list(
         });
     }
     let limit = limit?;
+    let scope = call.authorize_list(&state.authz, registries.iter().map(|r| &r.reference))?;
     let fingerprint = page_token::fingerprint(&(&request.registry, &request.prefix, &tags));
     let after: Option<(String, String, String)> = page_token::decode(&request.page_token, &fingerprint)?;
     let filter = RepositoryFilter {
@@ -368,6 +381,9 @@ async fn list(
             let registry = registries
                 .iter()
                 .find(|r| r.reference.account_id == row.account_id && r.reference.region == row.region)?;
+            if !scope.allows(&registry.reference.alias, row.state.name.as_str()) {
+                return None;
+            }
             Some(convert::repository(
                 &registry.reference,
                 &row.state,
@@ -395,6 +411,9 @@ async fn update(
     let (registry, name) = state.locate(&request.registry, &request.repository)?;
     let paths = check_update_request(request)?;
     call.set_repository(&registry.reference, registry.reference.repository_arn(&name));
+    state
+        .authorize_repository(call, &registry.reference, name.as_str())
+        .await?;
     let log = CallLog::default();
     let current = registry
         .fetch_repository(&log, &name)
@@ -567,6 +586,9 @@ async fn delete(
         });
     }
     call.set_repository(&registry.reference, registry.reference.repository_arn(&name));
+    state
+        .authorize_repository(call, &registry.reference, name.as_str())
+        .await?;
     if request.validate_only {
         let log = CallLog::default();
         let current = registry

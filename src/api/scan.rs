@@ -16,6 +16,7 @@ use super::image::{decode_reference, image_selector, selector_suffix, tag_is_imm
 use super::mutation::{self, CacheChange, Done, check_request_id};
 use super::page_token::{self, next_token};
 use super::{AppState, Shared, repository_filter};
+use crate::auth::authz::{Resource, Scope};
 use crate::domain::{Digest, ImageSelector, RegistryRef, RepositoryName, Violation, pinned_uri};
 use crate::ecr::{CallLog, Registry, ScanReport, ScanStart, ScanningSettings};
 use crate::pb;
@@ -141,7 +142,7 @@ impl ScanService for ScanApi {
             "cveId": request.cve_id, "repositoryName": request.repository, "registry": request.registry,
             "includeInactive": request.include_inactive, "pageSize": request.page_size, "pageToken": request.page_token,
         }));
-        let result = list_exceptions(&self.state, &call, &request).await;
+        let result = list_exceptions(&self.state, &mut call, &request).await;
         call.finish(&self.state.audit, result).await
     }
 
@@ -166,7 +167,7 @@ impl ScanService for ScanApi {
             "cveId": request.cve_id, "minimumSeverity": request.minimum_severity, "registry": request.registry,
             "pageSize": request.page_size, "pageToken": request.page_token,
         }));
-        let result = list_vulnerable_images(&self.state, &call, &request).await;
+        let result = list_vulnerable_images(&self.state, &mut call, &request).await;
         call.finish(&self.state.audit, result).await
     }
 }
@@ -299,6 +300,9 @@ async fn start_image_scan(
         &registry.reference,
         registry.reference.repository_arn(&repository),
     );
+    state
+        .authorize_repository(call, &registry.reference, repository.as_str())
+        .await?;
     let (response, _) = mutation::run(&state.store, call, "", request, state.mutation_lease, |attempt| {
         scan_now(registry, repository.clone(), selector, attempt.log)
     })
@@ -396,6 +400,9 @@ async fn get_scan_findings(
         &registry.reference,
         registry.reference.repository_arn(&repository),
     );
+    state
+        .authorize_repository(call, &registry.reference, repository.as_str())
+        .await?;
     let digest = digest_of(state, &registry.reference, &repository, &selector).await?;
     let fingerprint = page_token::fingerprint(&(
         &registry.reference.alias,
@@ -526,6 +533,7 @@ async fn get_scanning_configuration(
     call.caller()?;
     let registry = state.registry(&request.registry).map_err(|v| invalid(vec![v]))?;
     call.record.registry = Some(registry.reference.clone());
+    call.authorize(&state.authz, &Resource::Registry(registry.reference.clone()))?;
     let log = CallLog::default();
     let settings = registry.get_scanning_configuration(&log).await;
     call.record.outcome.ecr_request_ids = log.ids();
@@ -578,6 +586,7 @@ async fn update_scanning_configuration(
         return Err(invalid(violations));
     };
     call.record.registry = Some(registry.reference.clone());
+    call.authorize(&state.authz, &Resource::Registry(registry.reference.clone()))?;
     let settings = ScanningSettings { enhanced, rules };
     if request.validate_only {
         return Ok((
@@ -659,7 +668,9 @@ async fn check_deployment(
     let (registry, reference) = match decoded {
         Ok(decoded) => decoded,
         Err(violations) => {
-            // Not an error: the answer to "may this be deployed?" is no.
+            // Not an error: the answer to "may this be deployed?" is no,
+            // and it tells nothing about any repository the gateway manages.
+            call.allow_unscoped("the reference names a registry the gateway does not manage");
             let reasons = violations
                 .into_iter()
                 .map(|v| gate::Reason {
@@ -681,6 +692,9 @@ async fn check_deployment(
     };
     let repository = &reference.repository;
     call.set_repository(&registry.reference, registry.reference.repository_arn(repository));
+    state
+        .authorize_repository(call, &registry.reference, repository.as_str())
+        .await?;
     let facts = cached_deploy_facts(state, &registry.reference, repository, &reference.selector).await?;
     let reference_kind = match &reference.selector {
         ImageSelector::Digest(_) => Reference::Digest,
@@ -990,6 +1004,14 @@ async fn create_exception(
     } else if let Some(registry) = registry {
         call.record.registry = Some(registry.reference.clone());
     }
+    authorize_exception(
+        state,
+        call,
+        registry.map(|r| &r.reference),
+        namespace.as_deref(),
+        repository.as_ref().map(|r| r.as_str()),
+    )
+    .await?;
     let row = ExceptionRow {
         id: Uuid::now_v7(),
         cve_id,
@@ -1039,7 +1061,7 @@ struct ExceptionPosition(DateTime<Utc>, Uuid);
 
 async fn list_exceptions(
     state: &AppState,
-    call: &Call,
+    call: &mut Call,
     request: &pb::ListVulnerabilityExceptionsRequest,
 ) -> Result<(pb::ListVulnerabilityExceptionsResponse, Value), ApiError> {
     call.caller()?;
@@ -1091,8 +1113,13 @@ async fn list_exceptions(
     let next_page_token = next_token(&mut rows, limit, |r| {
         page_token::encode(&fingerprint, &ExceptionPosition(r.created_at, r.id))
     });
+    let scope = call.authorize_list(&state.authz, state.registries.all().map(|r| &r.reference))?;
     let response = pb::ListVulnerabilityExceptionsResponse {
-        exceptions: rows.iter().map(|r| exception_message(state, r, now)).collect(),
+        exceptions: rows
+            .iter()
+            .filter(|r| exception_visible(state, &scope, r))
+            .map(|r| exception_message(state, r, now))
+            .collect(),
         next_page_token,
     };
     let elements = json!({"count": response.exceptions.len()});
@@ -1128,6 +1155,22 @@ async fn revoke_exception(
                 "no vulnerability exception {id}; ListVulnerabilityExceptions with include_inactive shows them all"
             ),
         })?;
+    let registry = match (&existing.account_id, &existing.region) {
+        (Some(account), Some(region)) => state
+            .registries
+            .all()
+            .find(|r| &r.reference.account_id == account && &r.reference.region == region)
+            .map(|r| r.reference.clone()),
+        _ => None,
+    };
+    authorize_exception(
+        state,
+        call,
+        registry.as_ref(),
+        existing.namespace.as_deref(),
+        existing.repository.as_deref(),
+    )
+    .await?;
     let now = Utc::now();
     let mut revoked = existing.clone();
     let change = if existing.revoked_at.is_some() {
@@ -1169,7 +1212,7 @@ type VulnerablePosition = (String, String, String, String);
 
 async fn list_vulnerable_images(
     state: &AppState,
-    call: &Call,
+    call: &mut Call,
     request: &pb::ListVulnerableImagesRequest,
 ) -> Result<(pb::ListVulnerableImagesResponse, Value), ApiError> {
     call.caller()?;
@@ -1203,6 +1246,7 @@ async fn list_vulnerable_images(
     let (Some(query), Some(limit), true) = (query, limit, violations.is_empty()) else {
         return Err(invalid(violations));
     };
+    let scope = call.authorize_list(&state.authz, registries.iter().map(|r| &r.reference))?;
     let keys: Vec<(String, String)> = registries
         .iter()
         .map(|r| (r.reference.account_id.clone(), r.reference.region.clone()))
@@ -1225,6 +1269,12 @@ async fn list_vulnerable_images(
     let response = pb::ListVulnerableImagesResponse {
         images: rows
             .into_iter()
+            .filter(|r| {
+                state
+                    .registries
+                    .alias_of(&r.account_id, &r.region)
+                    .is_some_and(|alias| scope.allows(alias, &r.repository))
+            })
             .map(|r| pb::VulnerableImage {
                 registry: state
                     .registries
@@ -1251,4 +1301,48 @@ async fn list_vulnerable_images(
     };
     let elements = json!({"count": response.images.len()});
     Ok((response, elements))
+}
+
+/// Authorizes a call on a vulnerability exception's scope: its repository,
+/// its namespace, or (org-wide) every registry.
+async fn authorize_exception(
+    state: &AppState,
+    call: &mut Call,
+    registry: Option<&crate::domain::RegistryRef>,
+    namespace: Option<&str>,
+    repository: Option<&str>,
+) -> Result<(), ApiError> {
+    match (registry, namespace, repository) {
+        (Some(registry), _, Some(repository)) => state.authorize_repository(call, registry, repository).await,
+        (Some(registry), Some(namespace), None) => call.authorize(
+            &state.authz,
+            &Resource::Namespace {
+                registry: registry.clone(),
+                namespace: namespace.to_owned(),
+            },
+        ),
+        // An org-wide exception applies in every registry: each must allow it.
+        _ => {
+            for registry in state.registries.all() {
+                call.authorize(&state.authz, &Resource::Registry(registry.reference.clone()))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Whether a listed exception is shown: org-wide ones to everyone (they
+/// apply to everyone), the others where the caller may read their scope.
+fn exception_visible(state: &AppState, scope: &Scope, row: &ExceptionRow) -> bool {
+    let (Some(account), Some(region)) = (&row.account_id, &row.region) else {
+        return true;
+    };
+    let Some(alias) = state.registries.alias_of(account, region) else {
+        return false;
+    };
+    match (&row.repository, &row.namespace) {
+        (Some(repository), _) => scope.allows(alias, repository),
+        (None, Some(namespace)) => scope.allows(alias, &format!("{namespace}/")),
+        (None, None) => scope.allows_all(alias),
+    }
 }

@@ -17,9 +17,11 @@ use crate::store::audit_trail::AuditRow;
 /// CloudTrail's record format version the events follow.
 pub const EVENT_VERSION: &str = "1.09";
 
-/// The event as CloudTrail names its fields (without the chain).
+/// The event as CloudTrail names its fields (without the chain). The
+/// `authorization` member is present only on events that carry a decision,
+/// so events written before decisions were recorded hash as they did.
 pub fn cloudtrail_json(row: &AuditRow) -> Value {
-    json!({
+    let mut event = json!({
         "eventVersion": EVENT_VERSION,
         "eventID": row.event_id.to_string(),
         "eventTime": row.event_time.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
@@ -51,7 +53,11 @@ pub fn cloudtrail_json(row: &AuditRow) -> Value {
         "readOnly": row.read_only,
         "resources": row.resources,
         "status": row.status,
-    })
+    });
+    if let (Some(decision), Value::Object(map)) = (&row.authz_decision, &mut event) {
+        map.insert("authorization".into(), decision.clone());
+    }
+    event
 }
 
 /// The event with its chain link, as an export line holds it.

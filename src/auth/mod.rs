@@ -4,6 +4,8 @@
 //! Health and reflection need no identity. Later modes (OIDC JWT, mTLS) plug in
 //! here without touching handlers.
 
+pub mod authz;
+
 use std::task::{Context, Poll};
 
 use http::{HeaderMap, Request};

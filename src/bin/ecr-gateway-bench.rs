@@ -623,6 +623,11 @@ fn with_identity<T>(message: T) -> tonic::Request<T> {
         "x-ecr-gateway-principal",
         tonic::metadata::MetadataValue::from_static("bench"),
     );
+    // The benchmark reads every namespace: a platform admin under deploy/policies.
+    request.metadata_mut().insert(
+        "x-ecr-gateway-groups",
+        tonic::metadata::MetadataValue::from_static("platform-admins"),
+    );
     request
 }
 

@@ -613,6 +613,7 @@ fn batch_record(
             resource_type: "AWS::ECR::Repository".into(),
             arn: registry.repository_arn(repository),
         }],
+        authorization: None,
         outcome: AuditOutcome::pending(),
     }
 }

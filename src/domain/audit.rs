@@ -110,6 +110,9 @@ pub struct AuditRecord {
     pub resources: Vec<AuditResource>,
     /// The outcome; `Pending` until the call has finished.
     pub outcome: AuditOutcome,
+    /// The authorization decision: allow/deny, the action and resource, the
+    /// ids of the deciding policies. None when no decision was made (no identity).
+    pub authorization: Option<serde_json::Value>,
 }
 
 /// CloudTrail `eventSource` of every record the gateway writes.

@@ -358,6 +358,7 @@ fn removal_record(
             resource_type: "AWS::ECR::Repository".into(),
             arn: registry.repository_arn(repository),
         }],
+        authorization: None,
         outcome: AuditOutcome {
             status: AuditStatus::Succeeded,
             response_elements: Some(crate::audit::cap_element(json!({

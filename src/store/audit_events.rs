@@ -56,6 +56,7 @@ pub struct FinalBatch {
     messages: Vec<Option<String>>,
     ecr_ids: Vec<Value>,
     resources: Vec<Value>,
+    authorizations: Vec<Value>,
 }
 
 impl FinalBatch {
@@ -91,6 +92,7 @@ impl FinalBatch {
             batch
                 .resources
                 .push(serde_json::to_value(&r.resources).unwrap_or(Value::Array(Vec::new())));
+            batch.authorizations.push(r.authorization.unwrap_or(Value::Null));
         }
         batch
     }
@@ -137,7 +139,8 @@ impl FinalBatch {
             codes,
             messages,
             ecr_ids,
-            resources
+            resources,
+            authorizations
         );
         singles
     }
@@ -191,6 +194,7 @@ pub async fn insert_final_batch(pool: &PgPool, batch: &FinalBatch) -> Result<(),
         messages,
         ecr_ids,
         resources,
+        authorizations,
     } = batch;
     // The rows and their places in the chain queue in one statement.
     sqlx::query(
@@ -198,17 +202,19 @@ pub async fn insert_final_batch(pool: &PgPool, batch: &FinalBatch) -> Result<(),
              INSERT INTO audit_events (event_id, event_time, event_name, event_source, read_only, status,
                  principal, principal_type, groups, auth_method, source_ip, user_agent, registry_alias, account_id,
                  region, gateway_request_id, client_request_id, request_parameters, response_elements, error_code,
-                 error_message, ecr_request_ids, resources, finalized_at)
+                 error_message, ecr_request_ids, resources, finalized_at, authz_decision)
              SELECT u.id, u.at, u.name, $23, u.read_only, u.status, u.principal, u.principal_type,
                     ARRAY(SELECT jsonb_array_elements_text(u.groups)), u.method, u.ip, u.agent, u.alias, u.account,
                     u.region, u.gateway_id, u.client_id, u.parameters, NULLIF(u.response, 'null'::jsonb), u.code,
-                    u.message, ARRAY(SELECT jsonb_array_elements_text(u.ecr_ids)), u.resources, $24
+                    u.message, ARRAY(SELECT jsonb_array_elements_text(u.ecr_ids)), u.resources, $24,
+                    NULLIF(u.authz, 'null'::jsonb)
              FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[],
                          $8::jsonb[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
                          $15::uuid[], $16::text[], $17::jsonb[], $18::jsonb[], $19::text[], $20::text[], $21::jsonb[],
-                         $22::jsonb[])
+                         $22::jsonb[], $25::jsonb[])
                   AS u(id, at, name, read_only, status, principal, principal_type, groups, method, ip, agent, alias,
-                       account, region, gateway_id, client_id, parameters, response, code, message, ecr_ids, resources)
+                       account, region, gateway_id, client_id, parameters, response, code, message, ecr_ids, resources,
+                       authz)
              ON CONFLICT (event_id) DO NOTHING
              RETURNING event_id)
            INSERT INTO audit_chain_queue (event_id) SELECT event_id FROM inserted"#,
@@ -237,6 +243,7 @@ pub async fn insert_final_batch(pool: &PgPool, batch: &FinalBatch) -> Result<(),
     .bind(resources)
     .bind(crate::domain::AUDIT_EVENT_SOURCE)
     .bind(now)
+    .bind(authorizations)
     .execute(pool)
     .await?;
     Ok(())
@@ -270,7 +277,7 @@ fn insert_builder() -> QueryBuilder<sqlx::Postgres> {
         "INSERT INTO audit_events (event_id, event_time, event_name, event_source, read_only, status, \
          principal, principal_type, groups, auth_method, source_ip, user_agent, registry_alias, account_id, \
          region, gateway_request_id, client_request_id, request_parameters, response_elements, error_code, \
-         error_message, ecr_request_ids, resources, finalized_at) ",
+         error_message, ecr_request_ids, resources, finalized_at, authz_decision) ",
     )
 }
 
@@ -301,6 +308,7 @@ fn push_values(builder: &mut QueryBuilder<sqlx::Postgres>, records: &[AuditRecor
             .push_bind(record.outcome.error_message.clone())
             .push_bind(record.outcome.ecr_request_ids.clone())
             .push_bind(serde_json::to_value(&record.resources).unwrap_or(Value::Array(Vec::new())))
-            .push_bind(if pending { None } else { Some(chrono::Utc::now()) });
+            .push_bind(if pending { None } else { Some(chrono::Utc::now()) })
+            .push_bind(record.authorization.clone());
     });
 }

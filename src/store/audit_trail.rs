@@ -61,6 +61,8 @@ pub struct AuditRow {
     pub ecr_request_ids: Vec<String>,
     /// `resources`.
     pub resources: Value,
+    /// `authorization`: the decision that let the call in (or kept it out).
+    pub authz_decision: Option<Value>,
     /// When the outcome was recorded.
     pub finalized_at: Option<DateTime<Utc>>,
     /// The chain position.
@@ -77,8 +79,8 @@ macro_rules! audit_columns {
         "e.event_id, e.event_time, e.event_name, e.event_source, e.read_only, e.status, e.principal, \
          e.principal_type, e.groups, e.auth_method, e.source_ip, e.user_agent, e.registry_alias, e.account_id, \
          e.region, e.gateway_request_id, e.client_request_id, e.request_parameters, e.response_elements, \
-         e.error_code, e.error_message, e.ecr_request_ids, e.resources, e.finalized_at, l.seq, l.prev_hash, \
-         l.hash"
+         e.error_code, e.error_message, e.ecr_request_ids, e.resources, e.finalized_at, e.authz_decision, \
+         l.seq, l.prev_hash, l.hash"
     };
 }
 

@@ -81,9 +81,14 @@ pub struct Store {
     resolutions: Arc<ReadCache<String, Option<Resolution>>>,
     /// CheckDeployment facts by repository and `:tag` / `@digest`; `None` is "not found".
     deploy_facts: Arc<ReadCache<String, Option<scans::DeployFacts>>>,
+    /// Repositories' tags (for authorization), by repository; empty when not in the inventory.
+    repository_tags: Arc<ReadCache<String, Tags>>,
     /// The audit chain's head as last notified (streams wait on it).
     audit_head: Arc<tokio::sync::watch::Sender<i64>>,
 }
+
+/// A repository's tags.
+pub type Tags = std::collections::BTreeMap<String, String>;
 
 /// Default TTL of a cached read (a bound; invalidation is by notification).
 pub const CACHE_TTL: Duration = Duration::from_secs(60);
@@ -126,6 +131,7 @@ impl Store {
             pool,
             resolutions: Arc::new(ReadCache::new(invalidations.clone(), ttl, max_entries)),
             deploy_facts: Arc::new(ReadCache::new(invalidations.clone(), ttl, max_entries)),
+            repository_tags: Arc::new(ReadCache::new(invalidations.clone(), ttl, max_entries)),
             invalidations,
             audit_head: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
@@ -139,6 +145,34 @@ impl Store {
     /// The cache of CheckDeployment facts.
     pub fn deploy_facts(&self) -> &ReadCache<String, Option<scans::DeployFacts>> {
         &self.deploy_facts
+    }
+
+    /// A repository's tags as the inventory knows them (none when it is not
+    /// there), through the read cache: authorization asks on every call.
+    pub async fn repository_tags(
+        &self,
+        registry: &RegistryRef,
+        repository: &str,
+    ) -> Result<Tags, StoreError> {
+        let key = RepoKey::new(registry, repository);
+        if let Some(hit) = self.repository_tags.get(&key, "") {
+            return Ok(hit);
+        }
+        let ticket = self.invalidations.ticket();
+        let tags: Option<serde_json::Value> = sqlx::query_scalar(
+            "SELECT tags FROM repositories WHERE account_id = $1 AND region = $2 AND name = $3",
+        )
+        .bind(&registry.account_id)
+        .bind(&registry.region)
+        .bind(repository)
+        .fetch_optional(&self.pool)
+        .await?;
+        let tags: Tags = tags
+            .and_then(|value| serde_json::from_value(value).ok())
+            .unwrap_or_default();
+        self.repository_tags
+            .insert(ticket, key, String::new(), tags.clone());
+        Ok(tags)
     }
 
     /// The cache's invalidation state (for tickets).

@@ -258,6 +258,10 @@ acquire_timeout_seconds = 2
 [auth]
 mode = "insecure-dev"
 
+[authz]
+policies = "{root}/deploy/policies"
+entities = "{root}/tests/fixtures/authz-entities.json"
+
 [sync]
 interval_seconds = 0
 
@@ -274,6 +278,7 @@ max_attempts = 2
 {POLICY}
 "#,
         url = db.url,
+        root = repo_root().display(),
     )
 }
 

@@ -54,6 +54,14 @@ impl Process {
         }
     }
 
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the gateway.
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on the pid of our own, still-owned child.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
     /// SIGKILL: no drain, no hand-back of the run.
     pub fn kill(mut self) {
         self.child.kill().expect("kill");
