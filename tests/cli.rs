@@ -21,7 +21,8 @@ fn config_file(text: &str) -> tempfile::NamedTempFile {
     file
 }
 
-const MINIMAL: &str = r#"
+const MINIMAL: &str = concat!(
+    r#"
 [database]
 url = "postgres://app:s3cret-password@db.internal:5432/ecr"
 [auth]
@@ -30,7 +31,12 @@ mode = "insecure-dev"
 alias = "main"
 account_id = "123456789012"
 region = "eu-west-1"
-"#;
+[authz]
+policies = ""#,
+    env!("CARGO_MANIFEST_DIR"),
+    r#"/deploy/policies"
+"#
+);
 
 #[test]
 fn check_config_prints_the_effective_configuration_with_the_password_redacted() {
@@ -89,6 +95,40 @@ fn check_config_reports_every_problem_at_once() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("auth.mode"), "{stderr}");
     assert!(stderr.contains("registries[0].account_id"), "{stderr}");
+}
+
+#[test]
+fn check_config_validates_the_authorization_policies() {
+    let output = binary()
+        .args(["check-config", "--config"])
+        .arg(config_file(MINIMAL).path())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("5 policies"), "{stderr}");
+
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("typo.cedar"),
+        r#"@id("typo") permit (principal, action == EcrGateway::Action::"GetRepositry", resource);"#,
+    )
+    .expect("write");
+    let text = MINIMAL.replace(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/policies"),
+        &dir.path().display().to_string(),
+    );
+    let output = binary()
+        .args(["check-config", "--config"])
+        .arg(config_file(&text).path())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("authz.policies") && stderr.contains("GetRepositry"),
+        "{stderr}"
+    );
 }
 
 #[test]
