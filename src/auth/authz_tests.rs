@@ -376,3 +376,73 @@ fn load_problems_name_the_key_and_the_fix() {
         .join("\n");
     assert!(unset.contains("authz.policies: not set"), "{unset}");
 }
+
+#[test]
+fn remembered_decisions_keep_requests_apart() {
+    let authz = authorizer(&default_config());
+    let r = repo("payments/api");
+    // Asked twice each, in alternation: the second answers come from the cache.
+    for _ in 0..2 {
+        assert!(
+            authz
+                .decide(&user("alice@example.com", &["payments"]), "DeleteImages", &r)
+                .allowed
+        );
+        assert!(
+            !authz
+                .decide(&user("alice@example.com", &["search"]), "DeleteImages", &r)
+                .allowed
+        );
+        assert!(
+            !authz
+                .decide(&user("alice@example.com", &[]), "DeleteImages", &r)
+                .allowed
+        );
+        // One group named "payments,x" is not the groups "payments" and "x".
+        assert!(
+            !authz
+                .decide(&user("alice@example.com", &["payments,x"]), "DeleteImages", &r)
+                .allowed
+        );
+        assert!(
+            authz
+                .decide(&user("alice@example.com", &["payments", "x"]), "DeleteImages", &r)
+                .allowed
+        );
+        assert!(
+            !authz
+                .decide(&service("alice@example.com"), "DeleteImages", &r)
+                .allowed
+        );
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        r#"@id("tagged") permit (principal, action, resource is EcrGateway::Repository)
+  when { resource.hasTag("open") };"#,
+    )
+    .expect("write");
+    let tagged = authorizer(&AuthzConfig {
+        policies: Some(dir.path().join("p.cedar")),
+        entities: None,
+    });
+    let with = |tags: &[(&str, &str)]| Resource::Repository {
+        registry: main_registry(),
+        name: "payments/api".into(),
+        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    };
+    let nobody = user("n@example.com", &[]);
+    for _ in 0..2 {
+        assert!(
+            tagged
+                .decide(&nobody, "GetRepository", &with(&[("open", "1")]))
+                .allowed
+        );
+        assert!(!tagged.decide(&nobody, "GetRepository", &with(&[])).allowed);
+        assert!(
+            !tagged
+                .decide(&nobody, "GetRepository", &with(&[("closed", "1")]))
+                .allowed
+        );
+    }
+}
