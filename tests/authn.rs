@@ -423,3 +423,38 @@ async fn with_oidc_and_mtls_a_bearer_token_is_judged_by_oidc_alone() {
     );
     gateway.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_stalled_in_the_tls_handshake_do_not_hold_up_others() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (server_ca, client_ca) = (TestCa::new("server CA"), TestCa::new("client CA"));
+    let auth = mtls_auth(dir.path(), &client_ca, "[\"mtls\"]", "");
+    let gateway = TlsGateway::start(tls_config(&db, dir.path(), &server_ca, &auth)).await;
+    let client = client_ca.client("pipeline", Some("spiffe://prod.test.example/pipeline"));
+    call_over(&gateway.channel(&server_ca, Some(&client)).await)
+        .await
+        .expect("the gateway serves");
+
+    // Connections that never send a ClientHello.
+    let mut stalled = Vec::new();
+    for _ in 0..5 {
+        stalled.push(
+            tokio::net::TcpStream::connect(gateway.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    let started = std::time::Instant::now();
+    call_over(&gateway.channel(&server_ca, Some(&client)).await)
+        .await
+        .expect("a new client is served meanwhile");
+
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a new connection waited {:?} behind stalled handshakes",
+        started.elapsed()
+    );
+    drop(stalled);
+    gateway.stop().await.expect("clean stop");
+}
