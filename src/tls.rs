@@ -150,3 +150,24 @@ async fn accept_loop(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_certificate_and_key_files_name_their_keys() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").expect("write");
+        let problems = load_server_identity(&ServerTlsConfig {
+            cert_file: empty,
+            key_file: dir.path().join("missing.key"),
+        })
+        .expect_err("refused");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("server.tls.cert_file:"), "{problems:?}");
+        assert!(problems[0].contains("holds no PEM certificate"), "{problems:?}");
+        assert!(problems[1].starts_with("server.tls.key_file:"), "{problems:?}");
+    }
+}
