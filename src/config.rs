@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::AccountId;
 use crate::policy::{OrgPolicy, OrgPolicyConfig};
+
+mod auth;
+
+pub use auth::{AuthConfig, AuthMode, MtlsConfig, OIDC_ALGORITHMS, OidcConfig, is_loopback_host};
 
 /// The environment-variable prefix; `__` separates nesting levels.
 pub const ENV_PREFIX: &str = "ECR_GATEWAY__";
@@ -55,6 +59,9 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Concurrent calls served per connection.
     pub concurrency_limit_per_connection: usize,
+    /// `[server.tls]`: serve TLS (required by auth mode `mtls`); unset serves plaintext h2c.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +72,7 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: 20,
             max_message_bytes: 4 * 1024 * 1024,
             concurrency_limit_per_connection: 256,
+            tls: None,
         }
     }
 }
@@ -102,20 +110,14 @@ impl Default for DatabaseConfig {
     }
 }
 
-/// `[auth]`
+/// `[server.tls]`
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// `insecure-dev` (identity from metadata headers; local use only). Unset refuses to start.
-    pub mode: Option<AuthMode>,
-}
-
-/// How callers are identified.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum AuthMode {
-    /// Trust `x-ecr-gateway-principal` / `x-ecr-gateway-groups`. Never in production.
-    InsecureDev,
+pub struct ServerTlsConfig {
+    /// PEM certificate chain the server presents.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
 }
 
 /// `[[registries]]`: one ECR registry (an AWS account in a region).
@@ -413,12 +415,9 @@ impl Config {
         if self.audit.digest_interval_seconds == 0 {
             problems.push("audit.digest_interval_seconds: must be at least 1".into());
         }
-        if self.auth.mode.is_none() {
-            problems.push(
-                "auth.mode: not set; the gateway refuses to start without a way to identify callers \
-                 (for local use: mode = \"insecure-dev\")"
-                    .into(),
-            );
+        problems.extend(self.tls_problems());
+        if let Err(auth_problems) = crate::auth::Authenticator::from_config(&self.auth, &self.server.listen) {
+            problems.extend(auth_problems);
         }
         problems.extend(self.registry_problems());
         if let Err(policy_problems) = OrgPolicy::compile(&self.policy) {
@@ -428,6 +427,16 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError { problems })
+        }
+    }
+
+    fn tls_problems(&self) -> Vec<String> {
+        match &self.server.tls {
+            None if self.auth.has(AuthMode::Mtls) => vec![
+                "server.tls: required when auth.modes has \"mtls\"; add [server.tls] with cert_file and key_file".into(),
+            ],
+            None => Vec::new(),
+            Some(tls) => crate::tls::load_server_identity(tls).err().unwrap_or_default(),
         }
     }
 

@@ -8,7 +8,8 @@
 //! - [`ecr`]: the only code that talks to AWS.
 //! - [`store`]: the only code that talks to Postgres.
 //! - [`audit`]: the CloudTrail-shaped audit trail.
-//! - [`auth`]: caller identity (a tower layer).
+//! - [`auth`]: caller identity (a tower layer): OIDC bearer tokens, mTLS, insecure-dev.
+//! - [`tls`]: serving TLS (`[server.tls]`): rustls configuration and the acceptor stream.
 //! - [`inventory`]: keeps the cache true.
 //! - [`cleanup`]: plans cleanups and carries out cleanup runs.
 //! - [`config`], [`server`]: settings and wiring.
@@ -26,6 +27,7 @@ pub mod recovery;
 pub mod server;
 pub mod store;
 pub mod tasks;
+pub mod tls;
 
 /// Generated protobuf types and gRPC stubs of `ecrgateway.v1`.
 #[allow(missing_docs, clippy::all)]

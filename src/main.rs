@@ -347,21 +347,8 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 /// Loads `[authz]` the way `serve` does, so a policy change can be checked
 /// before it is deployed or signalled (SIGHUP) into a running gateway.
 fn check_authorization(config: &Config) -> anyhow::Result<()> {
-    let registries = config
-        .registries
-        .iter()
-        .map(|r| ecr_gateway::domain::RegistryRef {
-            alias: r.alias.clone(),
-            account_id: r.account_id.clone(),
-            region: r.region.clone(),
-        })
-        .collect();
-    let authorizer = ecr_gateway::auth::authz::Authorizer::load(
-        &config.authz,
-        registries,
-        config.policy.naming.namespaces.iter().cloned(),
-    )
-    .map_err(|problems| anyhow::anyhow!("authorization:\n  {}", problems.join("\n  ")))?;
+    let authorizer = ecr_gateway::auth::authz::Authorizer::for_config(config)
+        .map_err(|problems| anyhow::anyhow!("authorization:\n  {}", problems.join("\n  ")))?;
     let summary = authorizer.summary();
     eprintln!(
         "authorization: {} policies and {} entities valid against the schema",

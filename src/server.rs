@@ -1,9 +1,11 @@
 //! Wiring: builds the state once, starts the background tasks, serves gRPC
-//! with health, reflection (v1 and v1alpha) and the tower layers, and shuts
-//! down gracefully: health flips to NOT_SERVING first, in-flight calls drain
+//! (plaintext h2c, or TLS with `[server.tls]`, see [`crate::tls`]) with
+//! health, reflection (v1 and v1alpha) and the tower layers, and shuts down
+//! gracefully: health flips to NOT_SERVING first, in-flight calls drain
 //! within the grace period, the audit writer is flushed last.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +24,8 @@ use crate::api::repository::RepositoryApi;
 use crate::api::scan::ScanApi;
 use crate::api::{AppState, Shared};
 use crate::audit::AuditLog;
-use crate::auth::IdentityLayer;
 use crate::auth::authz::Authorizer;
+use crate::auth::{Authenticator, IdentityLayer};
 use crate::config::{AuthMode, Config};
 use crate::ecr::Registries;
 use crate::pb::audit_service_server::AuditServiceServer;
@@ -46,6 +48,9 @@ const SERVICES: &[&str] = &[
     "ecrgateway.v1.AuditService",
 ];
 
+/// Largest request header block accepted, in bytes.
+const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
 /// How often the database is probed for the health status.
 const DATABASE_PROBE: Duration = Duration::from_secs(2);
 
@@ -55,17 +60,30 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let mode = config
-        .auth
-        .mode
-        .context("auth.mode is not set; refusing to start")?;
-    if mode == AuthMode::InsecureDev {
-        tracing::warn!(
-            "auth.mode = \"insecure-dev\": callers are whoever the x-ecr-gateway-principal header says. Never use this outside local development."
-        );
-    }
+    let authenticator = Arc::new(
+        Authenticator::from_config(&config.auth, &config.server.listen)
+            .map_err(|problems| anyhow::anyhow!("auth: {}", problems.join("; ")))?,
+    );
+    warn_about_insecure_dev(&config);
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(|tls| crate::tls::server_config(tls, authenticator.client_cert_verifier()))
+        .transpose()
+        .map_err(|problems| anyhow::anyhow!("server.tls: {}", problems.join("; ")))?;
     let policy = OrgPolicy::compile(&config.policy)
         .map_err(|problems| anyhow::anyhow!("policy: {}", problems.join("; ")))?;
+    let authz = Arc::new(
+        Authorizer::for_config(&config)
+            .map_err(|problems| anyhow::anyhow!("authorization: {}", problems.join("; ")))?,
+    );
+    let loaded = authz.summary();
+    tracing::info!(
+        policies = loaded.policies,
+        entities = loaded.entities,
+        "authorization policies loaded; SIGHUP reloads them"
+    );
     let store = Store::connect_lazy(&config.database)?;
     if config.database.migrate_on_start {
         store.migrate().await.context("applying database migrations")?;
@@ -83,20 +101,6 @@ pub async fn run(
         );
     }
     let registries = Registries::connect(&config.registries).await;
-    let authz = Arc::new(
-        Authorizer::load(
-            &config.authz,
-            registries.all().map(|r| r.reference.clone()).collect(),
-            config.policy.naming.namespaces.iter().cloned(),
-        )
-        .map_err(|problems| anyhow::anyhow!("authorization: {}", problems.join("; ")))?,
-    );
-    let loaded = authz.summary();
-    tracing::info!(
-        policies = loaded.policies,
-        entities = loaded.entities,
-        "authorization policies loaded; SIGHUP reloads them"
-    );
     let (audit, audit_writer) = AuditLog::start(store.clone());
     let state: Shared = Arc::new(AppState {
         policy,
@@ -131,6 +135,7 @@ pub async fn run(
         ))
     });
 
+    let jwks_refresh = authenticator.start(stop_rx.clone()).await;
     let chainer = tokio::spawn(crate::audit::run_chainer(store.clone(), stop_rx.clone()));
     let retention =
         crate::audit::retention::Retention::configured(&config.audit, signing_key.clone()).map(|retention| {
@@ -202,7 +207,7 @@ pub async fn run(
     drop(state);
 
     let local = listener.local_addr()?;
-    tracing::info!(%local, "ecr-gateway listening");
+    tracing::info!(%local, tls = tls.is_some(), modes = ?authenticator.modes(), "ecr-gateway listening");
     let (draining_tx, mut draining_rx) = watch::channel(false);
     let reporter_for_shutdown = reporter.clone();
     let signal = async move {
@@ -211,12 +216,15 @@ pub async fn run(
         set_health(&reporter_for_shutdown, ServingStatus::NotServing).await;
         let _ = draining_tx.send(true);
     };
-    let serve = Server::builder()
+    let router = Server::builder()
         .timeout(config.request_timeout())
         .concurrency_limit_per_connection(config.server.concurrency_limit_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(IdentityLayer::new(mode))
+        // Above hyper's 16 KiB so that an oversized `authorization` reaches the
+        // identity layer and is refused with a reason instead of HTTP 431.
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
+        .layer(IdentityLayer::new(authenticator))
         .layer(DecodeErrorLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -225,8 +233,14 @@ pub async fn run(
         .add_service(image_service)
         .add_service(scan_service)
         .add_service(cleanup_service)
-        .add_service(audit_service)
-        .serve_with_incoming_shutdown(incoming(listener), signal);
+        .add_service(audit_service);
+    let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+            crate::tls::incoming(listener, tokio_rustls::TlsAcceptor::from(Arc::new(tls))),
+            signal,
+        )),
+        None => Box::pin(router.serve_with_incoming_shutdown(incoming(listener), signal)),
+    };
     let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
     let deadline = async move {
         let _ = draining_rx.wait_for(|draining| *draining).await;
@@ -263,6 +277,9 @@ pub async fn run(
     }
     let _ = recovery.await;
     let _ = reloader.await;
+    if let Some(jwks_refresh) = jwks_refresh {
+        let _ = jwks_refresh.await;
+    }
     tracing::info!("ecr-gateway stopped");
     Ok(())
 }
@@ -274,6 +291,30 @@ fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)))
+}
+
+/// insecure-dev takes the caller's word for who it is: say so at start, loudly
+/// when the listener is reachable from other hosts.
+fn warn_about_insecure_dev(config: &Config) {
+    if !config.auth.has(AuthMode::InsecureDev) {
+        return;
+    }
+    let loopback = config
+        .server
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|addr| addr.ip().is_loopback());
+    if loopback {
+        tracing::warn!(
+            "auth mode insecure-dev: callers are whoever the x-ecr-gateway-principal header says. Never use this outside local development."
+        );
+    } else {
+        tracing::error!(
+            listen = %config.server.listen,
+            "auth mode insecure-dev ON A NON-LOOPBACK LISTENER (auth.allow_insecure_dev_on_non_loopback = true): \
+             ANY caller that can reach this address can act as ANY principal by setting x-ecr-gateway-principal"
+        );
+    }
 }
 
 /// Reflection knows the gateway's services, health, both reflection versions

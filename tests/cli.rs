@@ -45,7 +45,7 @@ fn check_config_prints_the_effective_configuration_with_the_password_redacted() 
     let output = binary()
         .args(["check-config", "--config"])
         .arg(file.path())
-        .env("ECR_GATEWAY__SERVER__LISTEN", "0.0.0.0:6000")
+        .env("ECR_GATEWAY__SERVER__LISTEN", "127.0.0.2:6000")
         .output()
         .expect("run");
 
@@ -58,7 +58,7 @@ fn check_config_prints_the_effective_configuration_with_the_password_redacted() 
     assert!(stdout.contains("app:***@db.internal"), "{stdout}");
     assert!(!stdout.contains("s3cret-password"), "{stdout}");
     assert!(
-        stdout.contains("0.0.0.0:6000"),
+        stdout.contains("127.0.0.2:6000"),
         "the environment overrides the file: {stdout}"
     );
 }

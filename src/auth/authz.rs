@@ -219,6 +219,25 @@ impl Authorizer {
         })
     }
 
+    /// The authorizer a configuration describes: its `[authz]` files, its
+    /// registries and the namespaces its naming policy names.
+    pub fn for_config(config: &crate::config::Config) -> Result<Authorizer, Vec<String>> {
+        let registries = config
+            .registries
+            .iter()
+            .map(|r| RegistryRef {
+                alias: r.alias.clone(),
+                account_id: r.account_id.clone(),
+                region: r.region.clone(),
+            })
+            .collect();
+        Authorizer::load(
+            &config.authz,
+            registries,
+            config.policy.naming.namespaces.iter().cloned(),
+        )
+    }
+
     /// Reads the files again; on any problem the policy in force stays and
     /// the problems are returned.
     pub fn reload(&self) -> Result<Summary, Vec<String>> {

@@ -1,18 +1,33 @@
-//! Caller identity. [`IdentityLayer`] puts a [`Caller`] into every request's
-//! extensions when the configured mode can establish one; handlers ask for it
-//! with [`Caller::from_request`] and answer UNAUTHENTICATED when it is absent.
-//! Health and reflection need no identity. Later modes (OIDC JWT, mTLS) plug in
-//! here without touching handlers.
+//! Caller identity. [`IdentityLayer`] asks the [`Authenticator`] who is
+//! calling and puts the answer — a [`Caller`] or why there is none — into
+//! every request's extensions; handlers ask for it with
+//! [`Caller::from_request`] and answer UNAUTHENTICATED when it is absent.
+//! Health and reflection need no identity.
+//!
+//! Modes (`auth.modes`), judged in this order: a bearer token is judged by
+//! OIDC alone ([`jwt`]; a bad token is refused, never passed on to another
+//! mode); else a client certificate verified against `auth.mtls.ca_file`
+//! ([`mtls`]); else the `insecure-dev` headers when that mode is on.
 
 pub mod authz;
+pub mod jwks;
+pub mod jwt;
+pub mod mtls;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderMap, Request};
+use http::{Extensions, HeaderMap, Request};
+use tokio::sync::watch;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
-use crate::config::AuthMode;
+use crate::config::{AuthConfig, AuthMode};
 use crate::domain::Identity;
+use jwt::{MAX_AUTHORIZATION_BYTES, OidcVerifier};
+use mtls::MtlsAuthenticator;
 
 /// Header carrying the principal in `insecure-dev` mode.
 pub const PRINCIPAL_HEADER: &str = "x-ecr-gateway-principal";
@@ -49,11 +64,135 @@ impl Caller {
     }
 }
 
-/// Establishes the caller from request metadata.
-pub fn identify(mode: AuthMode, headers: &HeaderMap) -> Result<Caller, MissingIdentity> {
-    match mode {
-        AuthMode::InsecureDev => identify_insecure_dev(headers),
+/// Establishes callers in the configured modes.
+#[derive(Debug)]
+pub struct Authenticator {
+    modes: Vec<AuthMode>,
+    oidc: Option<OidcVerifier>,
+    mtls: Option<MtlsAuthenticator>,
+}
+
+impl Authenticator {
+    /// Checks `[auth]` (given the listen address, for the loopback rule of
+    /// insecure-dev) and reads its files; every problem names its key.
+    pub fn from_config(config: &AuthConfig, listen: &str) -> Result<Authenticator, Vec<String>> {
+        let mut problems = config.problems(listen);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let modes = config.effective_modes();
+        let oidc = match config.oidc.as_ref().filter(|_| modes.contains(&AuthMode::Oidc)) {
+            Some(oidc) => OidcVerifier::from_config(oidc)
+                .map_err(|p| problems.extend(p))
+                .ok(),
+            None => None,
+        };
+        let mtls = match config.mtls.as_ref().filter(|_| modes.contains(&AuthMode::Mtls)) {
+            Some(mtls) => MtlsAuthenticator::from_config(mtls)
+                .map_err(|p| problems.extend(p))
+                .ok(),
+            None => None,
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Authenticator { modes, oidc, mtls })
     }
+
+    /// The configured modes.
+    pub fn modes(&self) -> &[AuthMode] {
+        &self.modes
+    }
+
+    /// The TLS handshake's client-certificate verifier when mTLS is on.
+    pub fn client_cert_verifier(&self) -> Option<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+        self.mtls.as_ref().map(MtlsAuthenticator::handshake_verifier)
+    }
+
+    /// Fetches a `jwks_url` once (a failure is logged; tokens are refused
+    /// saying why until a later fetch succeeds) and spawns its refresh task.
+    pub async fn start(&self, stop: watch::Receiver<bool>) -> Option<tokio::task::JoinHandle<()>> {
+        let jwks = self.oidc.as_ref()?.jwks().clone();
+        if jwks.is_fetched() {
+            jwks.refresh().await;
+            Some(tokio::spawn(jwks.run_refresh(stop)))
+        } else {
+            None
+        }
+    }
+
+    /// The caller of a request, from its headers and the connection's
+    /// extensions (TLS peer certificates).
+    pub async fn identify(
+        &self,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+    ) -> Result<Caller, MissingIdentity> {
+        if let Some(oidc) = &self.oidc
+            && let Some(authorization) = headers.get(http::header::AUTHORIZATION)
+        {
+            let token = bearer_token(authorization)?;
+            return oidc
+                .verify(token)
+                .await
+                .map(|identity| Caller { identity })
+                .map_err(|reason| MissingIdentity { reason });
+        }
+        if let Some(mtls) = &self.mtls
+            && let Some(chain) = peer_certificates(extensions)
+        {
+            return mtls.identify(&chain);
+        }
+        if self.modes.contains(&AuthMode::InsecureDev)
+            && (self.modes.len() == 1 || headers.contains_key(PRINCIPAL_HEADER))
+        {
+            return identify_insecure_dev(headers);
+        }
+        Err(MissingIdentity {
+            reason: self.no_credentials(),
+        })
+    }
+
+    fn no_credentials(&self) -> String {
+        let accepted: Vec<String> = self
+            .modes
+            .iter()
+            .map(|mode| match mode {
+                AuthMode::Oidc => "a bearer token (`authorization: Bearer <jwt>`, oidc)".to_owned(),
+                AuthMode::Mtls => "a client certificate over TLS (mtls)".to_owned(),
+                AuthMode::InsecureDev => format!("`{PRINCIPAL_HEADER}` metadata (insecure-dev)"),
+            })
+            .collect();
+        format!("no credentials: this gateway accepts {}", accepted.join(" or "))
+    }
+}
+
+/// The token of `authorization: Bearer <token>`; anything else is refused with a reason.
+fn bearer_token(value: &http::HeaderValue) -> Result<&str, MissingIdentity> {
+    let refuse = |reason: String| MissingIdentity { reason };
+    if value.len() > MAX_AUTHORIZATION_BYTES {
+        return Err(refuse(format!(
+            "`authorization` metadata is {} bytes; at most {MAX_AUTHORIZATION_BYTES} are read",
+            value.len()
+        )));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| refuse("`authorization` metadata must be printable ASCII".into()))?;
+    match text.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Ok(token.trim())
+        }
+        _ => Err(refuse("`authorization` metadata must be `Bearer <token>`".into())),
+    }
+}
+
+/// The client's certificate chain, leaf first, when the connection is TLS and the client sent one.
+fn peer_certificates(extensions: &Extensions) -> Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>> {
+    extensions
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .filter(|chain| !chain.is_empty())
 }
 
 fn identify_insecure_dev(headers: &HeaderMap) -> Result<Caller, MissingIdentity> {
@@ -106,16 +245,16 @@ fn parse_groups(text: &str) -> Result<Vec<String>, MissingIdentity> {
     Ok(groups)
 }
 
-/// Tower layer that runs [`identify`] on every request.
-#[derive(Clone, Copy, Debug)]
+/// Tower layer that runs [`Authenticator::identify`] on every request.
+#[derive(Clone, Debug)]
 pub struct IdentityLayer {
-    mode: AuthMode,
+    authenticator: Arc<Authenticator>,
 }
 
 impl IdentityLayer {
-    /// A layer for the configured mode.
-    pub fn new(mode: AuthMode) -> Self {
-        Self { mode }
+    /// A layer asking `authenticator`.
+    pub fn new(authenticator: Arc<Authenticator>) -> Self {
+        Self { authenticator }
     }
 }
 
@@ -124,7 +263,7 @@ impl<S> Layer<S> for IdentityLayer {
     fn layer(&self, inner: S) -> Self::Service {
         IdentityService {
             inner,
-            mode: self.mode,
+            authenticator: self.authenticator.clone(),
         }
     }
 }
@@ -133,25 +272,35 @@ impl<S> Layer<S> for IdentityLayer {
 #[derive(Clone, Debug)]
 pub struct IdentityService<S> {
     inner: S,
-    mode: AuthMode,
+    authenticator: Arc<Authenticator>,
 }
 
 impl<S, B> Service<Request<B>> for IdentityService<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let caller = identify(self.mode, request.headers());
-        request.extensions_mut().insert(caller);
-        self.inner.call(request)
+        // The ready service goes with this call; the clone waits for the next poll_ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let authenticator = self.authenticator.clone();
+        Box::pin(async move {
+            let caller = authenticator
+                .identify(request.headers(), request.extensions())
+                .await;
+            request.extensions_mut().insert(caller);
+            inner.call(request).await
+        })
     }
 }
 
@@ -167,31 +316,89 @@ mod tests {
         map
     }
 
-    #[test]
-    fn insecure_dev_reads_principal_and_groups() {
+    fn authenticator(modes: &[AuthMode]) -> Authenticator {
+        Authenticator {
+            modes: modes.to_vec(),
+            oidc: None,
+            mtls: None,
+        }
+    }
+
+    async fn identify(modes: &[AuthMode], headers: &HeaderMap) -> Result<Caller, MissingIdentity> {
+        authenticator(modes).identify(headers, &Extensions::new()).await
+    }
+
+    #[tokio::test]
+    async fn insecure_dev_reads_principal_and_groups() {
         let caller = identify(
-            AuthMode::InsecureDev,
+            &[AuthMode::InsecureDev],
             &headers(&[
                 (PRINCIPAL_HEADER, "alice@example.com"),
                 (GROUPS_HEADER, "payments, search ,"),
             ]),
         )
+        .await
         .expect("caller");
         assert_eq!(caller.identity.principal, "alice@example.com");
         assert_eq!(caller.identity.groups, vec!["payments", "search"]);
         assert_eq!(caller.identity.auth_method, "insecure-dev");
     }
 
-    #[test]
-    fn a_missing_principal_says_which_header_is_needed() {
-        let error = identify(AuthMode::InsecureDev, &HeaderMap::new()).expect_err("no caller");
+    #[tokio::test]
+    async fn a_missing_principal_says_which_header_is_needed() {
+        let error = identify(&[AuthMode::InsecureDev], &HeaderMap::new())
+            .await
+            .expect_err("no caller");
         assert!(error.reason.contains(PRINCIPAL_HEADER));
     }
 
-    #[test]
-    fn a_blank_principal_is_refused() {
-        let error =
-            identify(AuthMode::InsecureDev, &headers(&[(PRINCIPAL_HEADER, "   ")])).expect_err("blank");
+    #[tokio::test]
+    async fn a_blank_principal_is_refused() {
+        let error = identify(&[AuthMode::InsecureDev], &headers(&[(PRINCIPAL_HEADER, "   ")]))
+            .await
+            .expect_err("blank");
         assert!(error.reason.contains("1-256"));
+    }
+
+    #[tokio::test]
+    async fn no_credentials_names_what_each_configured_mode_accepts() {
+        let error = identify(&[AuthMode::Mtls, AuthMode::InsecureDev], &HeaderMap::new())
+            .await
+            .expect_err("no caller");
+        assert!(error.reason.contains("client certificate"), "{}", error.reason);
+        assert!(error.reason.contains(PRINCIPAL_HEADER), "{}", error.reason);
+        assert!(!error.reason.contains("bearer"), "{}", error.reason);
+    }
+
+    #[test]
+    fn authorization_must_be_a_bearer_token_of_bounded_size() {
+        let value = |text: &str| http::HeaderValue::from_str(text).expect("value");
+        assert_eq!(
+            bearer_token(&value("Bearer abc.def.ghi")).expect("token"),
+            "abc.def.ghi"
+        );
+        assert_eq!(bearer_token(&value("bearer  abc ")).expect("token"), "abc");
+        let basic = bearer_token(&value("Basic dXNlcjpwYXNz")).expect_err("basic");
+        assert!(basic.reason.contains("Bearer <token>"), "{}", basic.reason);
+        let huge = format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION_BYTES));
+        let oversized = bearer_token(&value(&huge)).expect_err("oversized");
+        assert!(oversized.reason.contains("at most 16384"), "{}", oversized.reason);
+    }
+
+    #[test]
+    fn insecure_dev_refuses_a_non_loopback_listener_unless_allowed() {
+        let mut config = AuthConfig {
+            mode: Some(AuthMode::InsecureDev),
+            ..AuthConfig::default()
+        };
+        assert!(Authenticator::from_config(&config, "127.0.0.1:50051").is_ok());
+        assert!(Authenticator::from_config(&config, "[::1]:50051").is_ok());
+        let problems = Authenticator::from_config(&config, "0.0.0.0:50051").expect_err("refused");
+        assert!(
+            problems[0].contains("allow_insecure_dev_on_non_loopback"),
+            "{problems:?}"
+        );
+        config.allow_insecure_dev_on_non_loopback = true;
+        assert!(Authenticator::from_config(&config, "0.0.0.0:50051").is_ok());
     }
 }
