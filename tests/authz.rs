@@ -1,8 +1,12 @@
 //! Authorization against the real server and the default policy
-//! (deploy/policies): every RPC × every role of docs/security.md, list
-//! filtering, the decision in the audit event, and reloading the policy on
-//! SIGHUP while calls are in flight.
+//! (deploy/policies): every RPC × every role of docs/security.md — once with
+//! insecure-dev headers, once with real credentials (OIDC tokens for people,
+//! an mTLS client certificate for the deploy service) — list filtering, the
+//! decision in the audit event, and reloading the policy on SIGHUP while
+//! calls are in flight.
 
+#[path = "common/authn.rs"]
+mod authn_support;
 mod common;
 
 use std::collections::BTreeSet;
@@ -43,6 +47,50 @@ const ROLES: [Role; 6] = [
     Role::Admin,
     Role::Anonymous,
 ];
+
+/// How a caller proves who it is.
+#[derive(Clone)]
+enum Credential {
+    /// insecure-dev headers: principal and groups.
+    Headers(&'static str, &'static str),
+    /// `authorization: Bearer <token>`.
+    Token(String),
+    /// The client certificate of the channel, or nothing at all.
+    Channel,
+}
+
+/// A role's way in: its channel and its credential.
+#[derive(Clone)]
+struct Caller {
+    channel: Channel,
+    credential: Credential,
+}
+
+impl Caller {
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        match &self.credential {
+            Credential::Headers(principal, groups) => as_user(message, principal, groups),
+            Credential::Token(token) => authn_support::with_token(message, token),
+            Credential::Channel => tonic::Request::new(message),
+        }
+    }
+
+    /// The insecure-dev caller of `role` on `channel`.
+    fn headers(role: Role, channel: &Channel) -> Caller {
+        let credential = match role {
+            Role::TeamMember => Credential::Headers("alice@example.com", "payments"),
+            Role::OtherTeam => Credential::Headers("sam@example.com", "search"),
+            Role::Deployer => Credential::Headers("deploy-bot", "deployers"),
+            Role::Reader => Credential::Headers("rita@example.com", "engineering"),
+            Role::Admin => Credential::Headers("root@example.com", "platform-admins"),
+            Role::Anonymous => Credential::Channel,
+        };
+        Caller {
+            channel: channel.clone(),
+            credential,
+        }
+    }
+}
 
 impl Role {
     fn request<T>(self, message: T) -> tonic::Request<T> {
@@ -98,11 +146,10 @@ type Answer = Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>>;
 struct Rpc {
     name: &'static str,
     kind: Kind,
-    call: Box<dyn Fn(Role) -> Answer + Send + Sync>,
+    call: Box<dyn Fn(&Caller) -> Answer + Send + Sync>,
 }
 
 struct Fixture {
-    channel: Channel,
     repository: String,
     run_id: String,
     exception_id: String,
@@ -110,7 +157,6 @@ struct Fixture {
 
 macro_rules! rpc {
     ($table:ident, $fixture:ident, $name:literal, $kind:expr, $client:ident . $method:ident, $message:expr) => {{
-        let channel = $fixture.channel.clone();
         #[allow(unused_variables)]
         let repository = $fixture.repository.clone();
         #[allow(unused_variables)]
@@ -120,10 +166,10 @@ macro_rules! rpc {
         $table.push(Rpc {
             name: $name,
             kind: $kind,
-            call: Box::new(move |role: Role| {
-                let mut client = $client::new(channel.clone());
-                let message = $message(&repository, &run_id, &exception_id);
-                Box::pin(async move { client.$method(role.request(message)).await.map(|_| ()) })
+            call: Box::new(move |caller: &Caller| {
+                let mut client = $client::new(caller.channel.clone());
+                let request = caller.request($message(&repository, &run_id, &exception_id));
+                Box::pin(async move { client.$method(request).await.map(|_| ()) })
             }),
         });
     }};
@@ -542,15 +588,13 @@ fn table(f: &Fixture) -> Vec<Rpc> {
 }
 
 /// A fixture repository in `payments`, a dry-run cleanup run and a vulnerability exception on it.
-async fn fixture(gateway: &Gateway) -> Fixture {
+async fn fixture(admin: &Caller) -> Fixture {
     let repository = unique("payments", "authz");
-    let admin = Role::Admin;
-    gateway
-        .repositories()
+    RepositoryServiceClient::new(admin.channel.clone())
         .create_repository(admin.request(tagged_repository(&repository)))
         .await
         .expect("create the fixture repository");
-    let run = CleanupServiceClient::new(gateway.channel.clone())
+    let run = CleanupServiceClient::new(admin.channel.clone())
         .run_cleanup(admin.request(pb::RunCleanupRequest {
             repository: repository.clone(),
             policy_text: POLICY.into(),
@@ -560,7 +604,7 @@ async fn fixture(gateway: &Gateway) -> Fixture {
         .await
         .expect("a cleanup run")
         .into_inner();
-    let exception = ScanServiceClient::new(gateway.channel.clone())
+    let exception = ScanServiceClient::new(admin.channel.clone())
         .create_vulnerability_exception(admin.request(pb::CreateVulnerabilityExceptionRequest {
             cve_id: "CVE-2023-44487".into(),
             scope: pb::ExceptionScope::Repository as i32,
@@ -573,18 +617,21 @@ async fn fixture(gateway: &Gateway) -> Fixture {
         .expect("an exception")
         .into_inner();
     Fixture {
-        channel: gateway.channel.clone(),
         repository,
         run_id: run.id,
         exception_id: exception.id,
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_rpc_asks_the_policy_for_every_role() {
-    let db = TestDb::create().await;
-    let gateway = Gateway::start(config(&db, Moto::shared(), "")).await;
-    let fixture = fixture(&gateway).await;
+/// Calls every RPC as every role; returns the cells that did not answer as
+/// the default policy says.
+async fn run_matrix(callers: &[(Role, Caller)]) -> Vec<String> {
+    let admin = &callers
+        .iter()
+        .find(|(role, _)| *role == Role::Admin)
+        .expect("an admin")
+        .1;
+    let fixture = fixture(admin).await;
     let table = table(&fixture);
     let names: BTreeSet<&str> = table.iter().map(|rpc| rpc.name).collect();
     let actions = ecr_gateway::auth::authz::schema_actions().expect("schema");
@@ -596,8 +643,9 @@ async fn every_rpc_asks_the_policy_for_every_role() {
 
     let mut failures = Vec::new();
     for rpc in &table {
-        for role in ROLES {
-            let answer = (rpc.call)(role).await;
+        for (role, caller) in callers {
+            let role = *role;
+            let answer = (rpc.call)(caller).await;
             let code = answer.as_ref().err().map_or(Code::Ok, |s| s.code());
             let expected = expected(rpc.kind, role);
             let ok = match expected {
@@ -629,6 +677,18 @@ async fn every_rpc_asks_the_policy_for_every_role() {
             }
         }
     }
+    failures
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_rpc_asks_the_policy_for_every_role() {
+    let db = TestDb::create().await;
+    let gateway = Gateway::start(config(&db, Moto::shared(), "")).await;
+    let callers: Vec<(Role, Caller)> = ROLES
+        .iter()
+        .map(|role| (*role, Caller::headers(*role, &gateway.channel)))
+        .collect();
+    let failures = run_matrix(&callers).await;
     assert!(
         failures.is_empty(),
         "{} cells wrong:\n{}",
@@ -870,4 +930,108 @@ async fn sighup_reloads_the_policy_while_calls_are_in_flight() {
         seen.contains("Ok") && seen.contains("PermissionDenied"),
         "{seen:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_rpc_for_every_role_with_real_credentials() {
+    use authn_support::{
+        SigningKey, TestCa, TlsGateway, claims, config_with_auth, jwks, oidc_section, write,
+    };
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let key = SigningKey::es256("matrix-1");
+    let jwks_file = write(dir.path(), "jwks.json", &jwks(&[&key]).to_string());
+    let server_ca = TestCa::new("matrix server CA");
+    let client_ca = TestCa::new("matrix client CA");
+    let server = server_ca.server();
+    let auth = format!(
+        "[auth]\nmodes = [\"oidc\", \"mtls\"]\n{}[auth.mtls]\nca_file = \"{}\"\n",
+        oidc_section(&format!("jwks_file = \"{}\"", jwks_file.display())),
+        write(dir.path(), "client-ca.pem", &client_ca.cert_pem).display(),
+    );
+    let tls = format!(
+        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        write(dir.path(), "server.pem", &server.cert_pem).display(),
+        write(dir.path(), "server.key", &server.key_pem).display(),
+    );
+    let gateway = TlsGateway::start(config_with_auth(&db, Moto::shared(), &auth, &tls)).await;
+    let plain = gateway.channel(&server_ca, None).await;
+    // The deploy service is a workload: its SPIFFE id is in group `deployers`
+    // through the entity data (tests/fixtures/authz-entities.json), not a claim.
+    let argo = client_ca.client("argo-cd", Some("spiffe://example.org/ns/deploy/sa/argo-cd"));
+    let workload = gateway.channel(&server_ca, Some(&argo)).await;
+    let token = |subject: &str, groups: &[&str]| Credential::Token(key.mint(&claims(subject, groups)));
+    let callers = vec![
+        (
+            Role::TeamMember,
+            Caller {
+                channel: plain.clone(),
+                credential: token("alice@example.com", &["payments"]),
+            },
+        ),
+        (
+            Role::OtherTeam,
+            Caller {
+                channel: plain.clone(),
+                credential: token("sam@example.com", &["search"]),
+            },
+        ),
+        (
+            Role::Deployer,
+            Caller {
+                channel: workload,
+                credential: Credential::Channel,
+            },
+        ),
+        (
+            Role::Reader,
+            Caller {
+                channel: plain.clone(),
+                credential: token("rita@example.com", &["engineering"]),
+            },
+        ),
+        (
+            Role::Admin,
+            Caller {
+                channel: plain.clone(),
+                credential: token("root@example.com", &["platform-admins"]),
+            },
+        ),
+        (
+            Role::Anonymous,
+            Caller {
+                channel: plain,
+                credential: Credential::Channel,
+            },
+        ),
+    ];
+    let failures = run_matrix(&callers).await;
+    assert!(
+        failures.is_empty(),
+        "{} cells wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+
+    // The deploy service's calls are recorded as the workload they came from.
+    let pool = db.pool().await;
+    common::wait_for_audit_rows(&pool, "event_name = 'VerifyAuditLog'", 6).await;
+    let (kind, method, decision, policies): (String, String, String, serde_json::Value) = sqlx::query_as(
+        "SELECT principal_type, auth_method, authz_decision->>'decision', authz_decision->'policies' \
+         FROM audit_events WHERE event_name = 'ResolveImage' \
+         AND principal = 'spiffe://example.org/ns/deploy/sa/argo-cd'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("argo's ResolveImage");
+    assert_eq!(
+        (kind.as_str(), method.as_str(), decision.as_str(), policies),
+        (
+            "Service",
+            "mtls",
+            "allow",
+            serde_json::json!(["deployers-in-granted-namespaces"])
+        )
+    );
+    gateway.stop().await.expect("stop");
 }
