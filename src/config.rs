@@ -43,6 +43,18 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Who may do what: the Cedar policies and entity data.
     pub authz: AuthzConfig,
+    /// The HTTP admin listener (health probes, Prometheus metrics).
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the HTTP/1.1 listener for `/healthz`, `/readyz` and
+    /// `/metrics`, e.g. `127.0.0.1:9090`; unset serves no admin endpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
 }
 
 /// `[server]`
@@ -355,6 +367,13 @@ impl Config {
                 self.server.listen
             ));
         }
+        if let Some(listen) = &self.admin.listen
+            && listen.parse::<SocketAddr>().is_err()
+        {
+            problems.push(format!(
+                "admin.listen: `{listen}` is not an address like 127.0.0.1:9090"
+            ));
+        }
         if self.server.request_timeout_seconds == 0 {
             problems.push("server.request_timeout_seconds: must be at least 1".into());
         }
@@ -597,6 +616,23 @@ mod tests {
         let err = Config::from_toml(&text).expect_err("unknown key");
         let message = err.to_string();
         assert!(message.contains("listen_adress"), "{message}");
+    }
+
+    #[test]
+    fn admin_listener_is_optional_and_a_bad_address_names_admin_listen() {
+        assert_eq!(Config::from_toml(MINIMAL).expect("valid").admin.listen, None);
+        let text = format!("{MINIMAL}\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+        assert_eq!(
+            Config::from_toml(&text)
+                .expect("port 0 is allowed")
+                .admin
+                .listen
+                .as_deref(),
+            Some("127.0.0.1:0")
+        );
+        let text = format!("{MINIMAL}\n[admin]\nlisten = \"localhost\"\n");
+        let err = Config::from_toml(&text).expect_err("no port");
+        assert!(err.to_string().contains("admin.listen"), "{err}");
     }
 
     #[test]

@@ -12,8 +12,11 @@
 //! - [`tls`]: serving TLS (`[server.tls]`): rustls configuration and the acceptor stream.
 //! - [`inventory`]: keeps the cache true.
 //! - [`cleanup`]: plans cleanups and carries out cleanup runs.
+//! - [`admin`]: the HTTP admin listener (health probes, Prometheus metrics) and
+//!   the layer that measures gRPC calls.
 //! - [`config`], [`server`]: settings and wiring.
 
+pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod auth;

@@ -1,8 +1,9 @@
 //! Wiring: builds the state once, starts the background tasks, serves gRPC
 //! (plaintext h2c, or TLS with `[server.tls]`, see [`crate::tls`]) with
 //! health, reflection (v1 and v1alpha) and the tower layers, and shuts down
-//! gracefully: health flips to NOT_SERVING first, in-flight calls drain
-//! within the grace period, the audit writer is flushed last.
+//! gracefully: health flips to NOT_SERVING (and `/readyz` to 503) first,
+//! in-flight calls drain within the grace period, the admin listener stops
+//! with the background tasks, the audit writer is flushed last.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +17,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::admin::{Admin, Metrics, MetricsLayer};
 use crate::api::audit::AuditApi;
 use crate::api::cleanup::CleanupApi;
 use crate::api::error::DecodeErrorLayer;
@@ -54,10 +56,34 @@ const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 /// How often the database is probed for the health status.
 const DATABASE_PROBE: Duration = Duration::from_secs(2);
 
-/// Serves until `shutdown` completes, then drains.
+/// Serves until `shutdown` completes, then drains. The admin listener, if
+/// `[admin] listen` is set, is bound here.
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let admin_listener = bind_admin(&config).await?;
+    run_with_admin(config, listener, admin_listener, shutdown).await
+}
+
+/// Binds `[admin] listen`, if set.
+pub async fn bind_admin(config: &Config) -> anyhow::Result<Option<TcpListener>> {
+    match &config.admin.listen {
+        None => Ok(None),
+        Some(listen) => TcpListener::bind(listen)
+            .await
+            .map(Some)
+            .with_context(|| format!("admin.listen: cannot listen on {listen}")),
+    }
+}
+
+/// [`run`] with the admin listener bound by the caller (tests bind port 0 and
+/// keep its address); `None` serves no admin endpoints.
+pub async fn run_with_admin(
+    config: Config,
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let authenticator = Arc::new(
@@ -85,6 +111,33 @@ pub async fn run(
         "authorization policies loaded; SIGHUP reloads them"
     );
     let store = Store::connect_lazy(&config.database)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (draining_tx, mut draining_rx) = watch::channel(false);
+    // Before migrating, so that /healthz answers and /readyz says why it is
+    // not ready yet while they run. A start that fails stops it (`stop_tx` dropped).
+    let metrics = Arc::new(Metrics::new(&[
+        FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]));
+    let admin_server = match admin_listener {
+        Some(admin_listener) => {
+            let admin_addr = admin_listener.local_addr()?;
+            tracing::info!(%admin_addr, "admin endpoints listening: /healthz, /readyz, /metrics");
+            let admin = Admin {
+                store: store.clone(),
+                metrics: metrics.clone(),
+                draining: draining_tx.subscribe(),
+            };
+            Some(tokio::spawn(crate::admin::serve(
+                admin_listener,
+                admin,
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     if config.database.migrate_on_start {
         store.migrate().await.context("applying database migrations")?;
     }
@@ -119,7 +172,6 @@ pub async fn run(
         audit_key: signing_key.as_ref().map(|k| k.verifying_key()),
     });
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let reloader = tokio::spawn(reload_on_sighup(authz, stop_rx.clone()));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::Serving).await;
@@ -208,7 +260,6 @@ pub async fn run(
 
     let local = listener.local_addr()?;
     tracing::info!(%local, tls = tls.is_some(), modes = ?authenticator.modes(), "ecr-gateway listening");
-    let (draining_tx, mut draining_rx) = watch::channel(false);
     let reporter_for_shutdown = reporter.clone();
     let signal = async move {
         shutdown.await;
@@ -224,6 +275,8 @@ pub async fn run(
         // Above hyper's 16 KiB so that an oversized `authorization` reaches the
         // identity layer and is refused with a reason instead of HTTP 431.
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
+        // Outermost, so that calls refused by the identity layer are counted too.
+        .layer(MetricsLayer::new(metrics))
         .layer(IdentityLayer::new(authenticator))
         .layer(DecodeErrorLayer)
         .add_service(health_service)
@@ -252,6 +305,9 @@ pub async fn run(
     }
     let _ = stop_tx.send(true);
     let _ = probe.await;
+    if let Some(admin_server) = admin_server {
+        let _ = admin_server.await;
+    }
     let _ = cache_listener.await;
     if let Some(sync) = sync {
         sync.abort();

@@ -564,3 +564,11 @@ pub async fn purge(pool: &PgPool, purge: &Purge) -> Result<u64, StoreError> {
     tx.commit().await?;
     Ok(removed)
 }
+
+/// How many events wait to be linked into the chain (the metric
+/// `ecr_gateway_audit_events_pending`).
+pub async fn chain_queue_length(pool: &PgPool) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM audit_chain_queue")
+        .fetch_one(pool)
+        .await?)
+}

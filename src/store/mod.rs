@@ -28,6 +28,9 @@ use crate::domain::RegistryRef;
 use cache::{Invalidations, ReadCache, RepoKey};
 use image_reads::Resolution;
 
+/// The migrations embedded in the binary.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
 /// A Postgres transaction.
 pub type Tx = Transaction<'static, Postgres>;
 
@@ -259,7 +262,27 @@ impl Store {
     /// Applies pending migrations; sqlx holds a Postgres advisory lock while it
     /// does, so replicas starting together apply each migration once.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        sqlx::migrate!("./migrations").run(&self.pool).await
+        MIGRATOR.run(&self.pool).await
+    }
+
+    /// The versions of the embedded migrations that the database has not
+    /// applied successfully (all of them when it has none).
+    pub async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        let applied: Vec<i64> = match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&self.pool)
+            .await
+        {
+            Ok(applied) => applied,
+            // undefined_table: nothing was ever migrated.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => Vec::new(),
+            Err(error) => return Err(error.into()),
+        };
+        Ok(MIGRATOR
+            .iter()
+            .filter(|migration| !migration.migration_type.is_down_migration())
+            .map(|migration| migration.version)
+            .filter(|version| !applied.contains(version))
+            .collect())
     }
 
     /// Checks that Postgres answers.

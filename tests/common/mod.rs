@@ -288,6 +288,9 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// A channel to it.
     pub channel: Channel,
+    /// Where its admin endpoints listen, when the config has `[admin] listen`
+    /// (port 0 gets a free port).
+    pub admin: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -297,14 +300,26 @@ impl Gateway {
     pub async fn start(config: Config) -> Gateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let admin_listener = ecr_gateway::server::bind_admin(&config)
+            .await
+            .expect("bind admin");
+        let admin = admin_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("admin addr"));
         let (shutdown, signal) = oneshot::channel::<()>();
-        let task = tokio::spawn(ecr_gateway::server::run(config, listener, async move {
-            let _ = signal.await;
-        }));
+        let task = tokio::spawn(ecr_gateway::server::run_with_admin(
+            config,
+            listener,
+            admin_listener,
+            async move {
+                let _ = signal.await;
+            },
+        ));
         let channel = connect(addr).await;
         Gateway {
             addr,
             channel,
+            admin,
             shutdown: Some(shutdown),
             task: Some(task),
         }

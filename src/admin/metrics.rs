@@ -1,0 +1,233 @@
+//! The gateway's Prometheus metrics and their text exposition (format 0.0.4).
+//!
+//! Written by hand rather than with a metrics crate: two series families and
+//! one gauge updated on the hot path need a mutex-guarded map and atomics,
+//! and the text format is a few lines. The state lives in [`Metrics`], built
+//! once in `server.rs` and passed to the layer and the admin server.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the call-duration buckets, in seconds (Prometheus' defaults).
+pub const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The `method` label of calls to paths the gateway does not serve (bounds
+/// the label's values to the methods it knows).
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// Everything the gateway counts, shared by the gRPC layer and `/metrics`.
+#[derive(Debug)]
+pub struct Metrics {
+    methods: HashSet<String>,
+    durations: Mutex<BTreeMap<(String, &'static str), Histogram>>,
+    in_flight: AtomicI64,
+}
+
+/// One histogram series: cumulative counts are computed when encoding.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Histogram {
+    /// Observations per bucket of [`BUCKETS`], plus one for `+Inf`.
+    buckets: [u64; BUCKETS.len() + 1],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[bucket] += 1;
+        self.sum += seconds;
+        self.count += 1;
+    }
+}
+
+impl Metrics {
+    /// Metrics that label calls with the methods named in `descriptor_sets`
+    /// (encoded `FileDescriptorSet`s); calls to other paths get [`UNKNOWN_METHOD`].
+    pub fn new(descriptor_sets: &[&[u8]]) -> Metrics {
+        Metrics {
+            methods: grpc_methods(descriptor_sets),
+            durations: Mutex::default(),
+            in_flight: AtomicI64::new(0),
+        }
+    }
+
+    /// The `method` label of a request path.
+    pub fn method_label(&self, path: &str) -> String {
+        if self.methods.contains(path) {
+            path.to_owned()
+        } else {
+            UNKNOWN_METHOD.to_owned()
+        }
+    }
+
+    /// A call started.
+    pub fn call_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call ended with `code` after `elapsed`.
+    pub fn call_finished(&self, method: String, code: &'static str, elapsed: Duration) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let mut durations = self
+            .durations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        durations
+            .entry((method, code))
+            .or_default()
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The calls being served now.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The text exposition of the call metrics, with `pending_audit_events`
+    /// when it could be read.
+    pub fn encode(&self, pending_audit_events: Option<i64>) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "# HELP ecr_gateway_rpc_duration_seconds Duration of gRPC calls until the response ended, by method and gRPC status code.\n\
+             # TYPE ecr_gateway_rpc_duration_seconds histogram\n",
+        );
+        let durations = self
+            .durations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        for ((method, code), histogram) in &durations {
+            let labels = format!("method=\"{}\",code=\"{code}\"", escape(method));
+            let mut cumulative = 0;
+            for (bound, count) in BUCKETS.iter().zip(histogram.buckets) {
+                cumulative += count;
+                let _ = writeln!(
+                    out,
+                    "ecr_gateway_rpc_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "ecr_gateway_rpc_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                histogram.count
+            );
+            let _ = writeln!(
+                out,
+                "ecr_gateway_rpc_duration_seconds_sum{{{labels}}} {}",
+                histogram.sum
+            );
+            let _ = writeln!(
+                out,
+                "ecr_gateway_rpc_duration_seconds_count{{{labels}}} {}",
+                histogram.count
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP ecr_gateway_rpc_in_flight gRPC calls being served.\n\
+             # TYPE ecr_gateway_rpc_in_flight gauge\n\
+             ecr_gateway_rpc_in_flight {}\n",
+            self.in_flight()
+        );
+        if let Some(pending) = pending_audit_events {
+            let _ = write!(
+                out,
+                "# HELP ecr_gateway_audit_events_pending Audit events recorded but not yet linked into the hash chain.\n\
+                 # TYPE ecr_gateway_audit_events_pending gauge\n\
+                 ecr_gateway_audit_events_pending {pending}\n"
+            );
+        }
+        out
+    }
+}
+
+/// `/package.Service/Method` of every method in the descriptor sets.
+fn grpc_methods(descriptor_sets: &[&[u8]]) -> HashSet<String> {
+    use prost::Message as _;
+    let mut methods = HashSet::new();
+    for encoded in descriptor_sets {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(*encoded) else {
+            continue;
+        };
+        for file in &set.file {
+            let package = file.package();
+            for service in &file.service {
+                let qualified = if package.is_empty() {
+                    service.name().to_owned()
+                } else {
+                    format!("{package}.{}", service.name())
+                };
+                for method in &service.method {
+                    methods.insert(format!("/{qualified}/{}", method.name()));
+                }
+            }
+        }
+    }
+    methods
+}
+
+/// A label value as the text format wants it.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> Metrics {
+        Metrics::new(&[crate::server::FILE_DESCRIPTOR_SET])
+    }
+
+    #[test]
+    fn methods_of_the_gateway_are_labelled_and_other_paths_are_unknown() {
+        let metrics = metrics();
+        assert_eq!(
+            metrics.method_label("/ecrgateway.v1.ImageService/ResolveImage"),
+            "/ecrgateway.v1.ImageService/ResolveImage"
+        );
+        assert_eq!(
+            metrics.method_label("/ecrgateway.v1.ImageService/Nope"),
+            UNKNOWN_METHOD
+        );
+        assert_eq!(metrics.method_label("/favicon.ico"), UNKNOWN_METHOD);
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_in_flight_follows_calls() {
+        let metrics = metrics();
+        metrics.call_started();
+        metrics.call_started();
+        assert!(metrics.encode(None).contains("ecr_gateway_rpc_in_flight 2\n"));
+        let method = "/ecrgateway.v1.ImageService/ResolveImage".to_owned();
+        metrics.call_finished(method.clone(), "OK", Duration::from_millis(3));
+        metrics.call_finished(method, "OK", Duration::from_millis(30));
+
+        let text = metrics.encode(Some(7));
+
+        let labels = r#"method="/ecrgateway.v1.ImageService/ResolveImage",code="OK""#;
+        for (le, count) in [("0.005", 1), ("0.025", 1), ("0.05", 2), ("10", 2), ("+Inf", 2)] {
+            let line = format!("ecr_gateway_rpc_duration_seconds_bucket{{{labels},le=\"{le}\"}} {count}\n");
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        assert!(text.contains(&format!("ecr_gateway_rpc_duration_seconds_count{{{labels}}} 2\n")));
+        assert!(text.contains("ecr_gateway_rpc_in_flight 0\n"), "{text}");
+        assert!(text.contains("ecr_gateway_audit_events_pending 7\n"), "{text}");
+        assert!(!metrics.encode(None).contains("audit_events_pending"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

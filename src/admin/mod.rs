@@ -1,0 +1,176 @@
+//! The admin listener (`[admin] listen`): a small HTTP/1.1 server for probes
+//! and scrapes, apart from the gRPC port so that it needs no credentials and
+//! can stay on a private address.
+//!
+//! - `GET /healthz`: 200 while the process runs (liveness; never asks Postgres).
+//! - `GET /readyz`: 200 when Postgres answers and every embedded migration is
+//!   applied; 503 with a one-line reason otherwise, and while draining.
+//! - `GET /metrics`: Prometheus text format ([`metrics`], [`layer`]).
+//!
+//! Other paths answer 404, other methods 405.
+
+pub mod layer;
+pub mod metrics;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use layer::MetricsLayer;
+pub use metrics::Metrics;
+
+use crate::store::Store;
+
+/// Upper bound of a readiness check (Kubernetes' default probe timeout is 1 s).
+const READINESS_TIMEOUT: Duration = Duration::from_millis(800);
+/// Upper bound of the audit queue count taken at each scrape.
+const SCRAPE_QUERY_TIMEOUT: Duration = Duration::from_millis(500);
+/// The content type of the Prometheus text format.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the admin endpoints look at.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Postgres, for readiness and the audit queue gauge.
+    pub store: Store,
+    /// The gateway's metrics.
+    pub metrics: Arc<Metrics>,
+    /// True once shutdown has started: readiness answers 503 from then on.
+    pub draining: watch::Receiver<bool>,
+}
+
+/// Serves the admin endpoints on `listener` until `stop` flips.
+pub async fn serve(listener: TcpListener, admin: Admin, mut stop: watch::Receiver<bool>) {
+    let admin = Arc::new(admin);
+    let mut connections = JoinSet::new();
+    // A sender dropped (a start that failed) stops it too.
+    let stopped = async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let admin = admin.clone();
+                    connections.spawn(async move {
+                        let service = service_fn(move |request| {
+                            let admin = admin.clone();
+                            async move { Ok::<_, Infallible>(admin.respond(request).await) }
+                        });
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "admin listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    connections.abort_all();
+}
+
+impl Admin {
+    /// The answer to one request.
+    pub async fn respond<B>(&self, request: Request<B>) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_owned();
+        if !matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found: the admin endpoints are /healthz, /readyz and /metrics",
+            );
+        }
+        if request.method() != Method::GET {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use GET");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+            return response;
+        }
+        match path.as_str() {
+            "/readyz" => match self.readiness().await {
+                Ok(()) => text(StatusCode::OK, "ready"),
+                Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, &reason),
+            },
+            "/metrics" => self.metrics_response().await,
+            _ => text(StatusCode::OK, "ok"),
+        }
+    }
+
+    /// Ready, or the reason why not.
+    async fn readiness(&self) -> Result<(), String> {
+        if *self.draining.borrow() {
+            return Err("draining: the gateway is shutting down".into());
+        }
+        match tokio::time::timeout(READINESS_TIMEOUT, self.database_readiness()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "postgres unreachable: no answer within {} ms",
+                READINESS_TIMEOUT.as_millis()
+            )),
+        }
+    }
+
+    async fn database_readiness(&self) -> Result<(), String> {
+        self.store
+            .ping()
+            .await
+            .map_err(|error| format!("postgres unreachable: {error}"))?;
+        let pending = self
+            .store
+            .pending_migrations()
+            .await
+            .map_err(|error| format!("migrations unknown: cannot read _sqlx_migrations: {error}"))?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let versions: Vec<String> = pending.iter().map(i64::to_string).collect();
+        Err(format!(
+            "migrations pending: {} (versions {}); run `ecr-gateway migrate` or set database.migrate_on_start",
+            pending.len(),
+            versions.join(", ")
+        ))
+    }
+
+    async fn metrics_response(&self) -> Response<Full<Bytes>> {
+        let pending = tokio::time::timeout(
+            SCRAPE_QUERY_TIMEOUT,
+            crate::store::audit_trail::chain_queue_length(self.store.pool()),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok);
+        let mut response = Response::new(Full::new(Bytes::from(self.metrics.encode(pending))));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(METRICS_CONTENT_TYPE),
+        );
+        response
+    }
+}
+
+/// A one-line plain-text answer.
+fn text(status: StatusCode, line: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{}\n", line.replace('\n', " ")))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
