@@ -590,10 +590,11 @@ pub struct AuthzConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    /// The smallest configuration that loads (the unit tests of `config::auth` share it).
+    pub(crate) const MINIMAL: &str = r#"
         [auth]
         mode = "insecure-dev"
         [[registries]]

@@ -299,15 +299,7 @@ pub fn is_loopback_host(host: &str) -> bool {
 mod tests {
     use super::*;
     use crate::config::Config;
-
-    const MINIMAL: &str = r#"
-        [auth]
-        mode = "insecure-dev"
-        [[registries]]
-        alias = "main"
-        account_id = "123456789012"
-        region = "us-east-1"
-    "#;
+    use crate::config::tests::MINIMAL;
 
     fn auth_problems(auth: &str) -> String {
         let text = MINIMAL.replace("[auth]\n        mode = \"insecure-dev\"", auth);

@@ -22,10 +22,9 @@ use rcgen::{
 };
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-use crate::common::{TestDb, config_text};
+use crate::common::{ServerTask, TestDb, config_text};
 
 /// The issuer the tests' tokens name.
 pub const ISSUER: &str = "https://login.test.example/";
@@ -336,24 +335,14 @@ impl TestCa {
 pub struct TlsGateway {
     /// Where it listens.
     pub addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    server: ServerTask,
 }
 
 impl TlsGateway {
     /// Starts the real server on port 0; `config` has `[server.tls]`.
     pub async fn start(config: Config) -> TlsGateway {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (shutdown, signal) = oneshot::channel::<()>();
-        let task = tokio::spawn(ecr_gateway::server::run(config, listener, async move {
-            let _ = signal.await;
-        }));
-        TlsGateway {
-            addr,
-            shutdown: Some(shutdown),
-            task: Some(task),
-        }
+        let (server, addr, _) = ServerTask::spawn(config).await;
+        TlsGateway { addr, server }
     }
 
     /// A TLS channel trusting `server_ca`, presenting `client` when given.
@@ -385,21 +374,7 @@ impl TlsGateway {
     }
 
     /// Stops the server and waits until it has drained.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        match self.task.take() {
-            Some(task) => task.await.expect("server task"),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for TlsGateway {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.server.stop().await
     }
 }

@@ -291,13 +291,44 @@ pub struct Gateway {
     /// Where its admin endpoints listen, when the config has `[admin] listen`
     /// (port 0 gets a free port).
     pub admin: Option<SocketAddr>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    server: ServerTask,
 }
 
 impl Gateway {
     /// Starts the real server on port 0 and connects to it.
     pub async fn start(config: Config) -> Gateway {
+        let (server, addr, admin) = ServerTask::spawn(config).await;
+        let channel = connect(addr).await;
+        Gateway {
+            addr,
+            channel,
+            admin,
+            server,
+        }
+    }
+
+    /// A RepositoryService client.
+    pub fn repositories(&self) -> RepositoryServiceClient<Channel> {
+        RepositoryServiceClient::new(self.channel.clone())
+    }
+
+    /// Stops the server and waits until it has drained.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.server.stop().await
+    }
+}
+
+/// The real server running in this test's runtime, on 127.0.0.1 port 0 (and
+/// `[admin] listen` when set); told to shut down when stopped or dropped.
+pub struct ServerTask {
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl ServerTask {
+    /// Binds, spawns `server::run_with_admin`, and returns the task with the
+    /// gRPC address and the admin address.
+    pub async fn spawn(config: Config) -> (ServerTask, SocketAddr, Option<SocketAddr>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let admin_listener = ecr_gateway::server::bind_admin(&config)
@@ -315,19 +346,11 @@ impl Gateway {
                 let _ = signal.await;
             },
         ));
-        let channel = connect(addr).await;
-        Gateway {
-            addr,
-            channel,
-            admin,
+        let server = ServerTask {
             shutdown: Some(shutdown),
             task: Some(task),
-        }
-    }
-
-    /// A RepositoryService client.
-    pub fn repositories(&self) -> RepositoryServiceClient<Channel> {
-        RepositoryServiceClient::new(self.channel.clone())
+        };
+        (server, addr, admin)
     }
 
     /// Stops the server and waits until it has drained.
@@ -342,7 +365,7 @@ impl Gateway {
     }
 }
 
-impl Drop for Gateway {
+impl Drop for ServerTask {
     fn drop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
