@@ -14,6 +14,7 @@ use hyper::StatusCode;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tonic::Code;
+use tonic_types::StatusExt as _;
 
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 const LIST: &str = "/ecrgateway.v1.RepositoryService/ListRepositories";
@@ -214,4 +215,99 @@ async fn readyz_is_unavailable_while_the_gateway_drains() {
 
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(ready.body.starts_with("draining"), "{}", ready.body);
+}
+
+/// Postgres goes away under a running gateway and comes back: reads fail fast
+/// with UNAVAILABLE, `/readyz` says so, health turns NOT_SERVING; once it is
+/// back the gateway serves again (calls, `/readyz` and health) within 5 s
+/// without a restart, and the audit events of the calls refused meanwhile are
+/// not lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_recovers_from_a_postgres_outage_within_five_seconds() {
+    use std::time::{Duration, Instant};
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let db = TestDb::create().await;
+    let postgres = db
+        .url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port in the test database URL")
+        .to_owned();
+    let proxy = common::proxy::TcpProxy::start(&postgres).await;
+    let mut cfg = config(&db, Moto::shared(), ADMIN);
+    cfg.database.url = db.url.replace(&postgres, &proxy.addr);
+    cfg.database.acquire_timeout_seconds = 1;
+    let gateway = Gateway::start(cfg).await;
+    let admin = admin_of(&gateway);
+    let list = || {
+        let mut client = RepositoryServiceClient::new(gateway.channel.clone());
+        async move {
+            client
+                .list_repositories(as_user(
+                    pb::ListRepositoriesRequest::default(),
+                    "outage@example.com",
+                    "payments",
+                ))
+                .await
+        }
+    };
+    let health = || {
+        let mut client = HealthClient::new(gateway.channel.clone());
+        async move {
+            let status = client
+                .check(HealthCheckRequest::default())
+                .await
+                .expect("health answers")
+                .into_inner()
+                .status;
+            ServingStatus::try_from(status).expect("status")
+        }
+    };
+    list().await.expect("served before the outage");
+    assert_eq!(get(admin, "/readyz").await.status, StatusCode::OK);
+
+    proxy.cut();
+    let started = Instant::now();
+    let refused = list().await.expect_err("no database");
+    let refused_in = started.elapsed();
+    let second = list().await.expect_err("still no database");
+    let ready = get(admin, "/readyz").await;
+
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(second.code(), Code::Unavailable, "{second:?}");
+    assert!(refused.get_details_retry_info().is_some(), "{refused:?}");
+    assert!(
+        refused_in < Duration::from_secs(3),
+        "fails fast, took {refused_in:?}"
+    );
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready.body.starts_with("postgres unreachable"), "{}", ready.body);
+    while health().await != ServingStatus::NotServing {
+        assert!(started.elapsed() < Duration::from_secs(5), "health still SERVING");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    proxy.restore();
+    let restored = Instant::now();
+    while list().await.is_err()
+        || get(admin, "/readyz").await.status != StatusCode::OK
+        || health().await != ServingStatus::Serving
+    {
+        assert!(
+            restored.elapsed() < Duration::from_secs(5),
+            "not serving again 5 s after Postgres came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pool = db.pool().await;
+    let refused_calls = common::wait_for_audit_rows(
+        &pool,
+        "principal = 'outage@example.com' AND error_code IS NOT NULL",
+        2,
+    )
+    .await;
+    assert!(refused_calls >= 2, "the refused calls' audit events are kept");
 }
