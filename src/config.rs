@@ -15,8 +15,10 @@ use crate::domain::AccountId;
 use crate::policy::{OrgPolicy, OrgPolicyConfig};
 
 mod auth;
+mod overload;
 
 pub use auth::{AuthConfig, AuthMode, MtlsConfig, OIDC_ALGORITHMS, OidcConfig, is_loopback_host};
+pub use overload::{GroupRate, OverloadConfig, Rate, RateLimitsConfig};
 
 /// The environment-variable prefix; `__` separates nesting levels.
 pub const ENV_PREFIX: &str = "ECR_GATEWAY__";
@@ -45,6 +47,10 @@ pub struct Config {
     pub authz: AuthzConfig,
     /// The HTTP admin listener (health probes, Prometheus metrics).
     pub admin: AdminConfig,
+    /// Load shedding: calls served at once before the rest are refused.
+    pub overload: OverloadConfig,
+    /// Per-caller rate limits, by group.
+    pub rate_limits: RateLimitsConfig,
 }
 
 /// `[admin]`
@@ -377,6 +383,7 @@ impl Config {
         if self.server.request_timeout_seconds == 0 {
             problems.push("server.request_timeout_seconds: must be at least 1".into());
         }
+        problems.extend(overload::problems(&self.overload, &self.rate_limits));
         if self.server.max_message_bytes < 1024 {
             problems.push("server.max_message_bytes: must be at least 1024".into());
         }

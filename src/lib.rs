@@ -11,6 +11,7 @@
 //! - [`auth`]: caller identity (a tower layer): OIDC bearer tokens, mTLS, insecure-dev.
 //! - [`tls`]: serving TLS (`[server.tls]`): rustls configuration and the acceptor stream.
 //! - [`inventory`]: keeps the cache true.
+//! - [`overload`]: load shedding and per-caller rate limits (tower layers).
 //! - [`cleanup`]: plans cleanups and carries out cleanup runs.
 //! - [`admin`]: the HTTP admin listener (health probes, Prometheus metrics) and
 //!   the layer that measures gRPC calls.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod domain;
 pub mod ecr;
 pub mod inventory;
+pub mod overload;
 pub mod policy;
 pub mod recovery;
 pub mod server;

@@ -30,6 +30,7 @@ use crate::auth::authz::Authorizer;
 use crate::auth::{Authenticator, IdentityLayer};
 use crate::config::{AuthMode, Config};
 use crate::ecr::Registries;
+use crate::overload::{RateLimitLayer, RateLimits, ShedLayer};
 use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::cleanup_service_server::CleanupServiceServer;
 use crate::pb::image_service_server::ImageServiceServer;
@@ -173,6 +174,10 @@ pub async fn run_with_admin(
     });
 
     let reloader = tokio::spawn(reload_on_sighup(authz, stop_rx.clone()));
+    let rate_limits = RateLimits::from_config(&config.rate_limits);
+    let forgetter = rate_limits
+        .clone()
+        .map(|limits| tokio::spawn(limits.forget_idle_callers(stop_rx.clone())));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::Serving).await;
     let probe = tokio::spawn(probe_database(store.clone(), reporter.clone(), stop_rx.clone()));
@@ -275,9 +280,15 @@ pub async fn run_with_admin(
         // Above hyper's 16 KiB so that an oversized `authorization` reaches the
         // identity layer and is refused with a reason instead of HTTP 431.
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
-        // Outermost, so that calls refused by the identity layer are counted too.
+        // Outermost, so that calls refused by the layers below are counted too.
         .layer(MetricsLayer::new(metrics))
+        // Before identity: a shed call costs no token verification.
+        .layer(ShedLayer::new(
+            config.overload.max_concurrent_calls,
+            Duration::from_millis(config.overload.retry_after_ms),
+        ))
         .layer(IdentityLayer::new(authenticator))
+        .layer(RateLimitLayer::new(rate_limits))
         .layer(DecodeErrorLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -333,6 +344,9 @@ pub async fn run_with_admin(
     }
     let _ = recovery.await;
     let _ = reloader.await;
+    if let Some(forgetter) = forgetter {
+        let _ = forgetter.await;
+    }
     if let Some(jwks_refresh) = jwks_refresh {
         let _ = jwks_refresh.await;
     }
