@@ -54,6 +54,11 @@ const SERVICES: &[&str] = &[
 /// Largest request header block accepted, in bytes.
 const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
+/// The health entry of the liveness probe: SERVING while the process runs,
+/// whatever Postgres or ECR do, so that an outage of either never gets pods
+/// restarted (which cannot help and drops the calls in flight).
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// How often the database is probed for the health status.
 const DATABASE_PROBE: Duration = Duration::from_secs(2);
 
@@ -180,6 +185,9 @@ pub async fn run_with_admin(
         .map(|limits| tokio::spawn(limits.forget_idle_callers(stop_rx.clone())));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::Serving).await;
+    reporter
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
     let probe = tokio::spawn(probe_database(store.clone(), reporter.clone(), stop_rx.clone()));
     let cache_listener = tokio::spawn(store.clone().listen_for_changes(stop_rx.clone()));
     let sync = (config.sync.interval_seconds > 0).then(|| {

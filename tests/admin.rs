@@ -254,11 +254,13 @@ async fn the_gateway_recovers_from_a_postgres_outage_within_five_seconds() {
                 .await
         }
     };
-    let health = || {
+    let health_of = |service: &'static str| {
         let mut client = HealthClient::new(gateway.channel.clone());
         async move {
             let status = client
-                .check(HealthCheckRequest::default())
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
                 .await
                 .expect("health answers")
                 .into_inner()
@@ -285,16 +287,21 @@ async fn the_gateway_recovers_from_a_postgres_outage_within_five_seconds() {
     );
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(ready.body.starts_with("postgres unreachable"), "{}", ready.body);
-    while health().await != ServingStatus::NotServing {
+    while health_of("").await != ServingStatus::NotServing {
         assert!(started.elapsed() < Duration::from_secs(5), "health still SERVING");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(
+        health_of("liveness").await,
+        ServingStatus::Serving,
+        "the liveness entry never follows Postgres"
+    );
 
     proxy.restore();
     let restored = Instant::now();
     while list().await.is_err()
         || get(admin, "/readyz").await.status != StatusCode::OK
-        || health().await != ServingStatus::Serving
+        || health_of("").await != ServingStatus::Serving
     {
         assert!(
             restored.elapsed() < Duration::from_secs(5),

@@ -280,6 +280,13 @@ fn check_ports_and_probes(pod: &Pod, problems: &mut Vec<String>) {
                 "Deployment: {probe} must be a grpc probe on port {GRPC_PORT}, found {spec}"
             ));
         }
+        let service = spec["grpc"]["service"].as_str().unwrap_or_default();
+        let wanted = if probe == "livenessProbe" { "liveness" } else { "" };
+        if service != wanted {
+            problems.push(format!(
+                "Deployment: {probe} must check the health service {wanted:?} (\"liveness\" never follows Postgres), found {service:?}"
+            ));
+        }
         for other in ["httpGet", "tcpSocket", "exec"] {
             if !spec[other].is_null() {
                 problems.push(format!(
@@ -918,6 +925,7 @@ fn checks_notice_each_broken_property() {
     #[rustfmt::skip]
     let breakages: &[Breakage] = &[
         ("liveness over HTTP", "Deployment", |d| container(d)["livenessProbe"] = json!({"httpGet": {"port": 8080}}), "livenessProbe"),
+        ("liveness following Postgres", "Deployment", |d| container(d)["livenessProbe"]["grpc"]["service"] = Value::Null, "livenessProbe must check the health service \"liveness\""),
         ("readiness on another port", "Deployment", |d| container(d)["readinessProbe"]["grpc"]["port"] = json!(9090), "readinessProbe"),
         ("no startup probe", "Deployment", |d| container(d)["startupProbe"] = Value::Null, "startupProbe is missing"),
         ("container port moved", "Deployment", |d| container(d)["ports"][0]["containerPort"] = json!(8080), "port named grpc"),
