@@ -15,8 +15,10 @@ use crate::domain::AccountId;
 use crate::policy::{OrgPolicy, OrgPolicyConfig};
 
 mod auth;
+mod grpc_web;
 
 pub use auth::{AuthConfig, AuthMode, MtlsConfig, OIDC_ALGORITHMS, OidcConfig, is_loopback_host};
+pub use grpc_web::{ANY_ORIGIN, GrpcWebConfig};
 
 /// The environment-variable prefix; `__` separates nesting levels.
 pub const ENV_PREFIX: &str = "ECR_GATEWAY__";
@@ -74,6 +76,8 @@ pub struct ServerConfig {
     /// `[server.tls]`: serve TLS (required by auth mode `mtls`); unset serves plaintext h2c.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServerTlsConfig>,
+    /// `[server.grpc_web]`: gRPC-Web and CORS for browser portals; off by default.
+    pub grpc_web: GrpcWebConfig,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +89,7 @@ impl Default for ServerConfig {
             max_message_bytes: 4 * 1024 * 1024,
             concurrency_limit_per_connection: 256,
             tls: None,
+            grpc_web: GrpcWebConfig::default(),
         }
     }
 }
@@ -435,6 +440,7 @@ impl Config {
             problems.push("audit.digest_interval_seconds: must be at least 1".into());
         }
         problems.extend(self.tls_problems());
+        problems.extend(self.server.grpc_web.problems());
         if let Err(auth_problems) = crate::auth::Authenticator::from_config(&self.auth, &self.server.listen) {
             problems.extend(auth_problems);
         }
@@ -634,6 +640,27 @@ pub(crate) mod tests {
         let text = format!("{MINIMAL}\n[admin]\nlisten = \"localhost\"\n");
         let err = Config::from_toml(&text).expect_err("no port");
         assert!(err.to_string().contains("admin.listen"), "{err}");
+    }
+
+    #[test]
+    fn grpc_web_is_off_by_default_and_its_origins_are_checked_at_load() {
+        assert!(!Config::from_toml(MINIMAL).expect("valid").server.grpc_web.enabled);
+        let text = format!(
+            "{MINIMAL}\n[server.grpc_web]\nenabled = true\nallowed_origins = [\"https://portal.example.com\"]\n"
+        );
+        let config = Config::from_toml(&text).expect("valid");
+        assert_eq!(
+            config.server.grpc_web.allowed_origins,
+            ["https://portal.example.com"]
+        );
+        let text = format!(
+            "{MINIMAL}\n[server.grpc_web]\nenabled = true\nallowed_origins = [\"*\"]\nallow_credentials = true\n"
+        );
+        let err = Config::from_toml(&text).expect_err("wildcard with credentials");
+        assert!(
+            err.to_string().contains("server.grpc_web.allowed_origins[0]"),
+            "{err}"
+        );
     }
 
     #[test]
