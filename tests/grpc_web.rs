@@ -238,6 +238,41 @@ async fn a_preflight_from_an_allowed_origin_gets_what_grpc_web_needs() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn credentials_and_the_wildcard_origin_reach_the_cors_answers_when_configured() {
+    let db = TestDb::create().await;
+    let with_credentials = Gateway::start(config(
+        &db,
+        Moto::shared(),
+        &format!(
+            "[server.grpc_web]\nenabled = true\nallowed_origins = [\"{PORTAL}\"]\nallow_credentials = true\n"
+        ),
+    ))
+    .await;
+    let any_origin = Gateway::start(config(
+        &db,
+        Moto::shared(),
+        "[server.grpc_web]\nenabled = true\nallowed_origins = [\"*\"]\n",
+    ))
+    .await;
+
+    let (credentialed, _) = send(preflight(with_credentials.addr, PORTAL)).await;
+    let (anyone, _) = send(preflight(any_origin.addr, "https://anyone.example")).await;
+
+    assert_eq!(credentialed.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], PORTAL);
+    assert_eq!(
+        credentialed.headers[header::ACCESS_CONTROL_ALLOW_CREDENTIALS],
+        "true"
+    );
+    assert_eq!(anyone.headers[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    assert!(
+        anyone
+            .headers
+            .get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS)
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_preflight_from_an_origin_not_allowed_gets_no_cors_headers() {
     let db = TestDb::create().await;
     let gateway = web_gateway(&db).await;
