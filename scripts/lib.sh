@@ -4,6 +4,8 @@
 #   ensure_venv      .venv/ with the pinned Python tools (moto, boto3, awscli,
 #                    grpcurl) of scripts/requirements-dev.txt; sets GRPCURL
 #   ensure_buf       node_modules/ with the buf pinned in package.json; sets BUF
+#   ensure_web_client  tests/web/node_modules/ (npm ci) for the gRPC-Web test's
+#                    Node client; sets NODE
 #   ensure_postgres  a Postgres on 127.0.0.1 (the running one, or a throwaway
 #                    cluster under .dev/pg); exports PGPORT, DATABASE_URL,
 #                    DATABASE_ADMIN_URL
@@ -141,6 +143,25 @@ ensure_buf() {
   fi
   have=$("$BUF" --version 2>&1) || die "buf does not run: $have"
   [[ "$have" == "$want" ]] || die "expected buf $want, node_modules has $have"
+}
+
+# ---------------------------------------------------------------------------
+# The gRPC-Web test's Node client (tests/web: connect-web, protobuf-es and
+# protoc-gen-es, exactly as tests/web/package-lock.json locks them)
+
+ensure_web_client() {
+  local dir="$REPO_ROOT/tests/web"
+  local stamp="$dir/node_modules/.ecr-gateway-lock.sha256" want major
+  NODE=$(command -v node) || die "node is required for tests/grpc_web.rs (Node.js 20 or newer; Debian: apt-get install nodejs npm)"
+  major=$("$NODE" -p 'process.versions.node.split(".")[0]')
+  ((major >= 20)) || die "tests/grpc_web.rs needs Node.js 20 or newer (for fetch); $NODE is $("$NODE" --version)"
+  want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]] && return 0
+
+  log "Installing the gRPC-Web test client's packages (npm ci in tests/web)"
+  command -v npm >/dev/null || die "npm is required (it comes with Node.js)"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in tests/web failed"
+  echo "$want" >"$stamp"
 }
 
 # ---------------------------------------------------------------------------

@@ -15,9 +15,11 @@ use crate::domain::AccountId;
 use crate::policy::{OrgPolicy, OrgPolicyConfig};
 
 mod auth;
+mod grpc_web;
 mod overload;
 
 pub use auth::{AuthConfig, AuthMode, MtlsConfig, OIDC_ALGORITHMS, OidcConfig, is_loopback_host};
+pub use grpc_web::{ANY_ORIGIN, GrpcWebConfig};
 pub use overload::{GroupRate, OverloadConfig, Rate, RateLimitsConfig};
 
 /// The environment-variable prefix; `__` separates nesting levels.
@@ -80,6 +82,8 @@ pub struct ServerConfig {
     /// `[server.tls]`: serve TLS (required by auth mode `mtls`); unset serves plaintext h2c.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<ServerTlsConfig>,
+    /// `[server.grpc_web]`: gRPC-Web and CORS for browser portals; off by default.
+    pub grpc_web: GrpcWebConfig,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +95,7 @@ impl Default for ServerConfig {
             max_message_bytes: 4 * 1024 * 1024,
             concurrency_limit_per_connection: 256,
             tls: None,
+            grpc_web: GrpcWebConfig::default(),
         }
     }
 }
@@ -442,6 +447,7 @@ impl Config {
             problems.push("audit.digest_interval_seconds: must be at least 1".into());
         }
         problems.extend(self.tls_problems());
+        problems.extend(self.server.grpc_web.problems());
         if let Err(auth_problems) = crate::auth::Authenticator::from_config(&self.auth, &self.server.listen) {
             problems.extend(auth_problems);
         }
@@ -641,6 +647,27 @@ pub(crate) mod tests {
         let text = format!("{MINIMAL}\n[admin]\nlisten = \"localhost\"\n");
         let err = Config::from_toml(&text).expect_err("no port");
         assert!(err.to_string().contains("admin.listen"), "{err}");
+    }
+
+    #[test]
+    fn grpc_web_is_off_by_default_and_its_origins_are_checked_at_load() {
+        assert!(!Config::from_toml(MINIMAL).expect("valid").server.grpc_web.enabled);
+        let text = format!(
+            "{MINIMAL}\n[server.grpc_web]\nenabled = true\nallowed_origins = [\"https://portal.example.com\"]\n"
+        );
+        let config = Config::from_toml(&text).expect("valid");
+        assert_eq!(
+            config.server.grpc_web.allowed_origins,
+            ["https://portal.example.com"]
+        );
+        let text = format!(
+            "{MINIMAL}\n[server.grpc_web]\nenabled = true\nallowed_origins = [\"*\"]\nallow_credentials = true\n"
+        );
+        let err = Config::from_toml(&text).expect_err("wildcard with credentials");
+        assert!(
+            err.to_string().contains("server.grpc_web.allowed_origins[0]"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`audit`]: the CloudTrail-shaped audit trail.
 //! - [`auth`]: caller identity (a tower layer): OIDC bearer tokens, mTLS, insecure-dev.
 //! - [`tls`]: serving TLS (`[server.tls]`): rustls configuration and the acceptor stream.
+//! - [`web`]: gRPC-Web and CORS for browser portals (`[server.grpc_web]`), the outermost layer.
 //! - [`inventory`]: keeps the cache true.
 //! - [`overload`]: load shedding and per-caller rate limits (tower layers).
 //! - [`cleanup`]: plans cleanups and carries out cleanup runs.
@@ -33,6 +34,7 @@ pub mod server;
 pub mod store;
 pub mod tasks;
 pub mod tls;
+pub mod web;
 
 /// Generated protobuf types and gRPC stubs of `ecrgateway.v1`.
 #[allow(missing_docs, clippy::all)]

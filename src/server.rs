@@ -1,6 +1,7 @@
 //! Wiring: builds the state once, starts the background tasks, serves gRPC
 //! (plaintext h2c, or TLS with `[server.tls]`, see [`crate::tls`]) with
-//! health, reflection (v1 and v1alpha) and the tower layers, and shuts down
+//! health, reflection (v1 and v1alpha) and the tower layers (gRPC-Web for
+//! browsers with `[server.grpc_web]`, see [`crate::web`]), and shuts down
 //! gracefully: health flips to NOT_SERVING (and `/readyz` to 503) first,
 //! in-flight calls drain within the grace period, the admin listener stops
 //! with the background tasks, the audit writer is flushed last.
@@ -38,6 +39,7 @@ use crate::pb::repository_service_server::RepositoryServiceServer;
 use crate::pb::scan_service_server::ScanServiceServer;
 use crate::policy::OrgPolicy;
 use crate::store::Store;
+use crate::web::BrowserLayer;
 
 /// The encoded descriptor set of the gateway's protos, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ecrgateway_descriptor");
@@ -101,7 +103,13 @@ pub async fn run_with_admin(
         .server
         .tls
         .as_ref()
-        .map(|tls| crate::tls::server_config(tls, authenticator.client_cert_verifier()))
+        .map(|tls| {
+            crate::tls::server_config(
+                tls,
+                authenticator.client_cert_verifier(),
+                config.server.grpc_web.enabled,
+            )
+        })
         .transpose()
         .map_err(|problems| anyhow::anyhow!("server.tls: {}", problems.join("; ")))?;
     let policy = OrgPolicy::compile(&config.policy)
@@ -280,15 +288,27 @@ pub async fn run_with_admin(
         set_health(&reporter_for_shutdown, ServingStatus::NotServing).await;
         let _ = draining_tx.send(true);
     };
+    let browser = BrowserLayer::new(&config.server.grpc_web);
+    if browser.enabled() {
+        tracing::info!(
+            allowed_origins = ?config.server.grpc_web.allowed_origins,
+            "gRPC-Web enabled (HTTP/1.1 and HTTP/2)"
+        );
+    }
     let router = Server::builder()
         .timeout(config.request_timeout())
+        // gRPC-Web comes over HTTP/1.1 too; without it the listener stays HTTP/2 only.
+        .accept_http1(browser.enabled())
         .concurrency_limit_per_connection(config.server.concurrency_limit_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         // Above hyper's 16 KiB so that an oversized `authorization` reaches the
         // identity layer and is refused with a reason instead of HTTP 431.
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
-        // Outermost, so that calls refused by the layers below are counted too.
+        // Outside the gRPC layers, so that they see a gRPC-Web call as the gRPC
+        // call it stands for; plain gRPC passes through untouched.
+        .layer(browser)
+        // Outermost of the gRPC layers, so that calls refused by the layers below are counted too.
         .layer(MetricsLayer::new(metrics))
         // Before identity: a shed call costs no token verification.
         .layer(ShedLayer::new(

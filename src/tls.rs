@@ -1,9 +1,10 @@
 //! Serving TLS (`[server.tls]`): the server's certificate and key, the rustls
-//! configuration (aws-lc-rs provider, ALPN h2, optional client certificates),
-//! and the stream of accepted connections tonic serves. Handshakes run each
-//! in a task of its own with a timeout, so a slow client never holds up the
-//! accept loop; the IO is tokio-rustls' stream, whose tonic `Connected` puts
-//! the remote address and the client's certificate chain into every request.
+//! configuration (aws-lc-rs provider; ALPN h2, and http/1.1 too with gRPC-Web;
+//! optional client certificates), and the stream of accepted connections tonic
+//! serves. Handshakes run each in a task of its own with a timeout, so a slow
+//! client never holds up the accept loop; the IO is tokio-rustls' stream, whose
+//! tonic `Connected` puts the remote address and the client's certificate chain
+//! into every request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,11 +72,13 @@ pub fn load_server_identity(
     }
 }
 
-/// The rustls server configuration: the server's identity, ALPN h2 and, with
+/// The rustls server configuration: the server's identity, ALPN (h2, and
+/// http/1.1 when `http1` — gRPC-Web, so a browser may use either) and, with
 /// mTLS, the client-certificate verifier.
 pub fn server_config(
     tls: &ServerTlsConfig,
     client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    http1: bool,
 ) -> Result<rustls::ServerConfig, Vec<String>> {
     let (certs, key) = load_server_identity(tls)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
@@ -90,7 +93,11 @@ pub fn server_config(
             "server.tls.key_file: does not fit server.tls.cert_file: {e}"
         )]
     })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = if http1 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec()]
+    };
     Ok(config)
 }
 
@@ -154,6 +161,28 @@ async fn accept_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alpn_offers_http1_beside_h2_only_for_grpc_web() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        let tls = ServerTlsConfig {
+            cert_file: dir.path().join("server.pem"),
+            key_file: dir.path().join("server.key"),
+        };
+        std::fs::write(&tls.cert_file, cert.pem()).expect("write");
+        std::fs::write(&tls.key_file, key.serialize_pem()).expect("write");
+
+        let grpc_only = server_config(&tls, None, false).expect("config");
+        let with_web = server_config(&tls, None, true).expect("config");
+
+        assert_eq!(grpc_only.alpn_protocols, [b"h2".to_vec()]);
+        assert_eq!(with_web.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+    }
 
     #[test]
     fn unreadable_certificate_and_key_files_name_their_keys() {
