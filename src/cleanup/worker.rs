@@ -426,6 +426,9 @@ impl Worker {
     }
 
     /// Records a batch's outcomes, drops gone images from the inventory and finalises the audit record.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(
+        otel.name = "postgresql record_cleanup_batch", otel.kind = "client",
+        db.system = "postgresql", db.operation.name = "record_cleanup_batch"))]
     async fn record(
         &self,
         run: &RunRow,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::json;
+use tracing::Instrument as _;
 
 use super::SyncError;
 use crate::domain::{Digest, ImageRecord, ImageSelector, Manifest, ManifestKind, RepositoryName};
@@ -124,22 +125,28 @@ impl Syncer {
             seen: records.len() as i32,
             ..RunCounts::default()
         };
-        let mut tx = self.store.begin().await?;
-        for page in records.chunks(PAGE) {
-            let page_counts =
-                images::upsert_page(&mut tx, &registry.reference, repository, page, started).await?;
-            counts.added += page_counts.added as i32;
-            counts.changed += page_counts.changed as i32;
+        let unread = async {
+            let mut tx = self.store.begin().await?;
+            for page in records.chunks(PAGE) {
+                let page_counts =
+                    images::upsert_page(&mut tx, &registry.reference, repository, page, started).await?;
+                counts.added += page_counts.added as i32;
+                counts.changed += page_counts.changed as i32;
+            }
+            let removed =
+                images::finish_reconcile(&mut tx, &registry.reference, repository, &records).await?;
+            counts.removed = removed.len() as i32;
+            if !removed.is_empty() {
+                // Images gone from ECR leave the inventory with an audit event, in the same transaction.
+                let record = removal_record(&registry.reference, repository, &removed, log);
+                audit_events::insert(&mut tx, &record).await?;
+            }
+            let unread = images::digests_without_manifest(&mut tx, &registry.reference, repository).await?;
+            tx.commit().await.map_err(StoreError::from)?;
+            Ok::<_, StoreError>(unread)
         }
-        let removed = images::finish_reconcile(&mut tx, &registry.reference, repository, &records).await?;
-        counts.removed = removed.len() as i32;
-        if !removed.is_empty() {
-            // Images gone from ECR leave the inventory with an audit event, in the same transaction.
-            let record = removal_record(&registry.reference, repository, &removed, log);
-            audit_events::insert(&mut tx, &record).await?;
-        }
-        let unread = images::digests_without_manifest(&mut tx, &registry.reference, repository).await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        .instrument(crate::store::transaction_span("reconcile_images"))
+        .await?;
         self.store.invalidate(&registry.reference, repository.as_str());
         self.read_manifests(registry, repository, log, &unread).await?;
         self.refresh_scans(registry, repository, log).await?;
@@ -285,19 +292,23 @@ impl Syncer {
         log: &CallLog,
     ) -> Result<Option<ImageRecord>, SyncError> {
         let found = registry.describe_image(log, repository, selector).await?;
-        let mut tx = self.store.begin().await?;
-        match (&found, selector) {
-            (Some(image), _) => {
-                images::upsert_one(&mut tx, &registry.reference, repository, image, Utc::now()).await?;
+        async {
+            let mut tx = self.store.begin().await?;
+            match (&found, selector) {
+                (Some(image), _) => {
+                    images::upsert_one(&mut tx, &registry.reference, repository, image, Utc::now()).await?;
+                }
+                (None, ImageSelector::Digest(digest)) => {
+                    images::delete_one(&mut tx, &registry.reference, repository, digest.as_str()).await?;
+                }
+                (None, ImageSelector::Tag(tag)) => {
+                    images::untag(&mut tx, &registry.reference, repository, tag.as_str()).await?;
+                }
             }
-            (None, ImageSelector::Digest(digest)) => {
-                images::delete_one(&mut tx, &registry.reference, repository, digest.as_str()).await?;
-            }
-            (None, ImageSelector::Tag(tag)) => {
-                images::untag(&mut tx, &registry.reference, repository, tag.as_str()).await?;
-            }
+            tx.commit().await.map_err(StoreError::from)
         }
-        tx.commit().await.map_err(StoreError::from)?;
+        .instrument(crate::store::transaction_span("refresh_image"))
+        .await?;
         self.store.invalidate(&registry.reference, repository.as_str());
         if let Some(image) = &found {
             let unread = self
