@@ -135,6 +135,9 @@ impl Worker {
     }
 
     /// One step: plan, settle what a dead worker left in flight, or delete one batch.
+    /// Its span is the root of the step's trace (ECR and database spans under it).
+    #[tracing::instrument(name = "cleanup.step", skip_all, fields(
+        run_id = %run.id, registry = %registry.reference.alias))]
     async fn step(&self, run: &RunRow, registry: &Registry) -> Result<Step, Stop> {
         let renewed = cleanup_runs::renew(self.store.pool(), run.id, &self.holder, self.lease)
             .await?

@@ -67,6 +67,9 @@ pub enum SyncOutcome {
 
 impl Syncer {
     /// Reconciles one repository's images, unless another replica is at it.
+    /// Its span is the root of a background sync's trace (ECR and database spans under it).
+    #[tracing::instrument(name = "inventory.sync_repository", skip_all, fields(
+        registry = %registry.reference.alias, repository = %repository))]
     pub async fn sync_repository(
         &self,
         registry: &Registry,
@@ -178,16 +181,20 @@ impl Syncer {
                 Err(error) if error.is_not_found() => continue,
                 Err(error) => return Err(error.into()),
             };
-            let mut tx = self.store.begin().await?;
-            scans::store_report(
-                &mut tx,
-                &registry.reference,
-                repository.as_str(),
-                &report,
-                Utc::now(),
-            )
+            async {
+                let mut tx = self.store.begin().await?;
+                scans::store_report(
+                    &mut tx,
+                    &registry.reference,
+                    repository.as_str(),
+                    &report,
+                    Utc::now(),
+                )
+                .await?;
+                tx.commit().await.map_err(StoreError::from)
+            }
+            .instrument(crate::store::transaction_span("store_scan_report"))
             .await?;
-            tx.commit().await.map_err(StoreError::from)?;
         }
         if !digests.is_empty() {
             self.store.invalidate(&registry.reference, repository.as_str());
@@ -196,6 +203,9 @@ impl Syncer {
     }
 
     /// The repository is gone from ECR: its images and its cache row go too.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(
+        otel.name = "postgresql forget_repository", otel.kind = "client",
+        db.system = "postgresql", db.operation.name = "forget_repository"))]
     async fn forget_repository(
         &self,
         registry: &Registry,
@@ -229,9 +239,13 @@ impl Syncer {
             .iter()
             .map(|raw| facts_of(raw.digest.as_str(), &raw.manifest, raw.media_type.as_deref()))
             .collect();
-        let mut tx = self.store.begin().await?;
-        images::store_manifest_facts(&mut tx, &registry.reference, repository, &facts).await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        async {
+            let mut tx = self.store.begin().await?;
+            images::store_manifest_facts(&mut tx, &registry.reference, repository, &facts).await?;
+            tx.commit().await.map_err(StoreError::from)
+        }
+        .instrument(crate::store::transaction_span("store_manifest_facts"))
+        .await?;
         self.store.invalidate(&registry.reference, repository.as_str());
         Ok(())
     }
