@@ -17,10 +17,12 @@ use crate::policy::{OrgPolicy, OrgPolicyConfig};
 mod auth;
 mod grpc_web;
 mod overload;
+mod telemetry;
 
 pub use auth::{AuthConfig, AuthMode, MtlsConfig, OIDC_ALGORITHMS, OidcConfig, is_loopback_host};
 pub use grpc_web::{ANY_ORIGIN, GrpcWebConfig};
 pub use overload::{GroupRate, OverloadConfig, Rate, RateLimitsConfig};
+pub use telemetry::{LogFormat, TelemetryConfig};
 
 /// The environment-variable prefix; `__` separates nesting levels.
 pub const ENV_PREFIX: &str = "ECR_GATEWAY__";
@@ -53,16 +55,30 @@ pub struct Config {
     pub overload: OverloadConfig,
     /// Per-caller rate limits, by group.
     pub rate_limits: RateLimitsConfig,
+    /// OpenTelemetry traces and metrics (OTLP), and the log format.
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[admin]`
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address of the HTTP/1.1 listener for `/healthz`, `/readyz` and
     /// `/metrics`, e.g. `127.0.0.1:9090`; unset serves no admin endpoints.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// How often the gauges read from Postgres (audit events pending, sync
+    /// lag, cache age, cleanup progress) are refreshed, for `/metrics` and OTLP.
+    pub gauge_refresh_seconds: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            gauge_refresh_seconds: 15,
+        }
+    }
 }
 
 /// `[server]`
@@ -385,6 +401,9 @@ impl Config {
                 "admin.listen: `{listen}` is not an address like 127.0.0.1:9090"
             ));
         }
+        if self.admin.gauge_refresh_seconds == 0 {
+            problems.push("admin.gauge_refresh_seconds: must be at least 1".into());
+        }
         if self.server.request_timeout_seconds == 0 {
             problems.push("server.request_timeout_seconds: must be at least 1".into());
         }
@@ -446,6 +465,7 @@ impl Config {
         if self.audit.digest_interval_seconds == 0 {
             problems.push("audit.digest_interval_seconds: must be at least 1".into());
         }
+        problems.extend(self.telemetry.problems());
         problems.extend(self.tls_problems());
         problems.extend(self.server.grpc_web.problems());
         if let Err(auth_problems) = crate::auth::Authenticator::from_config(&self.auth, &self.server.listen) {

@@ -16,6 +16,8 @@
 //! - [`cleanup`]: plans cleanups and carries out cleanup runs.
 //! - [`admin`]: the HTTP admin listener (health probes, Prometheus metrics) and
 //!   the layer that measures gRPC calls.
+//! - [`telemetry`]: logs (text or JSON with trace ids) and OpenTelemetry
+//!   (OTLP traces and metrics, the span of each gRPC call).
 //! - [`config`], [`server`]: settings and wiring.
 
 pub mod admin;
@@ -33,6 +35,7 @@ pub mod recovery;
 pub mod server;
 pub mod store;
 pub mod tasks;
+pub mod telemetry;
 pub mod tls;
 pub mod web;
 

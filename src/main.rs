@@ -1,5 +1,6 @@
-//! The `ecr-gateway` command: reads configuration, starts logging, and runs
-//! the server or one of the operator commands.
+//! The `ecr-gateway` command: reads configuration, starts logging (and, for
+//! `serve` with `telemetry.enabled`, the OTLP exporters), and runs the server
+//! or one of the operator commands.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,12 +75,15 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     match &cli.command {
         Command::Audit(AuditCommand::Verify { files, public_key }) => {
+            ecr_gateway::telemetry::init_logs_only();
             return verify_export(files, public_key.as_deref());
         }
-        Command::Audit(AuditCommand::Keygen { out }) => return keygen(out),
+        Command::Audit(AuditCommand::Keygen { out }) => {
+            ecr_gateway::telemetry::init_logs_only();
+            return keygen(out);
+        }
         _ => {}
     }
     let config = match Config::load(cli.config.as_deref()) {
@@ -94,6 +98,20 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
+        }
+    };
+    // Only `serve` exports telemetry; the other commands log in the configured format.
+    let mut telemetry_config = config.telemetry.clone();
+    telemetry_config.enabled &= matches!(cli.command, Command::Serve);
+    let telemetry = {
+        // The exporters' gRPC channel is created on the runtime.
+        let _runtime = runtime.enter();
+        match ecr_gateway::telemetry::init(&telemetry_config) {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                eprintln!("ecr-gateway: {error:#}");
+                return ExitCode::from(2);
+            }
         }
     };
     let result = runtime.block_on(async move {
@@ -126,6 +144,8 @@ fn main() -> ExitCode {
             }
         }
     });
+    // After the server drained, with the runtime still running the export.
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -308,21 +328,6 @@ fn verify_export(files: &[PathBuf], public_key: Option<&str>) -> ExitCode {
             );
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,sqlx=warn")
-    });
-    let json = std::env::var("ECR_GATEWAY_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }
 

@@ -135,6 +135,11 @@ pub async fn run_with_admin(
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ]));
+    let traced = config.telemetry.enabled;
+    if traced {
+        // `telemetry::init` installed the OTLP meter provider as the global one.
+        metrics.export_otlp(&opentelemetry::global::meter(crate::telemetry::SCOPE));
+    }
     let admin_server = match admin_listener {
         Some(admin_listener) => {
             let admin_addr = admin_listener.local_addr()?;
@@ -167,7 +172,9 @@ pub async fn run_with_admin(
             "audit.signing_key_file is not set: the audit chain is kept but its digests are not signed"
         );
     }
-    let registries = Registries::connect(&config.registries).await;
+    let registries = Registries::connect(&config.registries)
+        .await
+        .observed(metrics.clone(), traced);
     let (audit, audit_writer) = AuditLog::start(store.clone());
     let state: Shared = Arc::new(AppState {
         policy,
@@ -198,6 +205,16 @@ pub async fn run_with_admin(
         .await;
     let probe = tokio::spawn(probe_database(store.clone(), reporter.clone(), stop_rx.clone()));
     let cache_listener = tokio::spawn(store.clone().listen_for_changes(stop_rx.clone()));
+    // The gauges that need Postgres, for /metrics and OTLP.
+    let gauges = (config.admin.listen.is_some() || traced).then(|| {
+        tokio::spawn(crate::admin::gauges::run_refresh(
+            store.clone(),
+            metrics.clone(),
+            registries.all().map(|r| r.reference.clone()).collect(),
+            Duration::from_secs(config.admin.gauge_refresh_seconds),
+            stop_rx.clone(),
+        ))
+    });
     let sync = (config.sync.interval_seconds > 0).then(|| {
         tokio::spawn(crate::inventory::run_sync_loop(
             state.syncer.clone(),
@@ -309,7 +326,7 @@ pub async fn run_with_admin(
         // call it stands for; plain gRPC passes through untouched.
         .layer(browser)
         // Outermost of the gRPC layers, so that calls refused by the layers below are counted too.
-        .layer(MetricsLayer::new(metrics))
+        .layer(MetricsLayer::new(metrics).traced(traced))
         // Before identity: a shed call costs no token verification.
         .layer(ShedLayer::new(
             config.overload.max_concurrent_calls,
@@ -348,6 +365,9 @@ pub async fn run_with_admin(
         let _ = admin_server.await;
     }
     let _ = cache_listener.await;
+    if let Some(gauges) = gauges {
+        let _ = gauges.await;
+    }
     if let Some(sync) = sync {
         sync.abort();
     }

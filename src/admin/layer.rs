@@ -8,6 +8,10 @@
 //! when its HTTP status is 200 and mapped from the HTTP status otherwise (the
 //! gRPC spec's table). A response dropped before its end (the caller went
 //! away, or the call's deadline passed) is counted as `Cancelled`.
+//!
+//! With telemetry on ([`MetricsLayer::traced`]) each call also gets its span
+//! ([`crate::telemetry::rpc`]), entered while the handler runs and ended with
+//! the call. Off, the span is `Span::none()`: no header is parsed.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +22,7 @@ use std::time::Instant;
 use http::{HeaderMap, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 use tonic::Code;
+use tracing::{Instrument as _, Span};
 
 use super::metrics::Metrics;
 
@@ -25,12 +30,22 @@ use super::metrics::Metrics;
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
     metrics: Arc<Metrics>,
+    traced: bool,
 }
 
 impl MetricsLayer {
     /// A layer recording into `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> MetricsLayer {
-        MetricsLayer { metrics }
+        MetricsLayer {
+            metrics,
+            traced: false,
+        }
+    }
+
+    /// Also gives every call a span (telemetry on).
+    pub fn traced(mut self, traced: bool) -> MetricsLayer {
+        self.traced = traced;
+        self
     }
 }
 
@@ -40,6 +55,7 @@ impl<S> tower::Layer<S> for MetricsLayer {
         MetricsService {
             inner,
             metrics: self.metrics.clone(),
+            traced: self.traced,
         }
     }
 }
@@ -49,6 +65,7 @@ impl<S> tower::Layer<S> for MetricsLayer {
 pub struct MetricsService<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    traced: bool,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for MetricsService<S>
@@ -68,8 +85,15 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let mut call = Call::start(self.metrics.clone(), request.uri().path());
-        let response = self.inner.call(request);
-        Box::pin(async move {
+        if self.traced {
+            call.span = crate::telemetry::rpc::server_span(&call.method, request.headers());
+        }
+        let span = call.span.clone();
+        let response = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        let future = async move {
             match response.await {
                 Ok(response) => {
                     call.code = code_from_headers(response.headers())
@@ -86,7 +110,8 @@ where
                     Err(error)
                 }
             }
-        })
+        };
+        Box::pin(future.instrument(span))
     }
 }
 
@@ -98,6 +123,8 @@ struct Call {
     /// The status as known so far.
     code: Code,
     finished: bool,
+    /// The call's span; `Span::none()` without telemetry.
+    span: Span,
 }
 
 impl Call {
@@ -109,17 +136,27 @@ impl Call {
             started: Instant::now(),
             code: Code::Ok,
             finished: false,
+            span: Span::none(),
         }
     }
 
     fn finish(&mut self, code: Code) {
         if !self.finished {
             self.finished = true;
-            self.metrics.call_finished(
-                std::mem::take(&mut self.method),
-                code_name(code),
-                self.started.elapsed(),
-            );
+            let elapsed = self.started.elapsed();
+            crate::telemetry::rpc::record_status(&self.span, code);
+            // An access log for those who turn it on (RUST_LOG=ecr_gateway::admin::layer=debug),
+            // in the call's span so that JSON lines carry its trace id.
+            self.span.in_scope(|| {
+                tracing::debug!(
+                    method = %self.method,
+                    code = code_name(code),
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "call finished"
+                )
+            });
+            self.metrics
+                .call_finished(std::mem::take(&mut self.method), code_name(code), elapsed);
         }
     }
 }
@@ -305,7 +342,7 @@ mod tests {
         assert_eq!(metrics.in_flight(), 1, "the call lasts until its body ends");
         let _ = response.into_body().collect().await;
 
-        let text = metrics.encode(None);
+        let text = metrics.encode();
         assert!(text.contains(&series("NotFound")), "{text}");
         assert!(text.contains("ecr_gateway_rpc_in_flight 0\n"), "{text}");
     }
@@ -325,7 +362,7 @@ mod tests {
         // hyper drops an empty body without polling it.
         drop(service.oneshot(request()).await.expect("response"));
 
-        let text = metrics.encode(None);
+        let text = metrics.encode();
         assert!(text.contains(&series("InvalidArgument")), "{text}");
     }
 
@@ -342,7 +379,7 @@ mod tests {
         let response = service.oneshot(request()).await.expect("response");
         let _ = response.into_body().collect().await;
 
-        assert!(metrics.encode(None).contains(&series("OK")));
+        assert!(metrics.encode().contains(&series("OK")));
     }
 
     #[tokio::test]
@@ -357,7 +394,7 @@ mod tests {
 
         drop(service.oneshot(request()).await.expect("response"));
 
-        assert!(metrics.encode(None).contains(&series("Canceled")));
+        assert!(metrics.encode().contains(&series("Canceled")));
         assert_eq!(metrics.in_flight(), 0);
     }
 }

@@ -1,15 +1,24 @@
 //! The gateway's Prometheus metrics and their text exposition (format 0.0.4).
 //!
-//! Written by hand rather than with a metrics crate: two series families and
-//! one gauge updated on the hot path need a mutex-guarded map and atomics,
+//! Written by hand rather than with a metrics crate: a few series families
+//! and one gauge updated on the hot path need a mutex-guarded map and atomics,
 //! and the text format is a few lines. The state lives in [`Metrics`], built
-//! once in `server.rs` and passed to the layer and the admin server.
+//! once in `server.rs` and passed to the layer, the ECR clients (as their
+//! [`EcrObserver`]), the gauge refresher and the admin server. With
+//! telemetry on, the same values are also exported by OTLP
+//! ([`crate::telemetry::metrics`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::gauges::DatabaseGauges;
+use crate::ecr::{EcrCallOutcome, EcrObserver};
+use crate::telemetry::metrics::Instruments;
 
 /// Upper bounds of the call-duration buckets, in seconds (Prometheus' defaults).
 pub const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -18,12 +27,20 @@ pub const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 /// the label's values to the methods it knows).
 pub const UNKNOWN_METHOD: &str = "unknown";
 
+/// The labels of `ecr_gateway_ecr_calls_total`: registry, action, outcome, throttled.
+pub type EcrCallKey = (String, String, &'static str, bool);
+
 /// Everything the gateway counts, shared by the gRPC layer and `/metrics`.
 #[derive(Debug)]
 pub struct Metrics {
     methods: HashSet<String>,
     durations: Mutex<BTreeMap<(String, &'static str), Histogram>>,
     in_flight: AtomicI64,
+    /// ECR operations by (registry, action, outcome, throttled).
+    ecr_calls: Mutex<BTreeMap<EcrCallKey, u64>>,
+    database: watch::Sender<DatabaseGauges>,
+    /// The OTLP instruments, when telemetry is on.
+    otlp: OnceLock<Instruments>,
 }
 
 /// One histogram series: cumulative counts are computed when encoding.
@@ -55,7 +72,39 @@ impl Metrics {
             methods: grpc_methods(descriptor_sets),
             durations: Mutex::default(),
             in_flight: AtomicI64::new(0),
+            ecr_calls: Mutex::default(),
+            database: watch::Sender::new(DatabaseGauges::default()),
+            otlp: OnceLock::new(),
         }
+    }
+
+    /// Also exports every metric by OTLP through `meter` (telemetry on).
+    pub fn export_otlp(self: &Arc<Self>, meter: &opentelemetry::metrics::Meter) {
+        let _ = self.otlp.set(crate::telemetry::metrics::register(self, meter));
+    }
+
+    /// Replaces the database gauges with a new reading.
+    pub fn set_database_gauges(&self, gauges: DatabaseGauges) {
+        self.database.send_replace(gauges);
+    }
+
+    /// The last reading of the database gauges.
+    pub fn database_gauges(&self) -> DatabaseGauges {
+        self.database.borrow().clone()
+    }
+
+    /// Waits up to `limit` for the first reading of the database gauges.
+    pub async fn first_database_reading(&self, limit: Duration) {
+        let mut readings = self.database.subscribe();
+        let _ = tokio::time::timeout(limit, readings.wait_for(|gauges| gauges.read)).await;
+    }
+
+    /// ECR operations counted so far, by (registry, action, outcome, throttled).
+    pub fn ecr_calls(&self) -> BTreeMap<EcrCallKey, u64> {
+        self.ecr_calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// The `method` label of a request path.
@@ -75,6 +124,9 @@ impl Metrics {
     /// A call ended with `code` after `elapsed`.
     pub fn call_finished(&self, method: String, code: &'static str, elapsed: Duration) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(otlp) = self.otlp.get() {
+            otlp.rpc_finished(&method, code, elapsed.as_secs_f64());
+        }
         let mut durations = self
             .durations
             .lock()
@@ -90,9 +142,8 @@ impl Metrics {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// The text exposition of the call metrics, with `pending_audit_events`
-    /// when it could be read.
-    pub fn encode(&self, pending_audit_events: Option<i64>) -> String {
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
         let mut out = String::new();
         out.push_str(
             "# HELP ecr_gateway_rpc_duration_seconds Duration of gRPC calls until the response ended, by method and gRPC status code.\n\
@@ -136,15 +187,39 @@ impl Metrics {
              ecr_gateway_rpc_in_flight {}\n",
             self.in_flight()
         );
-        if let Some(pending) = pending_audit_events {
-            let _ = write!(
+        out.push_str(
+            "# HELP ecr_gateway_ecr_calls_total ECR operations (retries included) by registry, action, outcome and whether ECR throttled an attempt.\n\
+             # TYPE ecr_gateway_ecr_calls_total counter\n",
+        );
+        for ((registry, action, outcome, throttled), count) in self.ecr_calls() {
+            let _ = writeln!(
                 out,
-                "# HELP ecr_gateway_audit_events_pending Audit events recorded but not yet linked into the hash chain.\n\
-                 # TYPE ecr_gateway_audit_events_pending gauge\n\
-                 ecr_gateway_audit_events_pending {pending}\n"
+                "ecr_gateway_ecr_calls_total{{registry=\"{}\",action=\"{}\",outcome=\"{outcome}\",throttled=\"{throttled}\"}} {count}",
+                escape(&registry),
+                escape(&action),
             );
         }
+        self.database.borrow().encode(&mut out, chrono::Utc::now());
         out
+    }
+}
+
+impl EcrObserver for Metrics {
+    fn ecr_call_finished(&self, call: &EcrCallOutcome) {
+        *self
+            .ecr_calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry((
+                call.registry.clone(),
+                call.action.clone(),
+                call.outcome,
+                call.throttled,
+            ))
+            .or_default() += 1;
+        if let Some(otlp) = self.otlp.get() {
+            otlp.ecr_call(call);
+        }
     }
 }
 
@@ -174,7 +249,7 @@ fn grpc_methods(descriptor_sets: &[&[u8]]) -> HashSet<String> {
 }
 
 /// A label value as the text format wants it.
-fn escape(value: &str) -> String {
+pub(super) fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -208,12 +283,16 @@ mod tests {
         let metrics = metrics();
         metrics.call_started();
         metrics.call_started();
-        assert!(metrics.encode(None).contains("ecr_gateway_rpc_in_flight 2\n"));
+        assert!(metrics.encode().contains("ecr_gateway_rpc_in_flight 2\n"));
         let method = "/ecrgateway.v1.ImageService/ResolveImage".to_owned();
         metrics.call_finished(method.clone(), "OK", Duration::from_millis(3));
         metrics.call_finished(method, "OK", Duration::from_millis(30));
 
-        let text = metrics.encode(Some(7));
+        metrics.set_database_gauges(DatabaseGauges {
+            audit_events_pending: Some(7),
+            ..DatabaseGauges::default()
+        });
+        let text = metrics.encode();
 
         let labels = r#"method="/ecrgateway.v1.ImageService/ResolveImage",code="OK""#;
         for (le, count) in [("0.005", 1), ("0.025", 1), ("0.05", 2), ("10", 2), ("+Inf", 2)] {
@@ -223,7 +302,27 @@ mod tests {
         assert!(text.contains(&format!("ecr_gateway_rpc_duration_seconds_count{{{labels}}} 2\n")));
         assert!(text.contains("ecr_gateway_rpc_in_flight 0\n"), "{text}");
         assert!(text.contains("ecr_gateway_audit_events_pending 7\n"), "{text}");
-        assert!(!metrics.encode(None).contains("audit_events_pending"));
+        metrics.set_database_gauges(DatabaseGauges::default());
+        assert!(!metrics.encode().contains("audit_events_pending"));
+    }
+
+    #[test]
+    fn ecr_calls_are_counted_by_registry_action_outcome_and_throttling() {
+        let metrics = metrics();
+        let call = EcrCallOutcome {
+            registry: "main".into(),
+            action: "CreateRepository".into(),
+            outcome: "ok",
+            throttled: true,
+            attempts: 2,
+        };
+        metrics.ecr_call_finished(&call);
+        metrics.ecr_call_finished(&call);
+
+        let text = metrics.encode();
+
+        let line = "ecr_gateway_ecr_calls_total{registry=\"main\",action=\"CreateRepository\",outcome=\"ok\",throttled=\"true\"} 2\n";
+        assert!(text.contains(line), "{line} in\n{text}");
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //! - `GET /healthz`: 200 while the process runs (liveness; never asks Postgres).
 //! - `GET /readyz`: 200 when Postgres answers and every embedded migration is
 //!   applied; 503 with a one-line reason otherwise, and while draining.
-//! - `GET /metrics`: Prometheus text format ([`metrics`], [`layer`]).
+//! - `GET /metrics`: Prometheus text format ([`metrics`], [`layer`], and
+//!   [`gauges`], read from Postgres on an interval).
 //!
 //! Other paths answer 404, other methods 405.
 
+pub mod gauges;
 pub mod layer;
 pub mod metrics;
 
@@ -33,15 +35,15 @@ use crate::store::Store;
 
 /// Upper bound of a readiness check (Kubernetes' default probe timeout is 1 s).
 const READINESS_TIMEOUT: Duration = Duration::from_millis(800);
-/// Upper bound of the audit queue count taken at each scrape.
-const SCRAPE_QUERY_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a scrape right after start waits for the first reading of the database gauges.
+const FIRST_READING_WAIT: Duration = Duration::from_millis(500);
 /// The content type of the Prometheus text format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What the admin endpoints look at.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    /// Postgres, for readiness and the audit queue gauge.
+    /// Postgres, for readiness.
     pub store: Store,
     /// The gateway's metrics.
     pub metrics: Arc<Metrics>,
@@ -148,14 +150,9 @@ impl Admin {
     }
 
     async fn metrics_response(&self) -> Response<Full<Bytes>> {
-        let pending = tokio::time::timeout(
-            SCRAPE_QUERY_TIMEOUT,
-            crate::store::audit_trail::chain_queue_length(self.store.pool()),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok);
-        let mut response = Response::new(Full::new(Bytes::from(self.metrics.encode(pending))));
+        // The gauges that need Postgres are read by `gauges::run_refresh`, not here.
+        self.metrics.first_database_reading(FIRST_READING_WAIT).await;
+        let mut response = Response::new(Full::new(Bytes::from(self.metrics.encode())));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             header::HeaderValue::from_static(METRICS_CONTENT_TYPE),

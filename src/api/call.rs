@@ -29,6 +29,10 @@ impl Call {
     /// Starts a call: identity, source, user agent and the audit record's skeleton.
     pub fn start<T>(request: &tonic::Request<T>, event_name: &str, read_only: bool) -> Call {
         let caller = Caller::from_request(request);
+        if let Ok(caller) = &caller {
+            // The call's span (telemetry on; a no-op otherwise).
+            tracing::Span::current().record("enduser.id", caller.identity.principal.as_str());
+        }
         let identity = match &caller {
             Ok(caller) => caller.identity.clone(),
             Err(_) => Identity {
@@ -153,8 +157,21 @@ impl Call {
         self.record.client_request_id = (!request_id.is_empty()).then(|| storable(request_id).into_owned());
     }
 
-    /// Records the registry and the repository the call is about.
+    /// Records the registry the call is about (in the audit record, and as an
+    /// attribute of the call's span).
+    pub fn set_registry(&mut self, registry: &RegistryRef) {
+        tracing::Span::current().record("registry", registry.alias.as_str());
+        self.record.registry = Some(registry.clone());
+    }
+
+    /// Records the registry and the repository the call is about (in the
+    /// audit record, and as attributes of the call's span).
     pub fn set_repository(&mut self, registry: &RegistryRef, arn: String) {
+        let span = tracing::Span::current();
+        span.record("registry", registry.alias.as_str());
+        if let Some((_, repository)) = arn.split_once(":repository/") {
+            span.record("repository", repository);
+        }
         self.record.registry = Some(registry.clone());
         self.record.resources = vec![AuditResource {
             resource_type: "AWS::ECR::Repository".into(),

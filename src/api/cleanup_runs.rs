@@ -75,7 +75,7 @@ pub async fn run_cleanup(
         return Err(invalid(violations));
     };
     let pool = state.store.pool();
-    call.record.registry = Some(registry.reference.clone());
+    call.set_registry(&registry.reference);
     authorize_run(
         state,
         call,
@@ -323,7 +323,7 @@ pub async fn cancel_cleanup_run(
         Cancel::Accepted(run) => run,
     };
     if let Some(registry) = state.registries.at(&run.account_id, &run.region) {
-        call.record.registry = Some(registry.reference.clone());
+        call.set_registry(&registry.reference);
     }
     state.cleanup_wake.notify_one();
     let counts = cleanup_runs::counts(pool, &[id]).await?;
@@ -366,7 +366,7 @@ async fn authorize_row(state: &AppState, call: &mut Call, run: &RunRow) -> Resul
     let Some(registry) = state.registries.at(&run.account_id, &run.region) else {
         return Err(run_not_found(run.id));
     };
-    call.record.registry = Some(registry.reference.clone());
+    call.set_registry(&registry.reference);
     authorize_run(
         state,
         call,

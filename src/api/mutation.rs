@@ -12,6 +12,7 @@ use chrono::Utc;
 use prost::Message;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
+use tracing::Instrument as _;
 
 use super::call::{Call, failed, succeeded};
 use super::error::ApiError;
@@ -128,33 +129,12 @@ where
     Fut: Future<Output = Result<Done<R>, ApiError>>,
 {
     let principal = call.caller()?.identity.principal.clone();
-    let hash = request_hash(&call.record.event_name, request);
-    let mut tx = store.begin().await.map_err(audit_unavailable)?;
-    let number = if request_id.is_empty() {
-        1
-    } else {
-        let lease_until = Utc::now() + lease;
-        match operations::claim(
-            &mut tx,
-            &principal,
-            request_id,
-            &call.record.event_name,
-            &hash,
-            lease_until,
-        )
-        .await
-        .map_err(audit_unavailable)?
-        {
-            Claim::Owned { attempt } => attempt,
-            Claim::Succeeded(stored) => return replay(stored.response),
-            Claim::InProgress { lease_until } => return Err(in_progress(request_id, lease_until)),
-            Claim::Mismatch { method } => return Err(reused(request_id, &method)),
-        }
+    let number = match record_pending(store, call, &principal, request_id, request, lease).await? {
+        Claim::Owned { attempt } => attempt,
+        Claim::Succeeded(stored) => return replay(stored.response),
+        Claim::InProgress { lease_until } => return Err(in_progress(request_id, lease_until)),
+        Claim::Mismatch { method } => return Err(reused(request_id, &method)),
     };
-    audit_events::insert(&mut tx, &call.record)
-        .await
-        .map_err(audit_unavailable)?;
-    tx.commit().await.map_err(|e| audit_unavailable(e.into()))?;
     call.persisted = true;
 
     let log = CallLog::default();
@@ -170,6 +150,46 @@ where
             Err(error)
         }
     }
+}
+
+/// Step 3, one transaction: claims `request_id` (when given) and, when this
+/// call owns it, writes the pending audit record. Any other claim is
+/// returned without writing anything.
+#[tracing::instrument(name = "db.transaction", skip_all, fields(
+    otel.name = "postgresql record_pending", otel.kind = "client",
+    db.system = "postgresql", db.operation.name = "record_pending"))]
+async fn record_pending(
+    store: &Store,
+    call: &Call,
+    principal: &str,
+    request_id: &str,
+    request: &impl Message,
+    lease: Duration,
+) -> Result<Claim, ApiError> {
+    let mut tx = store.begin().await.map_err(audit_unavailable)?;
+    let claim = if request_id.is_empty() {
+        Claim::Owned { attempt: 1 }
+    } else {
+        let hash = request_hash(&call.record.event_name, request);
+        let lease_until = Utc::now() + lease;
+        operations::claim(
+            &mut tx,
+            principal,
+            request_id,
+            &call.record.event_name,
+            &hash,
+            lease_until,
+        )
+        .await
+        .map_err(audit_unavailable)?
+    };
+    if matches!(claim, Claim::Owned { .. }) {
+        audit_events::insert(&mut tx, &call.record)
+            .await
+            .map_err(audit_unavailable)?;
+        tx.commit().await.map_err(|e| audit_unavailable(e.into()))?;
+    }
+    Ok(claim)
 }
 
 async fn finish_success<R: Message>(
@@ -191,7 +211,8 @@ async fn finish_success<R: Message>(
         tx.commit().await?;
         invalidate_changed(store, &done.change);
         Ok::<_, crate::store::StoreError>(())
-    };
+    }
+    .instrument(crate::store::transaction_span("finalize_mutation"));
     match commit.await {
         Ok(()) => Ok((done.response, false)),
         Err(error) => {
@@ -225,7 +246,8 @@ async fn finish_failure(
         }
         tx.commit().await?;
         Ok::<_, crate::store::StoreError>(())
-    };
+    }
+    .instrument(crate::store::transaction_span("finalize_failed_mutation"));
     if let Err(store_error) = commit.await {
         // The pending record stays; start-up recovery resolves it against ECR.
         tracing::error!(event_id = %call.record.event_id, "could not record a failed mutation: {store_error}");

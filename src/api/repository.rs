@@ -297,6 +297,9 @@ async fn get(
 }
 
 /// Writes what ECR just said into the cache; a repository ECR no longer has leaves it.
+#[tracing::instrument(name = "db.transaction", skip_all, fields(
+    otel.name = "postgresql refresh_repository", otel.kind = "client",
+    db.system = "postgresql", db.operation.name = "refresh_repository"))]
 async fn refresh_cache(
     state: &AppState,
     registry: &RegistryRef,

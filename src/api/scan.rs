@@ -7,6 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::call::Call;
@@ -475,9 +476,13 @@ async fn read_through(
     call.record.outcome.ecr_request_ids = log.ids();
     let report = report?;
     let now = Utc::now();
-    let mut tx = state.store.begin().await?;
-    scans::store_report(&mut tx, &registry.reference, repository.as_str(), &report, now).await?;
-    tx.commit().await.map_err(crate::store::StoreError::from)?;
+    async {
+        let mut tx = state.store.begin().await?;
+        scans::store_report(&mut tx, &registry.reference, repository.as_str(), &report, now).await?;
+        tx.commit().await.map_err(crate::store::StoreError::from)
+    }
+    .instrument(crate::store::transaction_span("store_scan_report"))
+    .await?;
     state.store.invalidate(&registry.reference, repository.as_str());
     Ok(row_of(repository, &report, now))
 }
@@ -532,7 +537,7 @@ async fn get_scanning_configuration(
 ) -> Result<(pb::ScanningConfiguration, Value), ApiError> {
     call.caller()?;
     let registry = state.registry(&request.registry).map_err(|v| invalid(vec![v]))?;
-    call.record.registry = Some(registry.reference.clone());
+    call.set_registry(&registry.reference);
     call.authorize(&state.authz, &Resource::Registry(registry.reference.clone()))?;
     let log = CallLog::default();
     let settings = registry.get_scanning_configuration(&log).await;
@@ -585,7 +590,7 @@ async fn update_scanning_configuration(
     let Some(registry) = registry.filter(|_| violations.is_empty()) else {
         return Err(invalid(violations));
     };
-    call.record.registry = Some(registry.reference.clone());
+    call.set_registry(&registry.reference);
     call.authorize(&state.authz, &Resource::Registry(registry.reference.clone()))?;
     let settings = ScanningSettings { enhanced, rules };
     if request.validate_only {
@@ -1002,7 +1007,7 @@ async fn create_exception(
     if let (Some(registry), Some(repository)) = (registry, &repository) {
         call.set_repository(&registry.reference, registry.reference.repository_arn(repository));
     } else if let Some(registry) = registry {
-        call.record.registry = Some(registry.reference.clone());
+        call.set_registry(&registry.reference);
     }
     authorize_exception(
         state,

@@ -135,6 +135,9 @@ impl Worker {
     }
 
     /// One step: plan, settle what a dead worker left in flight, or delete one batch.
+    /// Its span is the root of the step's trace (ECR and database spans under it).
+    #[tracing::instrument(name = "cleanup.step", skip_all, fields(
+        run_id = %run.id, registry = %registry.reference.alias))]
     async fn step(&self, run: &RunRow, registry: &Registry) -> Result<Step, Stop> {
         let renewed = cleanup_runs::renew(self.store.pool(), run.id, &self.holder, self.lease)
             .await?
@@ -426,6 +429,9 @@ impl Worker {
     }
 
     /// Records a batch's outcomes, drops gone images from the inventory and finalises the audit record.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(
+        otel.name = "postgresql record_cleanup_batch", otel.kind = "client",
+        db.system = "postgresql", db.operation.name = "record_cleanup_batch"))]
     async fn record(
         &self,
         run: &RunRow,

@@ -1,12 +1,15 @@
 //! The only code that talks to AWS. One [`Registry`] per configured registry,
 //! each with its own SDK client (credentials, optional assumed role, optional
-//! endpoint), typed calls and error classification ([`EcrError`]).
+//! endpoint), typed calls and error classification ([`EcrError`]). Every
+//! client counts and traces its operations ([`Registries::observed`], in
+//! `telemetry.rs`).
 
 mod budget;
 mod error;
 mod images;
 mod repositories;
 mod scans;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +25,7 @@ pub use error::{EcrError, classify, classify_code};
 pub use images::{DeleteOutcome, RawManifest, image_from_detail};
 pub use repositories::{collect_pages, state_from_detail};
 pub use scans::{ScanFinding, ScanReport, ScanStart, ScanningSettings};
+pub use telemetry::{EcrCallOutcome, EcrObserver};
 
 use crate::config::RegistryConfig;
 use crate::domain::RegistryRef;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::json;
+use tracing::Instrument as _;
 
 use super::SyncError;
 use crate::domain::{Digest, ImageRecord, ImageSelector, Manifest, ManifestKind, RepositoryName};
@@ -66,6 +67,9 @@ pub enum SyncOutcome {
 
 impl Syncer {
     /// Reconciles one repository's images, unless another replica is at it.
+    /// Its span is the root of a background sync's trace (ECR and database spans under it).
+    #[tracing::instrument(name = "inventory.sync_repository", skip_all, fields(
+        registry = %registry.reference.alias, repository = %repository))]
     pub async fn sync_repository(
         &self,
         registry: &Registry,
@@ -124,22 +128,28 @@ impl Syncer {
             seen: records.len() as i32,
             ..RunCounts::default()
         };
-        let mut tx = self.store.begin().await?;
-        for page in records.chunks(PAGE) {
-            let page_counts =
-                images::upsert_page(&mut tx, &registry.reference, repository, page, started).await?;
-            counts.added += page_counts.added as i32;
-            counts.changed += page_counts.changed as i32;
+        let unread = async {
+            let mut tx = self.store.begin().await?;
+            for page in records.chunks(PAGE) {
+                let page_counts =
+                    images::upsert_page(&mut tx, &registry.reference, repository, page, started).await?;
+                counts.added += page_counts.added as i32;
+                counts.changed += page_counts.changed as i32;
+            }
+            let removed =
+                images::finish_reconcile(&mut tx, &registry.reference, repository, &records).await?;
+            counts.removed = removed.len() as i32;
+            if !removed.is_empty() {
+                // Images gone from ECR leave the inventory with an audit event, in the same transaction.
+                let record = removal_record(&registry.reference, repository, &removed, log);
+                audit_events::insert(&mut tx, &record).await?;
+            }
+            let unread = images::digests_without_manifest(&mut tx, &registry.reference, repository).await?;
+            tx.commit().await.map_err(StoreError::from)?;
+            Ok::<_, StoreError>(unread)
         }
-        let removed = images::finish_reconcile(&mut tx, &registry.reference, repository, &records).await?;
-        counts.removed = removed.len() as i32;
-        if !removed.is_empty() {
-            // Images gone from ECR leave the inventory with an audit event, in the same transaction.
-            let record = removal_record(&registry.reference, repository, &removed, log);
-            audit_events::insert(&mut tx, &record).await?;
-        }
-        let unread = images::digests_without_manifest(&mut tx, &registry.reference, repository).await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        .instrument(crate::store::transaction_span("reconcile_images"))
+        .await?;
         self.store.invalidate(&registry.reference, repository.as_str());
         self.read_manifests(registry, repository, log, &unread).await?;
         self.refresh_scans(registry, repository, log).await?;
@@ -171,16 +181,20 @@ impl Syncer {
                 Err(error) if error.is_not_found() => continue,
                 Err(error) => return Err(error.into()),
             };
-            let mut tx = self.store.begin().await?;
-            scans::store_report(
-                &mut tx,
-                &registry.reference,
-                repository.as_str(),
-                &report,
-                Utc::now(),
-            )
+            async {
+                let mut tx = self.store.begin().await?;
+                scans::store_report(
+                    &mut tx,
+                    &registry.reference,
+                    repository.as_str(),
+                    &report,
+                    Utc::now(),
+                )
+                .await?;
+                tx.commit().await.map_err(StoreError::from)
+            }
+            .instrument(crate::store::transaction_span("store_scan_report"))
             .await?;
-            tx.commit().await.map_err(StoreError::from)?;
         }
         if !digests.is_empty() {
             self.store.invalidate(&registry.reference, repository.as_str());
@@ -189,6 +203,9 @@ impl Syncer {
     }
 
     /// The repository is gone from ECR: its images and its cache row go too.
+    #[tracing::instrument(name = "db.transaction", skip_all, fields(
+        otel.name = "postgresql forget_repository", otel.kind = "client",
+        db.system = "postgresql", db.operation.name = "forget_repository"))]
     async fn forget_repository(
         &self,
         registry: &Registry,
@@ -222,9 +239,13 @@ impl Syncer {
             .iter()
             .map(|raw| facts_of(raw.digest.as_str(), &raw.manifest, raw.media_type.as_deref()))
             .collect();
-        let mut tx = self.store.begin().await?;
-        images::store_manifest_facts(&mut tx, &registry.reference, repository, &facts).await?;
-        tx.commit().await.map_err(StoreError::from)?;
+        async {
+            let mut tx = self.store.begin().await?;
+            images::store_manifest_facts(&mut tx, &registry.reference, repository, &facts).await?;
+            tx.commit().await.map_err(StoreError::from)
+        }
+        .instrument(crate::store::transaction_span("store_manifest_facts"))
+        .await?;
         self.store.invalidate(&registry.reference, repository.as_str());
         Ok(())
     }
@@ -285,19 +306,23 @@ impl Syncer {
         log: &CallLog,
     ) -> Result<Option<ImageRecord>, SyncError> {
         let found = registry.describe_image(log, repository, selector).await?;
-        let mut tx = self.store.begin().await?;
-        match (&found, selector) {
-            (Some(image), _) => {
-                images::upsert_one(&mut tx, &registry.reference, repository, image, Utc::now()).await?;
+        async {
+            let mut tx = self.store.begin().await?;
+            match (&found, selector) {
+                (Some(image), _) => {
+                    images::upsert_one(&mut tx, &registry.reference, repository, image, Utc::now()).await?;
+                }
+                (None, ImageSelector::Digest(digest)) => {
+                    images::delete_one(&mut tx, &registry.reference, repository, digest.as_str()).await?;
+                }
+                (None, ImageSelector::Tag(tag)) => {
+                    images::untag(&mut tx, &registry.reference, repository, tag.as_str()).await?;
+                }
             }
-            (None, ImageSelector::Digest(digest)) => {
-                images::delete_one(&mut tx, &registry.reference, repository, digest.as_str()).await?;
-            }
-            (None, ImageSelector::Tag(tag)) => {
-                images::untag(&mut tx, &registry.reference, repository, tag.as_str()).await?;
-            }
+            tx.commit().await.map_err(StoreError::from)
         }
-        tx.commit().await.map_err(StoreError::from)?;
+        .instrument(crate::store::transaction_span("refresh_image"))
+        .await?;
         self.store.invalidate(&registry.reference, repository.as_str());
         if let Some(image) = &found {
             let unread = self

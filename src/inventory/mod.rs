@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::StreamExt as _;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 mod images;
 
@@ -47,9 +48,14 @@ pub async fn sync_repositories(
     let log = CallLog::default();
     let started = Utc::now();
     let states = registry.list_repositories(&log).await?;
-    let mut tx = store.begin().await?;
-    let removed = repositories::replace_registry(&mut tx, &registry.reference, &states, started).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    let removed = async {
+        let mut tx = store.begin().await?;
+        let removed = repositories::replace_registry(&mut tx, &registry.reference, &states, started).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok::<_, StoreError>(removed)
+    }
+    .instrument(crate::store::transaction_span("replace_registry_repositories"))
+    .await?;
     Ok(RepositorySyncReport {
         seen: states.len(),
         removed,

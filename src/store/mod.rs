@@ -5,6 +5,7 @@ pub mod audit_events;
 pub mod audit_trail;
 pub mod cache;
 pub mod cleanup_runs;
+pub mod gauges;
 pub mod image_reads;
 pub mod images;
 pub mod operations;
@@ -295,8 +296,21 @@ impl Store {
         Ok(())
     }
 
-    /// Starts a transaction.
+    /// Starts a transaction. Code that runs one instruments it with
+    /// [`transaction_span`], so traces show each transaction.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(self.pool.begin().await?)
     }
+}
+
+/// The span of one database transaction, for traces: `db.system =
+/// postgresql` and `db.operation.name`, named after the operation.
+pub fn transaction_span(operation: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "db.transaction",
+        otel.name = %format_args!("postgresql {operation}"),
+        otel.kind = "client",
+        db.system = "postgresql",
+        db.operation.name = operation,
+    )
 }

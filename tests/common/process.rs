@@ -18,6 +18,11 @@ pub struct Process {
 impl Process {
     /// Starts `ecr-gateway serve` with the configuration `text` on a free port and connects.
     pub async fn start(text: &str) -> Process {
+        Process::start_with(text, &[], Stdio::null()).await
+    }
+
+    /// [`Process::start`] with more environment variables, and its standard error to `stderr`.
+    pub async fn start_with(text: &str, env: &[(&str, &str)], stderr: Stdio) -> Process {
         use std::io::Write;
         let mut file = tempfile::Builder::new()
             .suffix(".toml")
@@ -29,8 +34,9 @@ impl Process {
             .args(["serve", "--config"])
             .arg(file.path())
             .env("ECR_GATEWAY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn the gateway");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -60,6 +66,22 @@ impl Process {
         // SAFETY: kill(2) on the pid of our own, still-owned child.
         let rc = unsafe { libc::kill(pid, signal) };
         assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
+    /// SIGTERM, then waits up to `within` for the gateway to exit; its exit status.
+    pub fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not exit within {within:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGKILL: no drain, no hand-back of the run.
