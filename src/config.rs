@@ -15,8 +15,10 @@ use crate::domain::AccountId;
 use crate::policy::{OrgPolicy, OrgPolicyConfig};
 
 mod auth;
+mod breaker;
 
 pub use auth::{AuthConfig, AuthMode, MtlsConfig, OIDC_ALGORITHMS, OidcConfig, is_loopback_host};
+pub use breaker::BreakerConfig;
 
 /// The environment-variable prefix; `__` separates nesting levels.
 pub const ENV_PREFIX: &str = "ECR_GATEWAY__";
@@ -157,6 +159,8 @@ pub struct RegistryConfig {
     /// Request budget: calls per second by ECR action, e.g. `DescribeImages = 5.0`.
     /// Actions not named get the defaults of [`RegistryConfig::rates_with_defaults`].
     pub rates: BTreeMap<String, f64>,
+    /// `[registries.breaker]`: when to stop calling an ECR that is down.
+    pub breaker: BreakerConfig,
 }
 
 impl RegistryConfig {
@@ -505,6 +509,7 @@ impl Config {
                     ));
                 }
             }
+            problems.extend(registry.breaker.problems(&format!("{key}.breaker")));
             if let Some(arn) = &registry.role_arn
                 && !arn.starts_with("arn:aws")
             {
@@ -689,6 +694,26 @@ pub(crate) mod tests {
         assert_eq!(
             config.audit.retention_age(),
             Some(std::time::Duration::from_secs(400 * 86_400))
+        );
+    }
+
+    #[test]
+    fn a_registry_breaker_is_read_from_its_table_and_checked_by_key() {
+        let good = Config::from_toml(&format!(
+            "{MINIMAL}\n[registries.breaker]\nfailure_threshold = 3\nopen_seconds = 10\n"
+        ))
+        .expect("valid");
+        let bad = Config::from_toml(&format!("{MINIMAL}\n[registries.breaker]\nopen_seconds = 0\n"))
+            .expect_err("zero cool-down");
+
+        assert_eq!(good.registries[0].breaker.failure_threshold, 3);
+        assert_eq!(good.registries[0].breaker.open_seconds, 10);
+        assert!(
+            bad.problems
+                .iter()
+                .any(|p| p.starts_with("registries[0].breaker.open_seconds")),
+            "{:?}",
+            bad.problems
         );
     }
 

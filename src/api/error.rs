@@ -485,6 +485,18 @@ impl From<EcrError> for ApiError {
                     format!("ECR {operation} rejected the request: {code}: {message}"),
                 )],
             },
+            EcrError::CircuitOpen { operation, refusal } => ApiError::Unavailable {
+                reason: "ECR_CIRCUIT_OPEN",
+                description: format!(
+                    "ECR registry `{}` is unavailable, so {operation} was not sent: \
+                     circuit breaker open ({}); retry in {} s. Cached reads (consistency EVENTUAL) still \
+                     answer and carry the time they were synced",
+                    refusal.registry,
+                    refusal.reason,
+                    refusal.retry_after.as_secs_f64().ceil()
+                ),
+                retry_after: refusal.retry_after,
+            },
             EcrError::Unavailable { operation, message } => {
                 tracing::warn!(operation, "ECR unavailable: {message}");
                 ApiError::Unavailable {

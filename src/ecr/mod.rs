@@ -2,6 +2,7 @@
 //! each with its own SDK client (credentials, optional assumed role, optional
 //! endpoint), typed calls and error classification ([`EcrError`]).
 
+pub mod breaker;
 mod budget;
 mod error;
 mod images;
@@ -17,6 +18,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ecr::config::Region;
 
+pub use breaker::{Breaker, BreakerOpen, BreakerStatus, Phase};
 pub use budget::Budget;
 pub use error::{EcrError, classify, classify_code};
 pub use images::{DeleteOutcome, RawManifest, image_from_detail};
@@ -55,12 +57,19 @@ pub struct Registry {
     pub reference: RegistryRef,
     client: aws_sdk_ecr::Client,
     budget: Arc<Budget>,
+    breaker: Arc<Breaker>,
 }
 
 impl Registry {
     /// Builds the SDK client: the default credential chain, then the role to assume, if any.
     pub async fn connect(config: &RegistryConfig) -> Registry {
         let region = Region::new(config.region.clone());
+        let operation_timeout = Duration::from_secs(config.operation_timeout_seconds.unwrap_or(25));
+        let breaker = Arc::new(Breaker::new(
+            &config.alias,
+            config.breaker.clone(),
+            operation_timeout,
+        ));
         let base = aws_config::defaults(BehaviorVersion::latest())
             .region(region.clone())
             .load()
@@ -73,11 +82,10 @@ impl Registry {
                     .operation_attempt_timeout(Duration::from_secs(
                         config.attempt_timeout_seconds.unwrap_or(10),
                     ))
-                    .operation_timeout(Duration::from_secs(
-                        config.operation_timeout_seconds.unwrap_or(25),
-                    ))
+                    .operation_timeout(operation_timeout)
                     .build(),
-            );
+            )
+            .interceptor(breaker::interceptor::BreakerInterceptor::new(breaker.clone()));
         if let Some(role_arn) = &config.role_arn {
             let sts_config = match &config.endpoint_url {
                 // An emulator or private endpoint that also serves STS.
@@ -103,7 +111,13 @@ impl Registry {
             },
             client: aws_sdk_ecr::Client::from_conf(builder.build()),
             budget: Arc::new(Budget::new(config.rates_with_defaults())),
+            breaker,
         }
+    }
+
+    /// The registry's circuit breaker, whose state health reports.
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
     }
 }
 
