@@ -29,7 +29,7 @@ use crate::audit::AuditLog;
 use crate::auth::authz::Authorizer;
 use crate::auth::{Authenticator, IdentityLayer};
 use crate::config::{AuthMode, Config};
-use crate::ecr::Registries;
+use crate::ecr::{Phase, Registries, Registry};
 use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::cleanup_service_server::CleanupServiceServer;
 use crate::pb::image_service_server::ImageServiceServer;
@@ -49,6 +49,11 @@ const SERVICES: &[&str] = &[
     "ecrgateway.v1.CleanupService",
     "ecrgateway.v1.AuditService",
 ];
+
+/// The health service name of a registry, followed by its alias: NOT_SERVING
+/// while its circuit breaker is open (the overall "" entry stays SERVING,
+/// since cached reads go on).
+pub const REGISTRY_HEALTH_PREFIX: &str = "ecrgateway.v1.Registry/";
 
 /// Largest request header block accepted, in bytes.
 const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
@@ -176,6 +181,16 @@ pub async fn run_with_admin(
     let (reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&reporter, ServingStatus::Serving).await;
     let probe = tokio::spawn(probe_database(store.clone(), reporter.clone(), stop_rx.clone()));
+    let registry_health: Vec<_> = registries
+        .all()
+        .map(|registry| {
+            tokio::spawn(report_registry_health(
+                registry.clone(),
+                reporter.clone(),
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
     let cache_listener = tokio::spawn(store.clone().listen_for_changes(stop_rx.clone()));
     let sync = (config.sync.interval_seconds > 0).then(|| {
         tokio::spawn(crate::inventory::run_sync_loop(
@@ -305,6 +320,9 @@ pub async fn run_with_admin(
     }
     let _ = stop_tx.send(true);
     let _ = probe.await;
+    for task in registry_health {
+        let _ = task.await;
+    }
     if let Some(admin_server) = admin_server {
         let _ = admin_server.await;
     }
@@ -426,6 +444,30 @@ async fn reload_on_sighup(authz: Arc<Authorizer>, mut stop: watch::Receiver<bool
                     ),
                 }
             }
+        }
+    }
+}
+
+/// Reports `ecrgateway.v1.Registry/<alias>` NOT_SERVING while the registry's
+/// circuit breaker is open or probing, SERVING once it closes.
+async fn report_registry_health(
+    registry: Registry,
+    reporter: HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = format!("{REGISTRY_HEALTH_PREFIX}{}", registry.reference.alias);
+    let mut changes = registry.breaker().subscribe();
+    loop {
+        let status = match changes.borrow_and_update().phase {
+            Phase::Closed => ServingStatus::Serving,
+            Phase::Open | Phase::HalfOpen => ServingStatus::NotServing,
+        };
+        reporter.set_service_status(&service, status).await;
+        tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return,
+            changed = changes.changed() => if changed.is_err() {
+                return;
+            },
         }
     }
 }
