@@ -126,6 +126,9 @@ pub async fn run_with_admin(
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
     ]));
+    // Builds clients only (nothing is sent yet); before the admin listener,
+    // whose readiness reports the registries' circuit breakers.
+    let registries = Registries::connect(&config.registries).await;
     let admin_server = match admin_listener {
         Some(admin_listener) => {
             let admin_addr = admin_listener.local_addr()?;
@@ -134,6 +137,7 @@ pub async fn run_with_admin(
                 store: store.clone(),
                 metrics: metrics.clone(),
                 draining: draining_tx.subscribe(),
+                registries: registries.clone(),
             };
             Some(tokio::spawn(crate::admin::serve(
                 admin_listener,
@@ -158,7 +162,6 @@ pub async fn run_with_admin(
             "audit.signing_key_file is not set: the audit chain is kept but its digests are not signed"
         );
     }
-    let registries = Registries::connect(&config.registries).await;
     let (audit, audit_writer) = AuditLog::start(store.clone());
     let state: Shared = Arc::new(AppState {
         policy,

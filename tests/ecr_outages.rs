@@ -14,6 +14,8 @@ use common::proxy::FaultProxy;
 use common::{Gateway, Moto, TestDb, as_user, config, ecr_client, unique};
 use ecr_gateway::pb;
 use ecr_gateway::pb::image_service_client::ImageServiceClient;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -63,6 +65,19 @@ async fn wait_for_health(gateway: &Gateway, service: &str, expected: ServingStat
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The whole HTTP answer of `/readyz` on the admin port.
+async fn readyz(gateway: &Gateway) -> String {
+    let admin = gateway.admin.expect("the config sets [admin] listen");
+    let mut stream = TcpStream::connect(admin).await.expect("admin port");
+    stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("answer");
+    answer
 }
 
 async fn create_repository(gateway: &Gateway, name: &str) -> Result<(), tonic::Status> {
@@ -227,7 +242,8 @@ async fn at_thirty_percent_throttling_reads_call_no_ecr_and_writes_succeed_on_re
 async fn while_ecr_is_unreachable_writes_fail_fast_cached_reads_go_on_and_a_probe_closes_the_breaker() {
     let db = TestDb::create().await;
     let proxy = FaultProxy::start(Moto::shared()).await;
-    let gateway = Gateway::start(config(&db, &proxy.endpoint, &breaker(2, 3))).await;
+    let extra = format!("{}\n[admin]\nlisten = \"127.0.0.1:0\"\n", breaker(2, 3));
+    let gateway = Gateway::start(config(&db, &proxy.endpoint, &extra)).await;
     let (cached, digest) = cached_image(&gateway, "outage-read").await;
     assert_eq!(
         health(&gateway, MAIN_REGISTRY_HEALTH).await,
@@ -301,6 +317,15 @@ async fn while_ecr_is_unreachable_writes_fail_fast_cached_reads_go_on_and_a_prob
         ServingStatus::Serving
     );
     wait_for_health(&gateway, MAIN_REGISTRY_HEALTH, ServingStatus::NotServing).await;
+    let ready = readyz(&gateway).await;
+    assert!(
+        ready.starts_with("HTTP/1.1 200"),
+        "still ready for reads: {ready}"
+    );
+    assert!(
+        ready.contains("ECR registry `main` circuit breaker open"),
+        "names the degraded registry: {ready}"
+    );
 
     proxy.heal();
     let healed = unique("payments", "healed");
@@ -321,6 +346,7 @@ async fn while_ecr_is_unreachable_writes_fail_fast_cached_reads_go_on_and_a_prob
     }
 
     wait_for_health(&gateway, MAIN_REGISTRY_HEALTH, ServingStatus::Serving).await;
+    assert!(!readyz(&gateway).await.contains("degraded"));
     ecr_client(Moto::shared())
         .await
         .describe_repositories()
