@@ -551,6 +551,37 @@ mod tests {
     }
 
     #[test]
+    fn an_open_breaker_is_unavailable_naming_the_registry_with_the_rest_of_the_cool_down() {
+        let error = EcrError::CircuitOpen {
+            operation: "CreateRepository",
+            refusal: crate::ecr::BreakerOpen {
+                registry: "main".into(),
+                reason: "5 ECR calls in a row failed".into(),
+                retry_after: Duration::from_millis(11_400),
+            },
+        };
+
+        let status = ApiError::from(error).to_status();
+
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.get_details_error_info().expect("info").reason,
+            "ECR_CIRCUIT_OPEN"
+        );
+        assert_eq!(
+            status.get_details_retry_info().and_then(|r| r.retry_delay),
+            Some(Duration::from_millis(11_400))
+        );
+        assert!(status.message().contains("`main`"), "{}", status.message());
+        assert!(status.message().contains("retry in 12 s"), "{}", status.message());
+        assert!(
+            status.message().contains("5 ECR calls in a row failed"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
     fn an_error_lists_what_fits_its_trailers_and_counts_the_rest() {
         let error = invalid(
             (0..10_000)

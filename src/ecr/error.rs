@@ -247,7 +247,30 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use aws_sdk_ecr::operation::create_repository::CreateRepositoryError;
+
     use super::*;
+
+    #[test]
+    fn a_call_the_breaker_refused_is_circuit_open_with_its_retry_delay() {
+        let refusal = BreakerOpen {
+            registry: "main".into(),
+            reason: "5 ECR calls in a row failed".into(),
+            retry_after: Duration::from_secs(12),
+        };
+        // How the SDK reports an interceptor's refusal before serialisation.
+        let error = SdkError::<CreateRepositoryError>::construction_failure(refusal.clone());
+
+        let classified = classify("CreateRepository", error);
+
+        assert!(
+            matches!(&classified, EcrError::CircuitOpen { operation: "CreateRepository", refusal: r } if *r == refusal),
+            "{classified:?}"
+        );
+        assert_eq!(classified.code(), "CircuitOpen");
+    }
 
     #[test]
     fn throttling_codes_are_classified_as_throttled() {
