@@ -1,6 +1,8 @@
 //! The only code that talks to AWS. One [`Registry`] per configured registry,
 //! each with its own SDK client (credentials, optional assumed role, optional
-//! endpoint), typed calls and error classification ([`EcrError`]).
+//! endpoint), typed calls and error classification ([`EcrError`]), a request
+//! budget ([`Budget`]) and a circuit breaker ([`Breaker`]) hooked into the
+//! client, so that every call goes through it.
 
 pub mod breaker;
 mod budget;
