@@ -19,6 +19,8 @@ use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ecr::config::Region;
+use aws_sdk_ecr::config::retry::RetryPartition;
+use aws_smithy_types::retry::RetrySpec;
 
 pub use breaker::{Breaker, BreakerOpen, BreakerStatus, Phase};
 pub use budget::Budget;
@@ -77,7 +79,21 @@ impl Registry {
             .load()
             .await;
         let mut builder = aws_sdk_ecr::config::Builder::from(&base)
-            .retry_config(RetryConfig::adaptive().with_max_attempts(config.max_attempts.unwrap_or(3)))
+            // Retry Behavior 2.1 (what AWS_NEW_RETRIES_2026=true selects): under
+            // the 2.0 rules a retry after throttling costs 5 adaptive tokens
+            // at a floor rate of 0.5/s, so at a low call rate each throttled
+            // call waited 8-10 s; 2.1 takes one token per attempt.
+            .retry_config(
+                RetryConfig::adaptive()
+                    .with_max_attempts(config.max_attempts.unwrap_or(3))
+                    .with_retry_spec(RetrySpec::v2_1()),
+            )
+            // ECR throttles per account and region: one registry's throttling
+            // must not slow the others (the SDK shares one limiter per name).
+            .retry_partition(RetryPartition::new(format!(
+                "ecr-{}-{}",
+                config.account_id, config.region
+            )))
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(3))
