@@ -15,11 +15,13 @@ use crate::domain::AccountId;
 use crate::policy::{OrgPolicy, OrgPolicyConfig};
 
 mod auth;
+mod breaker;
 mod grpc_web;
 mod overload;
 mod telemetry;
 
 pub use auth::{AuthConfig, AuthMode, MtlsConfig, OIDC_ALGORITHMS, OidcConfig, is_loopback_host};
+pub use breaker::BreakerConfig;
 pub use grpc_web::{ANY_ORIGIN, GrpcWebConfig};
 pub use overload::{GroupRate, OverloadConfig, Rate, RateLimitsConfig};
 pub use telemetry::{LogFormat, TelemetryConfig};
@@ -184,6 +186,8 @@ pub struct RegistryConfig {
     /// Request budget: calls per second by ECR action, e.g. `DescribeImages = 5.0`.
     /// Actions not named get the defaults of [`RegistryConfig::rates_with_defaults`].
     pub rates: BTreeMap<String, f64>,
+    /// `[registries.breaker]`: when to stop calling an ECR that is down.
+    pub breaker: BreakerConfig,
 }
 
 impl RegistryConfig {
@@ -538,6 +542,7 @@ impl Config {
                     ));
                 }
             }
+            problems.extend(registry.breaker.problems(&format!("{key}.breaker")));
             if let Some(arn) = &registry.role_arn
                 && !arn.starts_with("arn:aws")
             {
@@ -743,6 +748,26 @@ pub(crate) mod tests {
         assert_eq!(
             config.audit.retention_age(),
             Some(std::time::Duration::from_secs(400 * 86_400))
+        );
+    }
+
+    #[test]
+    fn a_registry_breaker_is_read_from_its_table_and_checked_by_key() {
+        let good = Config::from_toml(&format!(
+            "{MINIMAL}\n[registries.breaker]\nfailure_threshold = 3\nopen_seconds = 10\n"
+        ))
+        .expect("valid");
+        let bad = Config::from_toml(&format!("{MINIMAL}\n[registries.breaker]\nopen_seconds = 0\n"))
+            .expect_err("zero cool-down");
+
+        assert_eq!(good.registries[0].breaker.failure_threshold, 3);
+        assert_eq!(good.registries[0].breaker.open_seconds, 10);
+        assert!(
+            bad.problems
+                .iter()
+                .any(|p| p.starts_with("registries[0].breaker.open_seconds")),
+            "{:?}",
+            bad.problems
         );
     }
 

@@ -5,7 +5,7 @@
 //!   the one mapping of errors to gRPC statuses.
 //! - [`domain`]: validated newtypes (`RepositoryName`, `Digest`, …) and plain records. No I/O.
 //! - [`policy`]: the organisation's rules as pure functions.
-//! - [`ecr`]: the only code that talks to AWS.
+//! - [`ecr`]: the only code that talks to AWS (budget, retry, circuit breaker per registry).
 //! - [`store`]: the only code that talks to Postgres.
 //! - [`audit`]: the CloudTrail-shaped audit trail.
 //! - [`auth`]: caller identity (a tower layer): OIDC bearer tokens, mTLS, insecure-dev.

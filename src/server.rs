@@ -30,7 +30,7 @@ use crate::audit::AuditLog;
 use crate::auth::authz::Authorizer;
 use crate::auth::{Authenticator, IdentityLayer};
 use crate::config::{AuthMode, Config};
-use crate::ecr::Registries;
+use crate::ecr::{Phase, Registries, Registry};
 use crate::overload::{RateLimitLayer, RateLimits, ShedLayer};
 use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::cleanup_service_server::CleanupServiceServer;
@@ -52,6 +52,11 @@ const SERVICES: &[&str] = &[
     "ecrgateway.v1.CleanupService",
     "ecrgateway.v1.AuditService",
 ];
+
+/// The health service name of a registry, followed by its alias: NOT_SERVING
+/// while its circuit breaker is open (the overall "" entry stays SERVING,
+/// since cached reads go on).
+pub const REGISTRY_HEALTH_PREFIX: &str = "ecrgateway.v1.Registry/";
 
 /// Largest request header block accepted, in bytes.
 const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
@@ -140,6 +145,11 @@ pub async fn run_with_admin(
         // `telemetry::init` installed the OTLP meter provider as the global one.
         metrics.export_otlp(&opentelemetry::global::meter(crate::telemetry::SCOPE));
     }
+    // Builds clients only (nothing is sent yet); before the admin listener,
+    // whose readiness reports the registries' circuit breakers.
+    let registries = Registries::connect(&config.registries)
+        .await
+        .observed(metrics.clone(), traced);
     let admin_server = match admin_listener {
         Some(admin_listener) => {
             let admin_addr = admin_listener.local_addr()?;
@@ -148,6 +158,7 @@ pub async fn run_with_admin(
                 store: store.clone(),
                 metrics: metrics.clone(),
                 draining: draining_tx.subscribe(),
+                registries: registries.clone(),
             };
             Some(tokio::spawn(crate::admin::serve(
                 admin_listener,
@@ -172,9 +183,6 @@ pub async fn run_with_admin(
             "audit.signing_key_file is not set: the audit chain is kept but its digests are not signed"
         );
     }
-    let registries = Registries::connect(&config.registries)
-        .await
-        .observed(metrics.clone(), traced);
     let (audit, audit_writer) = AuditLog::start(store.clone());
     let state: Shared = Arc::new(AppState {
         policy,
@@ -204,6 +212,16 @@ pub async fn run_with_admin(
         .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
     let probe = tokio::spawn(probe_database(store.clone(), reporter.clone(), stop_rx.clone()));
+    let registry_health: Vec<_> = registries
+        .all()
+        .map(|registry| {
+            tokio::spawn(report_registry_health(
+                registry.clone(),
+                reporter.clone(),
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
     let cache_listener = tokio::spawn(store.clone().listen_for_changes(stop_rx.clone()));
     // The gauges that need Postgres, for /metrics and OTLP.
     let gauges = (config.admin.listen.is_some() || traced).then(|| {
@@ -361,6 +379,9 @@ pub async fn run_with_admin(
     }
     let _ = stop_tx.send(true);
     let _ = probe.await;
+    for task in registry_health {
+        let _ = task.await;
+    }
     if let Some(admin_server) = admin_server {
         let _ = admin_server.await;
     }
@@ -488,6 +509,30 @@ async fn reload_on_sighup(authz: Arc<Authorizer>, mut stop: watch::Receiver<bool
                     ),
                 }
             }
+        }
+    }
+}
+
+/// Reports `ecrgateway.v1.Registry/<alias>` NOT_SERVING while the registry's
+/// circuit breaker is open or probing, SERVING once it closes.
+async fn report_registry_health(
+    registry: Registry,
+    reporter: HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = format!("{REGISTRY_HEALTH_PREFIX}{}", registry.reference.alias);
+    let mut changes = registry.breaker().subscribe();
+    loop {
+        let status = match changes.borrow_and_update().phase {
+            Phase::Closed => ServingStatus::Serving,
+            Phase::Open | Phase::HalfOpen => ServingStatus::NotServing,
+        };
+        reporter.set_service_status(&service, status).await;
+        tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return,
+            changed = changes.changed() => if changed.is_err() {
+                return;
+            },
         }
     }
 }

@@ -4,7 +4,10 @@
 //!
 //! - `GET /healthz`: 200 while the process runs (liveness; never asks Postgres).
 //! - `GET /readyz`: 200 when Postgres answers and every embedded migration is
-//!   applied; 503 with a one-line reason otherwise, and while draining.
+//!   applied; 503 with a one-line reason otherwise, and while draining. A
+//!   registry whose circuit breaker is open is named in the 200 answer, but
+//!   does not make the replica unready: cached reads still answer, and every
+//!   replica sees the same ECR.
 //! - `GET /metrics`: Prometheus text format ([`metrics`], [`layer`], and
 //!   [`gauges`], read from Postgres on an interval).
 //!
@@ -31,6 +34,7 @@ use tokio::task::JoinSet;
 pub use layer::MetricsLayer;
 pub use metrics::Metrics;
 
+use crate::ecr::{Phase, Registries};
 use crate::store::Store;
 
 /// Upper bound of a readiness check (Kubernetes' default probe timeout is 1 s).
@@ -49,6 +53,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// True once shutdown has started: readiness answers 503 from then on.
     pub draining: watch::Receiver<bool>,
+    /// The registries, whose circuit breakers readiness reports.
+    pub registries: Registries,
 }
 
 /// Serves the admin endpoints on `listener` until `stop` flips.
@@ -106,11 +112,39 @@ impl Admin {
         }
         match path.as_str() {
             "/readyz" => match self.readiness().await {
-                Ok(()) => text(StatusCode::OK, "ready"),
+                Ok(()) => text(StatusCode::OK, &self.ready_line()),
                 Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, &reason),
             },
             "/metrics" => self.metrics_response().await,
             _ => text(StatusCode::OK, "ok"),
+        }
+    }
+
+    /// `ready`, followed by the registries that are degraded, if any.
+    fn ready_line(&self) -> String {
+        let degraded: Vec<String> = self
+            .registries
+            .all()
+            .filter_map(|registry| {
+                let status = registry.breaker().status();
+                let phase = match status.phase {
+                    Phase::Closed => return None,
+                    Phase::Open => "open",
+                    Phase::HalfOpen => "probing",
+                };
+                Some(format!(
+                    "ECR registry `{}` circuit breaker {phase} ({})",
+                    registry.reference.alias, status.reason
+                ))
+            })
+            .collect();
+        if degraded.is_empty() {
+            "ready".into()
+        } else {
+            format!(
+                "ready; degraded: {}; cached reads answer, calls that need ECR fail fast with UNAVAILABLE",
+                degraded.join("; ")
+            )
         }
     }
 

@@ -485,6 +485,18 @@ impl From<EcrError> for ApiError {
                     format!("ECR {operation} rejected the request: {code}: {message}"),
                 )],
             },
+            EcrError::CircuitOpen { operation, refusal } => ApiError::Unavailable {
+                reason: "ECR_CIRCUIT_OPEN",
+                description: format!(
+                    "ECR registry `{}` is unavailable, so {operation} was not sent: \
+                     circuit breaker open ({}); retry in {} s. Cached reads (consistency EVENTUAL) still \
+                     answer and carry the time they were synced",
+                    refusal.registry,
+                    refusal.reason,
+                    refusal.retry_after.as_secs_f64().ceil()
+                ),
+                retry_after: refusal.retry_after,
+            },
             EcrError::Unavailable { operation, message } => {
                 tracing::warn!(operation, "ECR unavailable: {message}");
                 ApiError::Unavailable {
@@ -536,6 +548,37 @@ mod tests {
         .to_status();
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.get_details_retry_info().is_some());
+    }
+
+    #[test]
+    fn an_open_breaker_is_unavailable_naming_the_registry_with_the_rest_of_the_cool_down() {
+        let error = EcrError::CircuitOpen {
+            operation: "CreateRepository",
+            refusal: crate::ecr::BreakerOpen {
+                registry: "main".into(),
+                reason: "5 ECR calls in a row failed".into(),
+                retry_after: Duration::from_millis(11_400),
+            },
+        };
+
+        let status = ApiError::from(error).to_status();
+
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.get_details_error_info().expect("info").reason,
+            "ECR_CIRCUIT_OPEN"
+        );
+        assert_eq!(
+            status.get_details_retry_info().and_then(|r| r.retry_delay),
+            Some(Duration::from_millis(11_400))
+        );
+        assert!(status.message().contains("`main`"), "{}", status.message());
+        assert!(status.message().contains("retry in 12 s"), "{}", status.message());
+        assert!(
+            status.message().contains("5 ECR calls in a row failed"),
+            "{}",
+            status.message()
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use aws_sdk_ecr::error::{ProvideErrorMetadata, SdkError};
 
+use super::breaker::BreakerOpen;
+
 /// What went wrong with an ECR call. Each variant's doc names the gRPC code it becomes.
 #[derive(Debug, thiserror::Error)]
 pub enum EcrError {
@@ -66,6 +68,14 @@ pub enum EcrError {
         /// ECR's message.
         message: String,
     },
+    /// The registry's circuit breaker is open, so nothing was sent. → UNAVAILABLE with RetryInfo (the rest of the cool-down)
+    #[error("{operation}: {refusal}")]
+    CircuitOpen {
+        /// The ECR operation that was not sent.
+        operation: &'static str,
+        /// The registry, why the breaker is open and for how long.
+        refusal: BreakerOpen,
+    },
     /// ECR could not be reached, timed out or failed on its side. → UNAVAILABLE with RetryInfo
     #[error("{operation}: ECR unavailable: {message}")]
     Unavailable {
@@ -86,6 +96,7 @@ impl EcrError {
             | EcrError::Throttled { code, .. }
             | EcrError::AccessDenied { code, .. }
             | EcrError::Invalid { code, .. } => code,
+            EcrError::CircuitOpen { .. } => "CircuitOpen",
             EcrError::Unavailable { .. } => "Unavailable",
         }
     }
@@ -142,8 +153,14 @@ const INVALID: &[&str] = &[
 pub fn classify<E, R>(operation: &'static str, error: SdkError<E, R>) -> EcrError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
+    if let Some(refusal) = breaker_refusal(&error) {
+        return EcrError::CircuitOpen {
+            operation,
+            refusal: refusal.clone(),
+        };
+    }
     let code = error.code().map(str::to_owned);
     let message = error
         .message()
@@ -205,6 +222,18 @@ pub fn classify_code(operation: &'static str, code: String, message: String) -> 
     }
 }
 
+/// The breaker's refusal, when the SDK call failed because of it.
+fn breaker_refusal<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a BreakerOpen> {
+    let mut current = Some(error);
+    while let Some(cause) = current {
+        if let Some(refusal) = cause.downcast_ref::<BreakerOpen>() {
+            return Some(refusal);
+        }
+        current = cause.source();
+    }
+    None
+}
+
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -218,7 +247,30 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use aws_sdk_ecr::operation::create_repository::CreateRepositoryError;
+
     use super::*;
+
+    #[test]
+    fn a_call_the_breaker_refused_is_circuit_open_with_its_retry_delay() {
+        let refusal = BreakerOpen {
+            registry: "main".into(),
+            reason: "5 ECR calls in a row failed".into(),
+            retry_after: Duration::from_secs(12),
+        };
+        // How the SDK reports an interceptor's refusal before serialisation.
+        let error = SdkError::<CreateRepositoryError>::construction_failure(refusal.clone());
+
+        let classified = classify("CreateRepository", error);
+
+        assert!(
+            matches!(&classified, EcrError::CircuitOpen { operation: "CreateRepository", refusal: r } if *r == refusal),
+            "{classified:?}"
+        );
+        assert_eq!(classified.code(), "CircuitOpen");
+    }
 
     #[test]
     fn throttling_codes_are_classified_as_throttled() {

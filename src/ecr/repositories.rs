@@ -489,7 +489,7 @@ fn recorded<T, E, R>(
 ) -> Result<T, EcrError>
 where
     E: aws_sdk_ecr::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
     aws_sdk_ecr::error::SdkError<E, R>: RequestId,
 {
     result

@@ -192,7 +192,7 @@ impl Intercept for EcrTelemetry {
         call.span.record("outcome", finished.outcome);
         call.span.record("throttled", finished.throttled);
         call.span.record("attempts", finished.attempts);
-        if outcome == "unavailable" {
+        if matches!(outcome, "unavailable" | "circuit_open") {
             call.span.record("otel.status_code", "error");
         }
         self.observer.ecr_call_finished(&finished);
@@ -210,6 +210,8 @@ fn outcome_of(error: &EcrError) -> &'static str {
         EcrError::AccessDenied { .. } => "access_denied",
         EcrError::Invalid { .. } => "invalid",
         EcrError::Unavailable { .. } => "unavailable",
+        // Refused by the registry's circuit breaker: nothing was sent.
+        EcrError::CircuitOpen { .. } => "circuit_open",
     }
 }
 

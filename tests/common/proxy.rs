@@ -1,10 +1,10 @@
 //! A small fault-injecting HTTP proxy between the gateway's AWS SDK and moto:
 //! it forwards every request unless told to fail an ECR action (answering
-//! like ECR does, with a JSON error) or to drop every connection.
+//! like ECR does, with a JSON error), to throttle a share of all ECR calls
+//! (ECR's `ThrottlingException`), or to drop every connection.
 #![allow(dead_code)]
 
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -27,6 +27,31 @@ struct Faults {
     /// ECR actions forwarded to moto (which acts on them) whose answers are
     /// held back from the gateway, after letting this many through.
     holding: std::collections::HashMap<String, u64>,
+    /// Percent of ECR calls answered with `ThrottlingException` (0 forwards all).
+    throttle_percent: u64,
+    /// ECR calls seen since throttling was turned on.
+    throttle_seq: u64,
+    /// ECR calls answered with `ThrottlingException`.
+    throttled: u64,
+}
+
+impl Faults {
+    /// Whether the next ECR call is throttled: spread evenly, every call
+    /// whose number crosses a whole multiple of 100 / percent (at 30 %: the
+    /// 4th, 7th, 10th...), so a test sees the same pattern on every run and
+    /// a throttled call's retry gets through.
+    fn throttle_next(&mut self) -> bool {
+        if self.throttle_percent == 0 {
+            return false;
+        }
+        self.throttle_seq += 1;
+        let n = self.throttle_seq;
+        let throttle = n * self.throttle_percent / 100 > (n - 1) * self.throttle_percent / 100;
+        if throttle {
+            self.throttled += 1;
+        }
+        throttle
+    }
 }
 
 /// A running proxy; configure faults while it runs.
@@ -106,7 +131,24 @@ impl FaultProxy {
             .insert(action.to_owned());
     }
 
-    /// Refuses every new connection.
+    /// Answers `percent` of all later ECR calls (evenly spread, see
+    /// `Faults::throttle_next`) the way ECR throttles: HTTP 400 with
+    /// `ThrottlingException` in `x-amzn-ErrorType` and the JSON `__type`.
+    /// [`FaultProxy::heal`] stops it.
+    pub fn throttle(&self, percent: u64) {
+        assert!(percent <= 100, "a share in percent");
+        let mut faults = self.faults.lock().expect("faults");
+        faults.throttle_percent = percent;
+        faults.throttle_seq = 0;
+    }
+
+    /// How many calls the proxy has answered with `ThrottlingException`.
+    pub fn throttled(&self) -> u64 {
+        self.faults.lock().expect("faults").throttled
+    }
+
+    /// Closes every connection without answering: new ones at once, live
+    /// (pooled) ones at their next request.
     pub fn drop_all(&self) {
         self.faults.lock().expect("faults").drop_all = true;
     }
@@ -133,6 +175,7 @@ impl FaultProxy {
         faults.failing.clear();
         faults.drop_all = false;
         faults.holding.clear();
+        faults.throttle_percent = 0;
         self.released.notify_waiters();
     }
 }
@@ -143,7 +186,7 @@ async fn forward(
     faults: Arc<Mutex<Faults>>,
     released: Arc<tokio::sync::Notify>,
     request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let action = request
         .headers()
         .get("x-amz-target")
@@ -151,8 +194,15 @@ async fn forward(
         .and_then(|t| t.rsplit('.').next())
         .unwrap_or_default()
         .to_owned();
-    let (failing, held, seq) = {
+    let (failing, held, seq, throttled) = {
         let mut faults = faults.lock().expect("faults");
+        if faults.drop_all {
+            // hyper closes the connection without an answer.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "proxy dropping every connection",
+            ));
+        }
         let seen = faults.seen.entry(action.clone()).or_default();
         *seen += 1;
         let seq = *seen;
@@ -160,8 +210,12 @@ async fn forward(
             .holding
             .get(&action)
             .is_some_and(|&answered| seq > answered);
-        (faults.failing.contains(&action), held, seq)
+        let throttled = !action.is_empty() && faults.throttle_next();
+        (faults.failing.contains(&action), held, seq, throttled)
     };
+    if throttled {
+        return Ok(throttling_answer());
+    }
     if failing {
         let body = format!(r#"{{"__type":"ServerException","message":"injected failure of {action}"}}"#);
         return Ok(Response::builder()
@@ -210,6 +264,20 @@ async fn forward(
         }
     }
     Ok(answer)
+}
+
+/// ECR's answer to a throttled call (aws-json-1.1: the SDK reads the code
+/// from `x-amzn-ErrorType`, else from the body's `__type`).
+fn throttling_answer() -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::BAD_REQUEST)
+        .header("content-type", "application/x-amz-json-1.1")
+        .header("x-amzn-requestid", "injected-throttling")
+        .header("x-amzn-errortype", "ThrottlingException")
+        .body(Full::new(Bytes::from_static(
+            br#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
+        )))
+        .expect("response")
 }
 
 /// A TCP proxy in front of a server (e.g. NATS) that can be cut: every

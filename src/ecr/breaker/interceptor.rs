@@ -1,0 +1,100 @@
+//! The SDK hook: every call through a registry's client asks its [`Breaker`]
+//! before anything is sent (refused calls never reach the network or the
+//! retry loop) and reports how the operation ended, after the SDK's retries.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use aws_sdk_ecr::config::interceptors::{
+    BeforeSerializationInterceptorContextRef, FinalizerInterceptorContextRef,
+};
+use aws_sdk_ecr::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_smithy_types::config_bag::{Storable, StoreReplace};
+
+use super::{Admission, Breaker, Outcome};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Puts a registry's breaker in front of its SDK client.
+#[derive(Debug)]
+pub struct BreakerInterceptor {
+    breaker: Arc<Breaker>,
+}
+
+impl BreakerInterceptor {
+    /// Guards every call of the client it is added to with `breaker`.
+    pub fn new(breaker: Arc<Breaker>) -> BreakerInterceptor {
+        BreakerInterceptor { breaker }
+    }
+}
+
+/// Marks an operation the breaker let through, so that its end is counted
+/// (a refused operation reaches `read_after_execution` too, without it).
+#[derive(Debug, Clone)]
+struct Admitted(Admission);
+
+impl Storable for Admitted {
+    type Storer = StoreReplace<Self>;
+}
+
+impl Intercept for BreakerInterceptor {
+    fn name(&self) -> &'static str {
+        "CircuitBreaker"
+    }
+
+    fn read_before_execution(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let admission = self.breaker.admit(Instant::now())?;
+        cfg.interceptor_state().store_put(Admitted(admission));
+        Ok(())
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(Admitted(admission)) = cfg.load::<Admitted>().cloned() {
+            self.breaker.settle(admission, outcome(context), Instant::now());
+        }
+        Ok(())
+    }
+}
+
+/// Whether ECR answered: any HTTP answer below 500 (NotFound, AccessDenied,
+/// validation, throttling) proves it is up.
+fn outcome(context: &FinalizerInterceptorContextRef<'_>) -> Outcome {
+    let Some(result) = context.output_or_error() else {
+        return Outcome::Unknown;
+    };
+    let Err(error) = result else {
+        return Outcome::Answered;
+    };
+    if let Some(status) = context.response().map(|r| r.status().as_u16()) {
+        return if status >= 500 {
+            Outcome::Down(format!("HTTP {status} from ECR"))
+        } else {
+            Outcome::Answered
+        };
+    }
+    if error.is_timeout_error() || error.is_connector_error() || error.is_response_error() {
+        Outcome::Down(error_text(error))
+    } else {
+        Outcome::Unknown
+    }
+}
+
+fn error_text(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
