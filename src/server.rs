@@ -16,7 +16,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 use crate::admin::{Admin, Metrics, MetricsLayer};
 use crate::api::audit::AuditApi;
@@ -30,7 +29,7 @@ use crate::audit::AuditLog;
 use crate::auth::authz::Authorizer;
 use crate::auth::{Authenticator, IdentityLayer};
 use crate::config::{AuthMode, Config};
-use crate::ecr::{Phase, Registries, Registry};
+use crate::ecr::Registries;
 use crate::overload::{RateLimitLayer, RateLimits, ShedLayer};
 use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::cleanup_service_server::CleanupServiceServer;
@@ -41,33 +40,16 @@ use crate::policy::OrgPolicy;
 use crate::store::Store;
 use crate::web::BrowserLayer;
 
+mod health;
+
+pub use health::{LIVENESS_SERVICE, REGISTRY_HEALTH_PREFIX};
+use health::{probe_database, report_registry_health, set_health};
+
 /// The encoded descriptor set of the gateway's protos, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ecrgateway_descriptor");
 
-/// Services whose health is reported besides the overall "" entry.
-const SERVICES: &[&str] = &[
-    "ecrgateway.v1.RepositoryService",
-    "ecrgateway.v1.ImageService",
-    "ecrgateway.v1.ScanService",
-    "ecrgateway.v1.CleanupService",
-    "ecrgateway.v1.AuditService",
-];
-
-/// The health service name of a registry, followed by its alias: NOT_SERVING
-/// while its circuit breaker is open (the overall "" entry stays SERVING,
-/// since cached reads go on).
-pub const REGISTRY_HEALTH_PREFIX: &str = "ecrgateway.v1.Registry/";
-
 /// Largest request header block accepted, in bytes.
 const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
-
-/// The health entry of the liveness probe: SERVING while the process runs,
-/// whatever Postgres or ECR do, so that an outage of either never gets pods
-/// restarted (which cannot help and drops the calls in flight).
-pub const LIVENESS_SERVICE: &str = "liveness";
-
-/// How often the database is probed for the health status.
-const DATABASE_PROBE: Duration = Duration::from_secs(2);
 
 /// Serves until `shutdown` completes, then drains. The admin listener, if
 /// `[admin] listen` is set, is bound here.
@@ -473,13 +455,6 @@ fn replica_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
-    reporter.set_service_status("", status).await;
-    for service in SERVICES {
-        reporter.set_service_status(*service, status).await;
-    }
-}
-
 /// Reloads the authorization policies and entity data on every SIGHUP. A
 /// broken reload keeps the policies in force and logs every problem.
 async fn reload_on_sighup(authz: Arc<Authorizer>, mut stop: watch::Receiver<bool>) {
@@ -508,53 +483,6 @@ async fn reload_on_sighup(authz: Arc<Authorizer>, mut stop: watch::Receiver<bool
                         "SIGHUP: the authorization policies did not reload; the previous ones stay in force"
                     ),
                 }
-            }
-        }
-    }
-}
-
-/// Reports `ecrgateway.v1.Registry/<alias>` NOT_SERVING while the registry's
-/// circuit breaker is open or probing, SERVING once it closes.
-async fn report_registry_health(
-    registry: Registry,
-    reporter: HealthReporter,
-    mut stop: watch::Receiver<bool>,
-) {
-    let service = format!("{REGISTRY_HEALTH_PREFIX}{}", registry.reference.alias);
-    let mut changes = registry.breaker().subscribe();
-    loop {
-        let status = match changes.borrow_and_update().phase {
-            Phase::Closed => ServingStatus::Serving,
-            Phase::Open | Phase::HalfOpen => ServingStatus::NotServing,
-        };
-        reporter.set_service_status(&service, status).await;
-        tokio::select! {
-            _ = stop.wait_for(|stopped| *stopped) => return,
-            changed = changes.changed() => if changed.is_err() {
-                return;
-            },
-        }
-    }
-}
-
-/// Reports NOT_SERVING while Postgres does not answer, SERVING again when it does.
-async fn probe_database(store: Store, reporter: HealthReporter, mut stop: watch::Receiver<bool>) {
-    let mut healthy = true;
-    loop {
-        if !crate::tasks::pause(DATABASE_PROBE, &mut stop).await {
-            return;
-        }
-        let ok = tokio::time::timeout(DATABASE_PROBE, store.ping())
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if ok != healthy {
-            healthy = ok;
-            if ok {
-                tracing::info!("database reachable again: SERVING");
-                set_health(&reporter, ServingStatus::Serving).await;
-            } else {
-                tracing::warn!("database unreachable: NOT_SERVING");
-                set_health(&reporter, ServingStatus::NotServing).await;
             }
         }
     }
