@@ -1000,3 +1000,66 @@ fn compose_publishes_only_on_loopback_and_its_configuration_is_accepted() {
         panic!("deploy/compose.toml: the gateway refuses it: {error}");
     }
 }
+
+/// What can be checked of deploy/Dockerfile without a Docker daemon: two
+/// stages, an offline sqlx build, a numeric non-root user on a distroless
+/// base, and every path it copies present in the repository and not hidden
+/// from the build context by .dockerignore.
+#[test]
+fn the_dockerfile_builds_offline_in_two_stages_and_runs_as_non_root() {
+    let dockerfile = read(&repo().join("deploy/Dockerfile"));
+    let instructions: Vec<&str> = dockerfile
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect();
+    let stages = instructions
+        .iter()
+        .filter(|line| line.starts_with("FROM "))
+        .count();
+    assert_eq!(stages, 2, "a build stage and a runtime stage");
+    assert!(
+        dockerfile.contains("SQLX_OFFLINE=true"),
+        "the build needs no database"
+    );
+    assert!(
+        dockerfile.contains("gcr.io/distroless/cc-debian12:nonroot"),
+        "a minimal runtime base"
+    );
+    let user = instructions
+        .iter()
+        .rev()
+        .find_map(|line| line.strip_prefix("USER "))
+        .expect("a USER instruction");
+    let uid: u32 = user
+        .split(':')
+        .next()
+        .and_then(|uid| uid.parse().ok())
+        .unwrap_or_else(|| panic!("USER {user} is not a numeric uid (Kubernetes' runAsNonRoot needs one)"));
+    assert_ne!(uid, 0, "the image runs as root");
+    let ignored = read(&repo().join(".dockerignore"));
+    let ignored: Vec<&str> = ignored
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect();
+    for line in instructions
+        .iter()
+        .filter(|line| line.starts_with("COPY ") && !line.contains("--from="))
+    {
+        let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+        for source in &words[..words.len() - 1] {
+            let path = source.trim_end_matches('/');
+            assert!(
+                repo().join(path).exists(),
+                "the Dockerfile copies {path}, which does not exist"
+            );
+            assert!(
+                !ignored
+                    .iter()
+                    .any(|pattern| pattern.trim_end_matches('/') == path),
+                ".dockerignore hides {path}, which the Dockerfile copies"
+            );
+        }
+    }
+}
