@@ -601,6 +601,106 @@ async fn a_record_postgres_cannot_store_is_kept_without_its_free_text_and_does_n
     assert_eq!(rows[2].1["repositoryName"], "payments/c");
 }
 
+/// Read calls' records are linked into the chain in the transaction that
+/// writes them: no chain queue, nothing linked twice when a batch is sent
+/// again (a retry after a commit whose answer was lost), and batches written
+/// at once interleave with the chainer's mutation events into one gapless
+/// chain that verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn written_batches_are_linked_in_their_own_transaction_once() {
+    use ecr_gateway::audit::chain;
+    use ecr_gateway::store::audit_events::FinalBatch;
+    use ecr_gateway::store::{audit_trail, insert_final_batch};
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    let store = ecr_gateway::store::Store::from_pool(pool.clone());
+    store.migrate().await.expect("migrate");
+    let queued = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_chain_queue")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+
+    let first: Vec<_> = (0..50)
+        .map(|i| {
+            record(
+                "batch-a",
+                serde_json::json!({"i": i, "nested": {"b": [1, 2.5, "x"], "a": null}}),
+            )
+        })
+        .collect();
+    insert_final_batch(&pool, &FinalBatch::new(first.clone()), chain::LINKER)
+        .await
+        .unwrap();
+    assert_eq!(
+        queued().await,
+        0,
+        "a written batch does not pass through the queue"
+    );
+    let (seq, _) = audit_trail::head_with_hash(&pool).await.unwrap();
+    assert_eq!(seq, 50, "the batch is chained as it is written");
+    insert_final_batch(&pool, &FinalBatch::new(first), chain::LINKER)
+        .await
+        .unwrap();
+    assert_eq!(
+        audit_trail::head_with_hash(&pool).await.unwrap().0,
+        50,
+        "a batch sent again is not linked again"
+    );
+
+    // Eight writers at once, and a mutation's event finalised through the queue meanwhile.
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let pool = pool.clone();
+        writers.spawn(async move {
+            for b in 0..5 {
+                let batch: Vec<_> = (0..20)
+                    .map(|i| record(&format!("batch-w{w}"), serde_json::json!({"b": b, "i": i})))
+                    .collect();
+                insert_final_batch(&pool, &FinalBatch::new(batch), chain::LINKER)
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    let mut pending = record("mutator", serde_json::json!({"repositoryName": "payments/m"}));
+    pending.read_only = false;
+    pending.outcome.status = ecr_gateway::domain::AuditStatus::Pending;
+    let mut tx = store.begin().await.unwrap();
+    ecr_gateway::store::audit_events::insert(&mut tx, &pending)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    let outcome = ecr_gateway::domain::AuditOutcome {
+        status: ecr_gateway::domain::AuditStatus::Succeeded,
+        ..pending.outcome.clone()
+    };
+    assert!(
+        ecr_gateway::store::audit_events::finalize(&mut tx, pending.event_id, &outcome)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(queued().await, 1, "a mutation's event is chained by the chainer");
+    while audit_trail::chain_step(&pool, 1000, chain::LINKER).await.unwrap() == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while writers.join_next().await.is_some() {}
+
+    let (rows, upto) = audit_trail::chained_after(&pool, &Default::default(), 0, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(upto, 50 + 8 * 5 * 20 + 1);
+    assert_eq!(rows.len() as i64, upto, "every event has one link");
+    let links: Vec<chain::Link> = rows.iter().map(chain::Link::from_row).collect();
+    let verdict = chain::verify(&links, None);
+    assert_eq!(verdict.first_bad, None, "{verdict:?}");
+    assert_eq!(verdict.checked as i64, upto);
+    assert_eq!(queued().await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pages_stay_stable_while_new_events_arrive() {
     let db = TestDb::create().await;

@@ -1,8 +1,9 @@
 //! Sinks that ship the audit trail elsewhere: JSON lines (stdout or a file,
 //! for log shippers) and a NATS JetStream subject.
 //!
-//! The chain is the outbox: an event joins `audit_chain_queue` in the
-//! transaction that finalises it, and its link commits in sequence order.
+//! The chain is the outbox: a read call's event is linked in the transaction
+//! that writes it, a mutation's joins `audit_chain_queue` in the transaction
+//! that finalises it, and links commit in sequence order.
 //! Each sink keeps a cursor (the last sequence delivered) in
 //! `audit_sink_cursors`; one replica at a time holds a sink's cursor row
 //! while it delivers a batch and moves the cursor only after the whole batch

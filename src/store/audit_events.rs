@@ -5,6 +5,7 @@ use serde_json::Value;
 use sqlx::{PgPool, QueryBuilder};
 use uuid::Uuid;
 
+use super::audit_trail::{AuditRow, Linker, append_links, audit_columns};
 use super::{StoreError, Tx};
 use crate::domain::{AuditOutcome, AuditRecord};
 
@@ -165,8 +166,10 @@ impl FinalBatch {
 
 /// Writes many finalised records in one prepared statement (arrays, UNNEST):
 /// the same plan whatever the batch size, and no statement with thousands of
-/// bind parameters to parse.
-pub async fn insert_final_batch(pool: &PgPool, batch: &FinalBatch) -> Result<(), StoreError> {
+/// bind parameters to parse. They are linked into the hash chain in the same
+/// transaction (rows as stored, in event-id order), so they never pass
+/// through the chain queue; the chain's head is locked only for the links.
+pub async fn insert_final_batch(pool: &PgPool, batch: &FinalBatch, linker: Linker) -> Result<(), StoreError> {
     if batch.is_empty() {
         return Ok(());
     }
@@ -196,9 +199,9 @@ pub async fn insert_final_batch(pool: &PgPool, batch: &FinalBatch) -> Result<(),
         resources,
         authorizations,
     } = batch;
-    // The rows and their places in the chain queue in one statement.
-    sqlx::query(
-        r#"WITH inserted AS (
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query_as::<_, AuditRow>(concat!(
+        r#"WITH e AS (
              INSERT INTO audit_events (event_id, event_time, event_name, event_source, read_only, status,
                  principal, principal_type, groups, auth_method, source_ip, user_agent, registry_alias, account_id,
                  region, gateway_request_id, client_request_id, request_parameters, response_elements, error_code,
@@ -216,9 +219,11 @@ pub async fn insert_final_batch(pool: &PgPool, batch: &FinalBatch) -> Result<(),
                        account, region, gateway_id, client_id, parameters, response, code, message, ecr_ids, resources,
                        authz)
              ON CONFLICT (event_id) DO NOTHING
-             RETURNING event_id)
-           INSERT INTO audit_chain_queue (event_id) SELECT event_id FROM inserted"#,
-    )
+             RETURNING *)
+           SELECT "#,
+        audit_columns!(),
+        " FROM e LEFT JOIN audit_chain_links l ON false ORDER BY e.event_id"
+    ))
     .bind(ids)
     .bind(times)
     .bind(names)
@@ -244,8 +249,14 @@ pub async fn insert_final_batch(pool: &PgPool, batch: &FinalBatch) -> Result<(),
     .bind(crate::domain::AUDIT_EVENT_SOURCE)
     .bind(now)
     .bind(authorizations)
-    .execute(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    // Rows already there (a retry after a commit whose answer was lost) come
+    // back as none, so nothing is linked twice.
+    if !rows.is_empty() {
+        append_links(&mut tx, &rows, linker).await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use serde_json::Value;
 use sqlx::{PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{StoreError, Tx};
 
 /// The channel the chainer notifies with the new head sequence after each step.
 pub const CHANNEL: &str = "ecr_gateway_audit_chain";
@@ -83,6 +83,7 @@ macro_rules! audit_columns {
          l.seq, l.prev_hash, l.hash"
     };
 }
+pub(crate) use audit_columns;
 
 /// What LookupAuditEvents and StreamAuditEvents filter on (every one given must match).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -309,23 +310,29 @@ pub async fn chained_between(
     .await?)
 }
 
-/// One chainer step: takes up to `limit` queued events and links them after
-/// the chain's head with `hash_of(previous hash, event)`.
+/// How events are hashed into the chain (the audit layer's
+/// [`crate::audit::chain::LINKER`]): `canonical` is the costly part and runs
+/// before the chain's head is locked; `link` hashes it after the previous link.
+#[derive(Clone, Copy)]
+pub struct Linker {
+    /// The bytes an event's link covers.
+    pub canonical: fn(&AuditRow) -> Vec<u8>,
+    /// `link(previous hash, canonical bytes)`.
+    pub link: fn(&[u8], &[u8]) -> Vec<u8>,
+}
+
+/// One chainer step: takes up to `limit` queued events (mutations, finalised
+/// in their own transactions) and links them after the chain's head.
 /// Returns how many were chained; 0 when the queue is empty or another
 /// replica is chaining right now.
-pub async fn chain_step(
-    pool: &PgPool,
-    limit: i64,
-    hash_of: impl Fn(&[u8], &AuditRow) -> Vec<u8>,
-) -> Result<usize, StoreError> {
+pub async fn chain_step(pool: &PgPool, limit: i64, linker: Linker) -> Result<usize, StoreError> {
     let mut tx = pool.begin().await?;
-    let head: Option<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT last_seq, last_hash FROM audit_chain FOR UPDATE SKIP LOCKED")
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((mut seq, mut prev)) = head else {
+    let head: Option<(i64,)> = sqlx::query_as("SELECT last_seq FROM audit_chain FOR UPDATE SKIP LOCKED")
+        .fetch_optional(&mut *tx)
+        .await?;
+    if head.is_none() {
         return Ok(0);
-    };
+    }
     let rows = sqlx::query_as::<_, AuditRow>(concat!(
         "WITH taken AS (DELETE FROM audit_chain_queue WHERE event_id IN \
            (SELECT event_id FROM audit_chain_queue ORDER BY event_id LIMIT $1) RETURNING event_id) \
@@ -341,15 +348,30 @@ pub async fn chain_step(
     if rows.is_empty() {
         return Ok(0);
     }
+    append_links(&mut tx, &rows, linker).await?;
+    tx.commit().await?;
+    Ok(rows.len())
+}
+
+/// Links `rows` (finalised, not chained yet, in this order) after the chain's
+/// head inside `tx`, waiting for the head's row lock, which the transaction
+/// then holds until it ends: links are appended by one transaction at a time.
+/// Listeners hear of the new head when `tx` commits.
+pub async fn append_links(tx: &mut Tx, rows: &[AuditRow], linker: Linker) -> Result<(), StoreError> {
+    let canonical: Vec<Vec<u8>> = rows.iter().map(linker.canonical).collect();
+    let (mut seq, mut prev): (i64, Vec<u8>) =
+        sqlx::query_as("SELECT last_seq, last_hash FROM audit_chain FOR UPDATE")
+            .fetch_one(&mut **tx)
+            .await?;
     let (mut seqs, mut ids, mut prevs, mut hashes) = (
         Vec::with_capacity(rows.len()),
         Vec::with_capacity(rows.len()),
         Vec::with_capacity(rows.len()),
         Vec::with_capacity(rows.len()),
     );
-    for row in &rows {
+    for (row, bytes) in rows.iter().zip(&canonical) {
         seq += 1;
-        let hash = hash_of(&prev, row);
+        let hash = (linker.link)(&prev, bytes);
         seqs.push(seq);
         ids.push(row.event_id);
         prevs.push(std::mem::replace(&mut prev, hash.clone()));
@@ -363,20 +385,19 @@ pub async fn chain_step(
     .bind(&ids)
     .bind(&prevs)
     .bind(&hashes)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     sqlx::query("UPDATE audit_chain SET last_seq = $1, last_hash = $2")
         .bind(seq)
         .bind(&prev)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
         .bind(seq.to_string())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-    tx.commit().await?;
-    Ok(rows.len())
+    Ok(())
 }
 
 /// The chain's head: last sequence and its hash.
