@@ -622,7 +622,7 @@ async fn written_batches_are_linked_in_their_own_transaction_once() {
             .unwrap()
     };
 
-    let first: Vec<_> = (0..50)
+    let mut first: Vec<_> = (0..50)
         .map(|i| {
             record(
                 "batch-a",
@@ -630,6 +630,20 @@ async fn written_batches_are_linked_in_their_own_transaction_once() {
             )
         })
         .collect();
+    // Groups and ECR request ids that an array literal must quote and escape.
+    let awkward = vec![
+        "NULL".to_owned(),
+        String::new(),
+        " spaced ".to_owned(),
+        "a,b".to_owned(),
+        "{braces}".to_owned(),
+        "quote\"d".to_owned(),
+        "back\\slash\\".to_owned(),
+        "é😀".to_owned(),
+    ];
+    first[7].identity.groups = awkward.clone();
+    first[7].outcome.ecr_request_ids = awkward.iter().rev().cloned().collect();
+    first[8].identity.groups = Vec::new();
     insert_final_batch(&pool, &FinalBatch::new(first.clone()), chain::LINKER)
         .await
         .unwrap();
@@ -638,6 +652,20 @@ async fn written_batches_are_linked_in_their_own_transaction_once() {
         0,
         "a written batch does not pass through the queue"
     );
+    let (groups, ecr_ids): (Vec<String>, Vec<String>) =
+        sqlx::query_as("SELECT groups, ecr_request_ids FROM audit_events WHERE event_id = $1")
+            .bind(first[7].event_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(groups, awkward);
+    assert_eq!(ecr_ids, awkward.iter().rev().cloned().collect::<Vec<_>>());
+    let none: Vec<String> = sqlx::query_scalar("SELECT groups FROM audit_events WHERE event_id = $1")
+        .bind(first[8].event_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
     let (seq, _) = audit_trail::head_with_hash(&pool).await.unwrap();
     assert_eq!(seq, 50, "the batch is chained as it is written");
     insert_final_batch(&pool, &FinalBatch::new(first), chain::LINKER)

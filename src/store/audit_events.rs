@@ -42,7 +42,7 @@ pub struct FinalBatch {
     status: Vec<String>,
     principals: Vec<String>,
     principal_types: Vec<String>,
-    groups: Vec<Value>,
+    groups: Vec<String>,
     methods: Vec<String>,
     ips: Vec<Option<String>>,
     agents: Vec<Option<String>>,
@@ -55,7 +55,7 @@ pub struct FinalBatch {
     responses: Vec<Value>,
     codes: Vec<Option<String>>,
     messages: Vec<Option<String>>,
-    ecr_ids: Vec<Value>,
+    ecr_ids: Vec<String>,
     resources: Vec<Value>,
     authorizations: Vec<Value>,
 }
@@ -72,7 +72,7 @@ impl FinalBatch {
             batch.status.push(r.outcome.status.as_str().to_owned());
             batch.principals.push(r.identity.principal);
             batch.principal_types.push(r.identity.principal_type);
-            batch.groups.push(Value::from(r.identity.groups));
+            batch.groups.push(array_literal(&r.identity.groups));
             batch.methods.push(r.identity.auth_method);
             batch.ips.push(r.source_ip);
             batch.agents.push(r.user_agent);
@@ -89,7 +89,7 @@ impl FinalBatch {
                 .push(r.outcome.response_elements.unwrap_or(Value::Null));
             batch.codes.push(r.outcome.error_code);
             batch.messages.push(r.outcome.error_message);
-            batch.ecr_ids.push(Value::from(r.outcome.ecr_request_ids));
+            batch.ecr_ids.push(array_literal(&r.outcome.ecr_request_ids));
             batch
                 .resources
                 .push(serde_json::to_value(&r.resources).unwrap_or(Value::Array(Vec::new())));
@@ -207,13 +207,13 @@ pub async fn insert_final_batch(pool: &PgPool, batch: &FinalBatch, linker: Linke
                  region, gateway_request_id, client_request_id, request_parameters, response_elements, error_code,
                  error_message, ecr_request_ids, resources, finalized_at, authz_decision)
              SELECT u.id, u.at, u.name, $23, u.read_only, u.status, u.principal, u.principal_type,
-                    ARRAY(SELECT jsonb_array_elements_text(u.groups)), u.method, u.ip, u.agent, u.alias, u.account,
+                    u.groups::text[], u.method, u.ip, u.agent, u.alias, u.account,
                     u.region, u.gateway_id, u.client_id, u.parameters, NULLIF(u.response, 'null'::jsonb), u.code,
-                    u.message, ARRAY(SELECT jsonb_array_elements_text(u.ecr_ids)), u.resources, $24,
+                    u.message, u.ecr_ids::text[], u.resources, $24,
                     NULLIF(u.authz, 'null'::jsonb)
              FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[],
-                         $8::jsonb[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
-                         $15::uuid[], $16::text[], $17::jsonb[], $18::jsonb[], $19::text[], $20::text[], $21::jsonb[],
+                         $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                         $15::uuid[], $16::text[], $17::jsonb[], $18::jsonb[], $19::text[], $20::text[], $21::text[],
                          $22::jsonb[], $25::jsonb[])
                   AS u(id, at, name, read_only, status, principal, principal_type, groups, method, ip, agent, alias,
                        account, region, gateway_id, client_id, parameters, response, code, message, ecr_ids, resources,
@@ -281,6 +281,30 @@ pub async fn finalize(tx: &mut Tx, event_id: Uuid, outcome: &AuditOutcome) -> Re
         enqueue(tx, event_id).await?;
     }
     Ok(updated == 1)
+}
+
+/// `values` as a Postgres array literal (`{"a","b\"c"}`), which `::text[]`
+/// reads back exactly: one text per row in the batch's UNNEST, where a
+/// `jsonb` array and a subquery per row to unpack it cost Postgres more.
+/// Every element is quoted, so none reads as NULL or loses its spaces.
+fn array_literal(values: &[String]) -> String {
+    let mut literal = String::with_capacity(2 + values.iter().map(|v| v.len() + 3).sum::<usize>());
+    literal.push('{');
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            literal.push(',');
+        }
+        literal.push('"');
+        for c in value.chars() {
+            if c == '"' || c == '\\' {
+                literal.push('\\');
+            }
+            literal.push(c);
+        }
+        literal.push('"');
+    }
+    literal.push('}');
+    literal
 }
 
 fn insert_builder() -> QueryBuilder<sqlx::Postgres> {
