@@ -29,6 +29,7 @@ pub mod config;
 pub mod domain;
 pub mod ecr;
 pub mod inventory;
+pub mod memory;
 pub mod overload;
 pub mod policy;
 pub mod recovery;

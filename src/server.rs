@@ -194,6 +194,7 @@ pub async fn run_with_admin(
         .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
         .await;
     let probe = tokio::spawn(probe_database(store.clone(), reporter.clone(), stop_rx.clone()));
+    let trimmer = tokio::spawn(crate::memory::run_trimmer(stop_rx.clone()));
     let registry_health: Vec<_> = registries
         .all()
         .map(|registry| {
@@ -361,6 +362,7 @@ pub async fn run_with_admin(
     }
     let _ = stop_tx.send(true);
     let _ = probe.await;
+    let _ = trimmer.await;
     for task in registry_health {
         let _ = task.await;
     }

@@ -8,7 +8,8 @@
 //!   through the sync's ingest path and reports images per second.
 //! - `load`: drives one RPC of a running gateway from C concurrent workers,
 //!   closed loop or paced to a target rate, and reports the rate, latency
-//!   percentiles, gRPC status codes and the server's RSS.
+//!   percentiles, gRPC status codes, the server's RSS and the CPU time the
+//!   server and Postgres spent per call.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -538,6 +539,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
     let counter = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let rss_before = server_pid.and_then(rss_kib);
+    let cpu_before = server_pid.and_then(cpu_ticks).zip(postgres_ticks());
     let mut workers = Vec::new();
     for w in 0..concurrency {
         let channel = channels[w / 16].clone();
@@ -576,6 +578,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
         worker.await?;
     }
     let rss_after = server_pid.and_then(rss_kib);
+    let cpu_after = server_pid.and_then(cpu_ticks).zip(postgres_ticks());
     let mut tally = tally.lock().await;
     tally.latencies_us.sort_unstable();
     let calls = tally.latencies_us.len();
@@ -588,7 +591,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
             / 1000.0
     };
     println!(
-        "{rpc:?}: {calls} calls in {seconds} s = {:.0}/s (concurrency {concurrency}{}{}), p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, codes {:?}{}",
+        "{rpc:?}: {calls} calls in {seconds} s = {:.0}/s (concurrency {concurrency}{}{}), p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms, codes {:?}{}{}",
         calls as f64 / seconds as f64,
         if rate > 0 {
             format!(", paced at {rate}/s")
@@ -612,9 +615,46 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
                 a as f64 / 1024.0
             ),
             _ => String::new(),
+        },
+        match (cpu_before, cpu_after) {
+            (Some((server_0, postgres_0)), Some((server_1, postgres_1))) if calls > 0 => format!(
+                ", CPU per call: server {:.0} µs, Postgres {:.0} µs",
+                (server_1 - server_0) as f64 * TICK_US / calls as f64,
+                (postgres_1 - postgres_0) as f64 * TICK_US / calls as f64,
+            ),
+            _ => String::new(),
         }
     );
     Ok(())
+}
+
+/// Microseconds per clock tick of /proc/*/stat (USER_HZ is 100 on Linux).
+const TICK_US: f64 = 10_000.0;
+
+/// User and system CPU ticks a process has used.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// CPU ticks used by every Postgres process on this machine (the server's
+/// backends, WAL writer, checkpointer, autovacuum): what the calls cost the
+/// database, when nothing else uses it during the run.
+fn postgres_ticks() -> Option<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim() == "postgres");
+        if is_postgres {
+            total += cpu_ticks(pid).unwrap_or(0);
+        }
+    }
+    Some(total)
 }
 
 fn with_identity<T>(message: T) -> tonic::Request<T> {
