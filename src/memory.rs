@@ -58,6 +58,10 @@ mod tests {
             after + 20_000 < before,
             "RSS {before} KiB before the trim, {after} KiB after"
         );
-        assert!(kept.iter().enumerate().all(|(i, b)| b.iter().all(|&x| x == (i * 64) as u8)));
+        assert!(
+            kept.iter()
+                .enumerate()
+                .all(|(i, b)| b.iter().all(|&x| x == (i * 64) as u8))
+        );
     }
 }

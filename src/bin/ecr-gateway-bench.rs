@@ -648,8 +648,8 @@ fn postgres_ticks() -> Option<u64> {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        let is_postgres = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|comm| comm.trim() == "postgres");
+        let is_postgres =
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "postgres");
         if is_postgres {
             total += cpu_ticks(pid).unwrap_or(0);
         }
