@@ -1,5 +1,5 @@
 //! What the background tasks (chainer, digester, sinks, retention, recovery,
-//! sync loop, cache listener, health probe) share: waiting between rounds
+//! sync loop, cache listener, health probe, memory trimmer) share: waiting between rounds
 //! while watching the stop signal.
 
 use std::time::Duration;

@@ -174,12 +174,7 @@ pub fn canonical_row(row: &AuditRow) -> Vec<u8> {
     event.strings("ecrRequestIDs", &row.ecr_request_ids);
     event.opt_str("errorCode", row.error_code.as_deref());
     event.opt_str("errorMessage", row.error_message.as_deref());
-    event.str(
-        "eventID",
-        row.event_id
-            .hyphenated()
-            .encode_lower(&mut uuid::Uuid::encode_buffer()),
-    );
+    event.uuid("eventID", &row.event_id);
     event.str("eventName", &row.event_name);
     event.str("eventSource", &row.event_source);
     event.str("eventTime", &row.event_time.format(EVENT_TIME).to_string());
@@ -188,12 +183,7 @@ pub fn canonical_row(row: &AuditRow) -> Vec<u8> {
     event.raw("readOnly", if row.read_only { b"true" } else { b"false" });
     event.opt_str("recipientAccountId", row.account_id.as_deref());
     event.opt_str("registry", row.registry_alias.as_deref());
-    event.str(
-        "requestID",
-        row.gateway_request_id
-            .hyphenated()
-            .encode_lower(&mut uuid::Uuid::encode_buffer()),
-    );
+    event.uuid("requestID", &row.gateway_request_id);
     write_canonical(&row.request_parameters, event.key("requestParameters"));
     write_canonical(&row.resources, event.key("resources"));
     match &row.response_elements {
@@ -245,6 +235,14 @@ impl<'a> Object<'a> {
     fn str(&mut self, key: &str, value: &str) {
         // Writing JSON into a Vec cannot fail.
         let _ = serde_json::to_writer(self.key(key), value);
+    }
+
+    /// A UUID as `to_string` writes it (hyphenated, lower case).
+    fn uuid(&mut self, key: &str, value: &uuid::Uuid) {
+        self.str(
+            key,
+            value.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()),
+        );
     }
 
     fn opt_str(&mut self, key: &str, value: Option<&str>) {
