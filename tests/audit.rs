@@ -601,6 +601,70 @@ async fn a_record_postgres_cannot_store_is_kept_without_its_free_text_and_does_n
     assert_eq!(rows[2].1["repositoryName"], "payments/c");
 }
 
+/// The writer runs on a thread of its own ("audit-writer") at a lower CPU
+/// priority than the threads serving calls (nice + 10), and shutting it down
+/// drains what was queued through its own connections.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_writer_runs_on_its_own_thread_at_a_lower_priority_and_drains() {
+    fn nice_of(stat: &str) -> i64 {
+        // Fields after the command's closing parenthesis; nice is field 19.
+        let rest = &stat[stat.rfind(')').expect("stat") + 1..];
+        rest.split_whitespace()
+            .nth(16)
+            .expect("nice")
+            .parse()
+            .expect("number")
+    }
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    let store = ecr_gateway::store::Store::from_pool(pool.clone());
+    store.migrate().await.expect("migrate");
+    let ours = nice_of(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+    let (log, writer) = ecr_gateway::audit::AuditLog::start(store);
+    let mut writers = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        if std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == "audit-writer") {
+            // The thread lowers its priority as it starts. Other tests'
+            // writers may end meanwhile (their stat is gone then).
+            let mut nice = Some(ours);
+            for _ in 0..100 {
+                nice = std::fs::read_to_string(dir.join("stat"))
+                    .ok()
+                    .map(|stat| nice_of(&stat));
+                if nice != Some(ours) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            writers.extend(nice);
+        }
+    }
+    assert!(!writers.is_empty(), "no audit-writer thread");
+    assert!(
+        writers.iter().all(|&nice| nice == (ours + 10).min(19)),
+        "writer threads' nice values {writers:?}, the test's {ours}"
+    );
+    for i in 0..1200 {
+        log.record(record("drained", serde_json::json!({"i": i}))).await;
+    }
+    drop(log);
+    writer.shutdown(Duration::from_secs(30)).await;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE principal = 'drained'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1200, "shutdown returned before the queue was written");
+    let linked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_chain_links l JOIN audit_events e USING (event_id) WHERE e.principal = 'drained'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(linked, 1200);
+}
+
 /// Read calls' records are linked into the chain in the transaction that
 /// writes them: no chain queue, nothing linked twice when a batch is sent
 /// again (a retry after a commit whose answer was lost), and batches written

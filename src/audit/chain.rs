@@ -258,10 +258,10 @@ impl<'a> Object<'a> {
     }
 }
 
-/// How the store links events: [`canonical_row`], then [`link_bytes`].
+/// How the store links events: [`canonical_row`]; Postgres computes the
+/// same link [`link_bytes`] does (`audit_append_links`).
 pub const LINKER: crate::store::audit_trail::Linker = crate::store::audit_trail::Linker {
     canonical: canonical_row,
-    link: link_bytes,
 };
 
 /// What is wrong at the first event that does not fit.

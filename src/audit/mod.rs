@@ -9,9 +9,11 @@ pub mod digest;
 pub mod retention;
 pub mod sink;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -29,8 +31,13 @@ const BATCH: usize = 500;
 /// the writer to always find a full batch; a deeper queue only holds more
 /// memory (a record is a few KiB) and adds latency when Postgres falls behind.
 const QUEUE: usize = 2_000;
-/// Batches written at once (their links are appended one at a time).
-const IN_FLIGHT: usize = 4;
+/// Batches written at once (their links are appended one at a time); also
+/// the size of the writer's own connection pool.
+pub const IN_FLIGHT: usize = 4;
+/// How much less CPU the writer's thread asks for than the threads serving
+/// calls (a nice value): batches are written in the machine's spare time, and
+/// when it has none the queue's bound slows callers down instead.
+const WRITER_NICENESS: i32 = 10;
 
 /// Hands finished records to the background writer.
 #[derive(Clone, Debug)]
@@ -45,10 +52,57 @@ pub struct AuditWriter {
 }
 
 impl AuditLog {
-    /// Starts the background writer.
+    /// Starts the background writer on a thread of its own, at a lower CPU
+    /// priority than the threads serving calls, with its own runtime and a
+    /// pool of [`IN_FLIGHT`] connections (to the store's database): turning
+    /// a batch into a statement and its stored rows into links takes
+    /// milliseconds of CPU, which on a worker of the call runtime held up
+    /// every call queued behind it. Where no thread can be started, the
+    /// writer runs as a task of the current runtime instead.
     pub fn start(store: Store) -> (AuditLog, AuditWriter) {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(write_batches(store, receiver));
+        let options = store.pool().connect_options();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(IN_FLIGHT as u32)
+            .acquire_timeout(store.pool().options().get_acquire_timeout());
+        // The thread takes the receiver from here; if it cannot start, it is
+        // still here for the fallback task.
+        let slot = Arc::new(Mutex::new(Some(receiver)));
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let started = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .and_then(|runtime| {
+                let slot = slot.clone();
+                std::thread::Builder::new()
+                    .name("audit-writer".into())
+                    .spawn(move || {
+                        lower_priority();
+                        let receiver = slot.lock().ok().and_then(|mut r| r.take());
+                        if let Some(receiver) = receiver {
+                            runtime.block_on(async {
+                                // Its connections belong to this runtime.
+                                let pool = pool.connect_lazy_with((*options).clone());
+                                write_batches(pool.clone(), receiver).await;
+                                pool.close().await;
+                            });
+                        }
+                        let _ = done_tx.send(());
+                    })
+            });
+        let fallback = match started {
+            Ok(_) => None,
+            Err(error) => {
+                tracing::warn!("no thread for the audit writer ({error}); it runs on the call runtime");
+                slot.lock().ok().and_then(|mut r| r.take())
+            }
+        };
+        let task = match fallback {
+            Some(receiver) => tokio::spawn(write_batches(store.pool().clone(), receiver)),
+            None => tokio::spawn(async move {
+                let _ = done_rx.await;
+            }),
+        };
         (AuditLog { sender }, AuditWriter { task })
     }
 
@@ -69,11 +123,26 @@ impl AuditWriter {
     }
 }
 
+/// Lowers the calling thread's CPU priority by [`WRITER_NICENESS`] (Linux:
+/// a nice value is per thread; raising it needs no privilege). Where that
+/// fails the writer runs at normal priority, which only costs latency.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority take no pointers.
+    unsafe {
+        let thread = libc::gettid() as libc::id_t;
+        let current = libc::getpriority(libc::PRIO_PROCESS, thread);
+        if libc::setpriority(libc::PRIO_PROCESS, thread, current + WRITER_NICENESS) != 0 {
+            tracing::debug!("could not lower the audit writer's priority");
+        }
+    }
+}
+
 /// Takes up to [`BATCH`] records at a time and keeps up to [`IN_FLIGHT`]
 /// batches being written at once: one batch's round trip to Postgres does not
 /// hold up the next (the order of rows does not matter; event ids are
 /// time-ordered UUIDv7s).
-async fn write_batches(store: Store, mut receiver: mpsc::Receiver<AuditRecord>) {
+async fn write_batches(pool: PgPool, mut receiver: mpsc::Receiver<AuditRecord>) {
     let mut writing = tokio::task::JoinSet::new();
     loop {
         let mut batch = Vec::with_capacity(BATCH);
@@ -83,8 +152,8 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<AuditRecord>) 
         while writing.len() >= IN_FLIGHT {
             let _ = writing.join_next().await;
         }
-        let store = store.clone();
-        writing.spawn(async move { write_with_retry(&store, FinalBatch::new(batch)).await });
+        let pool = pool.clone();
+        writing.spawn(async move { write_with_retry(&pool, FinalBatch::new(batch)).await });
     }
     while writing.join_next().await.is_some() {}
 }
@@ -94,12 +163,12 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<AuditRecord>) 
 /// values is written record by record, and a record it refuses is stored
 /// with its free text replaced by why ([`FinalBatch::strip`]): the event is
 /// kept and the writer does not stall.
-async fn write_with_retry(store: &Store, batch: FinalBatch) {
+async fn write_with_retry(pool: &PgPool, batch: FinalBatch) {
     let mut delay = Duration::from_millis(100);
     let mut batch = batch;
     let mut stripped = false;
     loop {
-        match insert_final_batch(store.pool(), &batch, chain::LINKER).await {
+        match insert_final_batch(pool, &batch, chain::LINKER).await {
             Ok(()) => return,
             Err(error) if error.is_data_error() && batch.len() > 1 => {
                 tracing::warn!(
@@ -107,7 +176,7 @@ async fn write_with_retry(store: &Store, batch: FinalBatch) {
                     "Postgres refused an audit batch ({error}); writing its records one by one"
                 );
                 for single in batch.split() {
-                    Box::pin(write_with_retry(store, single)).await;
+                    Box::pin(write_with_retry(pool, single)).await;
                 }
                 return;
             }

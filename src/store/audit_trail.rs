@@ -311,14 +311,15 @@ pub async fn chained_between(
 }
 
 /// How events are hashed into the chain (the audit layer's
-/// [`crate::audit::chain::LINKER`]): `canonical` is the costly part and runs
-/// before the chain's head is locked; `link` hashes it after the previous link.
+/// [`crate::audit::chain::LINKER`]): `canonical` gives the bytes an event's
+/// link covers, computed before the chain's head is locked. The link itself,
+/// sha256(previous hash || canonical), is computed by Postgres while it holds
+/// the lock (`audit_append_links`, migration 0017), and checked by
+/// [`crate::audit::chain::link_bytes`] when the chain is verified.
 #[derive(Clone, Copy)]
 pub struct Linker {
     /// The bytes an event's link covers.
     pub canonical: fn(&AuditRow) -> Vec<u8>,
-    /// `link(previous hash, canonical bytes)`.
-    pub link: fn(&[u8], &[u8]) -> Vec<u8>,
 }
 
 /// One chainer step: takes up to `limit` queued events (mutations, finalised
@@ -354,47 +355,18 @@ pub async fn chain_step(pool: &PgPool, limit: i64, linker: Linker) -> Result<usi
 }
 
 /// Links `rows` (finalised, not chained yet, in this order) after the chain's
-/// head inside `tx`, waiting for the head's row lock, which the transaction
-/// then holds until it ends: links are appended by one transaction at a time.
+/// head inside `tx`, in one statement: `audit_append_links` waits for the
+/// head's row lock, which the transaction then holds until it ends, so links
+/// are appended by one transaction at a time and commit in sequence order,
+/// with no round trip to the gateway while the lock is held but the commit.
 /// Listeners hear of the new head when `tx` commits.
 pub async fn append_links(tx: &mut Tx, rows: &[AuditRow], linker: Linker) -> Result<(), StoreError> {
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.event_id).collect();
     let canonical: Vec<Vec<u8>> = rows.iter().map(linker.canonical).collect();
-    let (mut seq, mut prev): (i64, Vec<u8>) =
-        sqlx::query_as("SELECT last_seq, last_hash FROM audit_chain FOR UPDATE")
-            .fetch_one(&mut **tx)
-            .await?;
-    let (mut seqs, mut ids, mut prevs, mut hashes) = (
-        Vec::with_capacity(rows.len()),
-        Vec::with_capacity(rows.len()),
-        Vec::with_capacity(rows.len()),
-        Vec::with_capacity(rows.len()),
-    );
-    for (row, bytes) in rows.iter().zip(&canonical) {
-        seq += 1;
-        let hash = (linker.link)(&prev, bytes);
-        seqs.push(seq);
-        ids.push(row.event_id);
-        prevs.push(std::mem::replace(&mut prev, hash.clone()));
-        hashes.push(hash);
-    }
-    sqlx::query(
-        "INSERT INTO audit_chain_links (seq, event_id, prev_hash, hash) \
-         SELECT * FROM UNNEST($1::bigint[], $2::uuid[], $3::bytea[], $4::bytea[])",
-    )
-    .bind(&seqs)
-    .bind(&ids)
-    .bind(&prevs)
-    .bind(&hashes)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("UPDATE audit_chain SET last_seq = $1, last_hash = $2")
-        .bind(seq)
-        .bind(&prev)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
+    sqlx::query("SELECT audit_append_links($1, $2, $3)")
+        .bind(&ids)
+        .bind(&canonical)
         .bind(CHANNEL)
-        .bind(seq.to_string())
         .execute(&mut **tx)
         .await?;
     Ok(())
