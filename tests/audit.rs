@@ -708,9 +708,13 @@ async fn written_batches_are_linked_in_their_own_transaction_once() {
     first[7].identity.groups = awkward.clone();
     first[7].outcome.ecr_request_ids = awkward.iter().rev().cloned().collect();
     first[8].identity.groups = Vec::new();
-    insert_final_batch(&pool, &FinalBatch::new(first.clone()), chain::LINKER)
-        .await
-        .unwrap();
+    insert_final_batch(
+        &pool,
+        &FinalBatch::new(first.clone(), chain::LINKER),
+        chain::LINKER,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         queued().await,
         0,
@@ -732,7 +736,7 @@ async fn written_batches_are_linked_in_their_own_transaction_once() {
     assert!(none.is_empty());
     let (seq, _) = audit_trail::head_with_hash(&pool).await.unwrap();
     assert_eq!(seq, 50, "the batch is chained as it is written");
-    insert_final_batch(&pool, &FinalBatch::new(first), chain::LINKER)
+    insert_final_batch(&pool, &FinalBatch::new(first, chain::LINKER), chain::LINKER)
         .await
         .unwrap();
     assert_eq!(
@@ -750,7 +754,7 @@ async fn written_batches_are_linked_in_their_own_transaction_once() {
                 let batch: Vec<_> = (0..20)
                     .map(|i| record(&format!("batch-w{w}"), serde_json::json!({"b": b, "i": i})))
                     .collect();
-                insert_final_batch(&pool, &FinalBatch::new(batch), chain::LINKER)
+                insert_final_batch(&pool, &FinalBatch::new(batch, chain::LINKER), chain::LINKER)
                     .await
                     .unwrap();
             }
@@ -791,6 +795,121 @@ async fn written_batches_are_linked_in_their_own_transaction_once() {
     assert_eq!(verdict.first_bad, None, "{verdict:?}");
     assert_eq!(verdict.checked as i64, upto);
     assert_eq!(queued().await, 0);
+}
+
+/// The writer links a batch from the canonical forms it computed before
+/// sending it (no `RETURNING`): each must be, byte for byte, that of the row
+/// Postgres stores. Awkward values of every column; a record with a
+/// non-integer JSON number, which jsonb could store differently, has no
+/// form computed ahead and its batch is linked from the stored rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_records_canonical_form_computed_before_it_is_stored_is_the_stored_rows() {
+    use ecr_gateway::audit::chain;
+    use ecr_gateway::domain::{AuditResource, RegistryRef};
+    use ecr_gateway::store::audit_events::FinalBatch;
+    use ecr_gateway::store::{audit_trail, insert_final_batch};
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    let store = ecr_gateway::store::Store::from_pool(pool.clone());
+    store.migrate().await.expect("migrate");
+
+    let text = "quote\" back\\slash \u{1}\t\n\u{7f} \u{2028} é😀 </script> {\"a\":1}";
+    let mut records = Vec::new();
+    let mut full = record(
+        text,
+        serde_json::json!({
+            "max": u64::MAX, "min": i64::MIN, "zero": 0, "negative": -1,
+            "text": text, "empty": {}, "none": [], "nested": [[{"z": null, "a": [true, false]}]],
+            "null": null, "keys": {"b": 1, "a": 2, "": 3, "é": 4, "A": 5}
+        }),
+    );
+    full.event_time = chrono::DateTime::from_timestamp(1_790_000_000, 123_456_789).unwrap();
+    full.identity.groups = vec![text.to_owned(), String::new(), "NULL".into()];
+    full.identity.principal_type = "Service".into();
+    full.identity.auth_method = "internal".into();
+    full.source_ip = Some("2001:db8::1".into());
+    full.user_agent = Some(text.into());
+    full.registry = Some(RegistryRef {
+        alias: "main".into(),
+        account_id: "123456789012".into(),
+        region: "eu-west-1".into(),
+    });
+    full.client_request_id = Some(text.into());
+    full.resources = vec![AuditResource {
+        resource_type: "AWS::ECR::Repository".into(),
+        arn: format!("arn:aws:ecr:eu-west-1:123456789012:repository/{text}"),
+    }];
+    full.authorization = Some(serde_json::json!({"decision": "allow", "policies": ["p1", text]}));
+    full.outcome.status = ecr_gateway::domain::AuditStatus::Failed;
+    full.outcome.response_elements = Some(serde_json::json!({"digest": "sha256:00", "count": 3}));
+    full.outcome.error_code = Some("InvalidArgument".into());
+    full.outcome.error_message = Some(text.into());
+    full.outcome.ecr_request_ids = vec![text.into()];
+    records.push(full);
+    let mut nulls = record("nulls", serde_json::Value::Null);
+    nulls.event_name = "BatchDeleteImage".into();
+    nulls.authorization = Some(serde_json::Value::Null);
+    nulls.outcome.response_elements = Some(serde_json::Value::Null);
+    nulls.user_agent = None;
+    records.push(nulls);
+    records.push(record("strings", serde_json::json!("just a string")));
+    for r in &records {
+        let resources = serde_json::to_value(&r.resources).unwrap();
+        assert!((chain::LINKER.record)(r, &resources).is_some(), "{r:?}");
+    }
+    insert_final_batch(
+        &pool,
+        &FinalBatch::new(records.clone(), chain::LINKER),
+        chain::LINKER,
+    )
+    .await
+    .unwrap();
+    let mut floats = vec![
+        record("floats", serde_json::json!({"score": 1e16})),
+        record("floats", serde_json::json!({"score": -0.0})),
+        record("floats", serde_json::json!({"score": 7.5})),
+    ];
+    for r in &floats {
+        assert_eq!((chain::LINKER.record)(r, &serde_json::json!([])), None, "{r:?}");
+    }
+    floats.push(record("floats", serde_json::json!({"i": 1})));
+    insert_final_batch(
+        &pool,
+        &FinalBatch::new(floats.clone(), chain::LINKER),
+        chain::LINKER,
+    )
+    .await
+    .unwrap();
+
+    let (rows, upto) = audit_trail::chained_after(&pool, &Default::default(), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(upto, 7);
+    assert_eq!(rows.len(), 7, "every record stored and linked once");
+    for r in &records {
+        let row = rows
+            .iter()
+            .find(|row| row.event_id == r.event_id)
+            .expect("stored");
+        let resources = serde_json::to_value(&r.resources).unwrap();
+        let sent = (chain::LINKER.record)(r, &resources).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&sent),
+            String::from_utf8_lossy(&chain::canonical_row(row)),
+            "{r:?}"
+        );
+    }
+    let stored: serde_json::Value = sqlx::query_scalar(
+        "SELECT request_parameters FROM audit_events WHERE request_parameters ? 'score' LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(stored["score"].is_number());
+    let links: Vec<chain::Link> = rows.iter().map(chain::Link::from_row).collect();
+    let verdict = chain::verify(&links, None);
+    assert_eq!(verdict.first_bad, None, "{verdict:?}");
+    assert_eq!(verdict.checked, 7);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,6 +12,9 @@ use std::collections::HashSet;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
+use chrono::SubsecRound as _;
+
+use crate::domain::AuditRecord;
 use crate::store::audit_trail::AuditRow;
 
 /// CloudTrail's record format version the events follow.
@@ -59,9 +62,11 @@ pub fn cloudtrail_json(row: &AuditRow) -> Value {
 /// `eventType`: the gateway's own work (the sync, cleanup) is a service
 /// event, a caller's call an API call.
 fn event_type(row: &AuditRow) -> &'static str {
-    if row.principal_type == "Service" && row.auth_method == "internal"
-        || row.event_name == "BatchDeleteImage"
-    {
+    type_of(&row.event_name, &row.principal_type, &row.auth_method)
+}
+
+fn type_of(event_name: &str, principal_type: &str, auth_method: &str) -> &'static str {
+    if principal_type == "Service" && auth_method == "internal" || event_name == "BatchDeleteImage" {
         "AwsServiceEvent"
     } else {
         "AwsApiCall"
@@ -164,41 +169,171 @@ pub fn link_bytes(previous: &[u8], canonical: &[u8]) -> Vec<u8> {
 /// than the rest of the link). Top-level keys are written in byte order;
 /// a test holds both to the same bytes.
 pub fn canonical_row(row: &AuditRow) -> Vec<u8> {
+    write_event(&EventFields {
+        event_id: &row.event_id,
+        event_time: row.event_time,
+        event_name: &row.event_name,
+        event_source: &row.event_source,
+        event_type: event_type(row),
+        read_only: row.read_only,
+        status: &row.status,
+        principal: &row.principal,
+        principal_type: &row.principal_type,
+        groups: &row.groups,
+        auth_method: &row.auth_method,
+        source_ip: row.source_ip.as_deref(),
+        user_agent: row.user_agent.as_deref(),
+        registry_alias: row.registry_alias.as_deref(),
+        account_id: row.account_id.as_deref(),
+        region: row.region.as_deref(),
+        gateway_request_id: &row.gateway_request_id,
+        client_request_id: row.client_request_id.as_deref(),
+        request_parameters: &row.request_parameters,
+        response_elements: row.response_elements.as_ref(),
+        error_code: row.error_code.as_deref(),
+        error_message: row.error_message.as_deref(),
+        ecr_request_ids: &row.ecr_request_ids,
+        resources: &row.resources,
+        authz_decision: row.authz_decision.as_ref(),
+    })
+}
+
+/// The canonical form that a finalised `record` will have once stored, its
+/// `resources` already as JSON: the same bytes [`canonical_row`] gives for
+/// the row that `store::audit_events::insert_final_batch` writes, so the
+/// writer can link a batch in the statement that inserts it, without reading
+/// the rows back. `None` when Postgres could store a value other than as
+/// sent: a JSON number that is not an integer (jsonb keeps numbers as
+/// `numeric`, so `1e16` comes back as `10000000000000000` and `-0.0` as
+/// `0.0`); such a batch is read back before it is linked.
+pub fn canonical_record(record: &AuditRecord, resources: &Value) -> Option<Vec<u8>> {
+    // A jsonb null is stored as SQL NULL (the insert's NULLIF).
+    let response_elements = record.outcome.response_elements.as_ref().filter(|v| !v.is_null());
+    let authz_decision = record.authorization.as_ref().filter(|v| !v.is_null());
+    let exact = [
+        Some(&record.request_parameters),
+        response_elements,
+        Some(resources),
+        authz_decision,
+    ]
+    .into_iter()
+    .flatten()
+    .all(integers_only);
+    if !exact {
+        return None;
+    }
+    let registry = record.registry.as_ref();
+    Some(write_event(&EventFields {
+        event_id: &record.event_id,
+        // Postgres keeps microseconds (and sqlx sends them truncated).
+        event_time: record.event_time.trunc_subsecs(6),
+        event_name: &record.event_name,
+        event_source: crate::domain::AUDIT_EVENT_SOURCE,
+        event_type: type_of(
+            &record.event_name,
+            &record.identity.principal_type,
+            &record.identity.auth_method,
+        ),
+        read_only: record.read_only,
+        status: record.outcome.status.as_str(),
+        principal: &record.identity.principal,
+        principal_type: &record.identity.principal_type,
+        groups: &record.identity.groups,
+        auth_method: &record.identity.auth_method,
+        source_ip: record.source_ip.as_deref(),
+        user_agent: record.user_agent.as_deref(),
+        registry_alias: registry.map(|r| r.alias.as_str()),
+        account_id: registry.map(|r| r.account_id.as_str()),
+        region: registry.map(|r| r.region.as_str()),
+        gateway_request_id: &record.gateway_request_id,
+        client_request_id: record.client_request_id.as_deref(),
+        request_parameters: &record.request_parameters,
+        response_elements,
+        error_code: record.outcome.error_code.as_deref(),
+        error_message: record.outcome.error_message.as_deref(),
+        ecr_request_ids: &record.outcome.ecr_request_ids,
+        resources,
+        authz_decision,
+    }))
+}
+
+/// Whether every number in `value` is an integer, which jsonb gives back
+/// digit for digit.
+fn integers_only(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => n.is_i64() || n.is_u64(),
+        Value::Array(items) => items.iter().all(integers_only),
+        Value::Object(map) => map.values().all(integers_only),
+        _ => true,
+    }
+}
+
+/// The members of an event that its canonical form covers, borrowed from a
+/// stored row or from a record about to be stored.
+struct EventFields<'a> {
+    event_id: &'a uuid::Uuid,
+    event_time: chrono::DateTime<chrono::Utc>,
+    event_name: &'a str,
+    event_source: &'a str,
+    event_type: &'static str,
+    read_only: bool,
+    status: &'a str,
+    principal: &'a str,
+    principal_type: &'a str,
+    groups: &'a [String],
+    auth_method: &'a str,
+    source_ip: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    registry_alias: Option<&'a str>,
+    account_id: Option<&'a str>,
+    region: Option<&'a str>,
+    gateway_request_id: &'a uuid::Uuid,
+    client_request_id: Option<&'a str>,
+    request_parameters: &'a Value,
+    response_elements: Option<&'a Value>,
+    error_code: Option<&'a str>,
+    error_message: Option<&'a str>,
+    ecr_request_ids: &'a [String],
+    resources: &'a Value,
+    authz_decision: Option<&'a Value>,
+}
+
+fn write_event(e: &EventFields<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(1024);
     let mut event = Object::new(&mut out);
-    if let Some(decision) = &row.authz_decision {
+    if let Some(decision) = e.authz_decision {
         write_canonical(decision, event.key("authorization"));
     }
-    event.opt_str("awsRegion", row.region.as_deref());
-    event.opt_str("clientRequestID", row.client_request_id.as_deref());
-    event.strings("ecrRequestIDs", &row.ecr_request_ids);
-    event.opt_str("errorCode", row.error_code.as_deref());
-    event.opt_str("errorMessage", row.error_message.as_deref());
-    event.uuid("eventID", &row.event_id);
-    event.str("eventName", &row.event_name);
-    event.str("eventSource", &row.event_source);
-    event.str("eventTime", &row.event_time.format(EVENT_TIME).to_string());
-    event.str("eventType", event_type(row));
+    event.opt_str("awsRegion", e.region);
+    event.opt_str("clientRequestID", e.client_request_id);
+    event.strings("ecrRequestIDs", e.ecr_request_ids);
+    event.opt_str("errorCode", e.error_code);
+    event.opt_str("errorMessage", e.error_message);
+    event.uuid("eventID", e.event_id);
+    event.str("eventName", e.event_name);
+    event.str("eventSource", e.event_source);
+    event.str("eventTime", &e.event_time.format(EVENT_TIME).to_string());
+    event.str("eventType", e.event_type);
     event.str("eventVersion", EVENT_VERSION);
-    event.raw("readOnly", if row.read_only { b"true" } else { b"false" });
-    event.opt_str("recipientAccountId", row.account_id.as_deref());
-    event.opt_str("registry", row.registry_alias.as_deref());
-    event.uuid("requestID", &row.gateway_request_id);
-    write_canonical(&row.request_parameters, event.key("requestParameters"));
-    write_canonical(&row.resources, event.key("resources"));
-    match &row.response_elements {
+    event.raw("readOnly", if e.read_only { b"true" } else { b"false" });
+    event.opt_str("recipientAccountId", e.account_id);
+    event.opt_str("registry", e.registry_alias);
+    event.uuid("requestID", e.gateway_request_id);
+    write_canonical(e.request_parameters, event.key("requestParameters"));
+    write_canonical(e.resources, event.key("resources"));
+    match e.response_elements {
         Some(elements) => write_canonical(elements, event.key("responseElements")),
         None => event.raw("responseElements", b"null"),
     }
-    event.opt_str("sourceIPAddress", row.source_ip.as_deref());
-    event.str("status", &row.status);
-    event.opt_str("userAgent", row.user_agent.as_deref());
+    event.opt_str("sourceIPAddress", e.source_ip);
+    event.str("status", e.status);
+    event.opt_str("userAgent", e.user_agent);
     let identity = event.key("userIdentity");
     let mut identity = Object::new(identity);
-    identity.str("authenticationMethod", &row.auth_method);
-    identity.strings("groups", &row.groups);
-    identity.str("principalId", &row.principal);
-    identity.str("type", &row.principal_type);
+    identity.str("authenticationMethod", e.auth_method);
+    identity.strings("groups", e.groups);
+    identity.str("principalId", e.principal);
+    identity.str("type", e.principal_type);
     identity.end();
     event.end();
     out
@@ -258,10 +393,12 @@ impl<'a> Object<'a> {
     }
 }
 
-/// How the store links events: [`canonical_row`]; Postgres computes the
+/// How the store links events: [`canonical_row`] of a stored row, or
+/// [`canonical_record`] of a record about to be stored; Postgres computes the
 /// same link [`link_bytes`] does (`audit_append_links`).
 pub const LINKER: crate::store::audit_trail::Linker = crate::store::audit_trail::Linker {
     canonical: canonical_row,
+    record: canonical_record,
 };
 
 /// What is wrong at the first event that does not fit.

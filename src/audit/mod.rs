@@ -153,7 +153,7 @@ async fn write_batches(pool: PgPool, mut receiver: mpsc::Receiver<AuditRecord>) 
             let _ = writing.join_next().await;
         }
         let pool = pool.clone();
-        writing.spawn(async move { write_with_retry(&pool, FinalBatch::new(batch)).await });
+        writing.spawn(async move { write_with_retry(&pool, FinalBatch::new(batch, chain::LINKER)).await });
     }
     while writing.join_next().await.is_some() {}
 }

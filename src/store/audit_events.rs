@@ -58,13 +58,18 @@ pub struct FinalBatch {
     ecr_ids: Vec<String>,
     resources: Vec<Value>,
     authorizations: Vec<Value>,
+    /// Each record's canonical form as it will be stored ([`Linker::record`]);
+    /// `None` for one that has to be read back to be linked.
+    canonicals: Vec<Option<Vec<u8>>>,
 }
 
 impl FinalBatch {
-    /// The columns of `records`.
-    pub fn new(records: Vec<AuditRecord>) -> FinalBatch {
+    /// The columns of `records`, and their canonical forms.
+    pub fn new(records: Vec<AuditRecord>, linker: Linker) -> FinalBatch {
         let mut batch = FinalBatch::default();
         for r in records {
+            let resources = serde_json::to_value(&r.resources).unwrap_or(Value::Array(Vec::new()));
+            batch.canonicals.push((linker.record)(&r, &resources));
             batch.ids.push(r.event_id);
             batch.times.push(r.event_time);
             batch.names.push(r.event_name);
@@ -90,9 +95,7 @@ impl FinalBatch {
             batch.codes.push(r.outcome.error_code);
             batch.messages.push(r.outcome.error_message);
             batch.ecr_ids.push(array_literal(&r.outcome.ecr_request_ids));
-            batch
-                .resources
-                .push(serde_json::to_value(&r.resources).unwrap_or(Value::Array(Vec::new())));
+            batch.resources.push(resources);
             batch.authorizations.push(r.authorization.unwrap_or(Value::Null));
         }
         batch
@@ -141,7 +144,8 @@ impl FinalBatch {
             messages,
             ecr_ids,
             resources,
-            authorizations
+            authorizations,
+            canonicals
         );
         singles
     }
@@ -152,6 +156,8 @@ impl FinalBatch {
     /// Postgres refused, so that the event itself is still stored.
     pub fn strip(&mut self, why: &str) {
         let note = serde_json::json!({"unstorable": true, "reason": why});
+        // The values change: the rows are read back to be linked.
+        self.canonicals.iter_mut().for_each(|c| *c = None);
         self.parameters.iter_mut().for_each(|p| *p = note.clone());
         self.responses.iter_mut().for_each(|r| *r = Value::Null);
         self.agents.iter_mut().for_each(|a| *a = None);
@@ -164,95 +170,107 @@ impl FinalBatch {
     }
 }
 
+/// The INSERT of [`insert_final_batch`]: one row per element of its arrays.
+macro_rules! insert_final {
+    () => {
+        r#"INSERT INTO audit_events (event_id, event_time, event_name, event_source, read_only, status,
+               principal, principal_type, groups, auth_method, source_ip, user_agent, registry_alias, account_id,
+               region, gateway_request_id, client_request_id, request_parameters, response_elements, error_code,
+               error_message, ecr_request_ids, resources, finalized_at, authz_decision)
+           SELECT u.id, u.at, u.name, $23, u.read_only, u.status, u.principal, u.principal_type,
+                  u.groups::text[], u.method, u.ip, u.agent, u.alias, u.account,
+                  u.region, u.gateway_id, u.client_id, u.parameters, NULLIF(u.response, 'null'::jsonb), u.code,
+                  u.message, u.ecr_ids::text[], u.resources, $24,
+                  NULLIF(u.authz, 'null'::jsonb)
+           FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[],
+                       $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                       $15::uuid[], $16::text[], $17::jsonb[], $18::jsonb[], $19::text[], $20::text[], $21::text[],
+                       $22::jsonb[], $25::jsonb[])
+                AS u(id, at, name, read_only, status, principal, principal_type, groups, method, ip, agent, alias,
+                     account, region, gateway_id, client_id, parameters, response, code, message, ecr_ids, resources,
+                     authz)
+           ON CONFLICT (event_id) DO NOTHING"#
+    };
+}
+
+/// Binds a [`FinalBatch`]'s columns as `$1`..`$25` of [`insert_final!`].
+macro_rules! bind_final {
+    ($query:expr, $batch:expr, $now:expr) => {{
+        let b = $batch;
+        $query
+            .bind(&b.ids)
+            .bind(&b.times)
+            .bind(&b.names)
+            .bind(&b.read_only)
+            .bind(&b.status)
+            .bind(&b.principals)
+            .bind(&b.principal_types)
+            .bind(&b.groups)
+            .bind(&b.methods)
+            .bind(&b.ips)
+            .bind(&b.agents)
+            .bind(&b.aliases)
+            .bind(&b.accounts)
+            .bind(&b.regions)
+            .bind(&b.gateway_ids)
+            .bind(&b.client_ids)
+            .bind(&b.parameters)
+            .bind(&b.responses)
+            .bind(&b.codes)
+            .bind(&b.messages)
+            .bind(&b.ecr_ids)
+            .bind(&b.resources)
+            .bind(crate::domain::AUDIT_EVENT_SOURCE)
+            .bind($now)
+            .bind(&b.authorizations)
+    }};
+}
+
 /// Writes many finalised records in one prepared statement (arrays, UNNEST):
 /// the same plan whatever the batch size, and no statement with thousands of
-/// bind parameters to parse. They are linked into the hash chain in the same
-/// transaction (rows as stored, in event-id order), so they never pass
-/// through the chain queue; the chain's head is locked only for the links.
+/// bind parameters to parse. They are linked into the hash chain by the same
+/// statement (in event-id order), so they never pass through the chain
+/// queue: Postgres takes the chain head's lock, appends the links and
+/// commits without a round trip to the gateway in between. Rows already
+/// there (a retry after a commit whose answer was lost) are neither written
+/// nor linked again.
+///
+/// The links cover the records' canonical forms computed before they were
+/// sent ([`FinalBatch::new`]); a batch with a record whose stored form could
+/// differ (see [`Linker::record`]) is instead inserted with `RETURNING` and
+/// linked from the rows as stored, in the same transaction.
 pub async fn insert_final_batch(pool: &PgPool, batch: &FinalBatch, linker: Linker) -> Result<(), StoreError> {
     if batch.is_empty() {
         return Ok(());
     }
     let now = chrono::Utc::now();
-    let FinalBatch {
-        ids,
-        times,
-        names,
-        read_only,
-        status,
-        principals,
-        principal_types,
-        groups,
-        methods,
-        ips,
-        agents,
-        aliases,
-        accounts,
-        regions,
-        gateway_ids,
-        client_ids,
-        parameters,
-        responses,
-        codes,
-        messages,
-        ecr_ids,
-        resources,
-        authorizations,
-    } = batch;
+    let canonicals: Option<Vec<&[u8]>> = batch.canonicals.iter().map(|c| c.as_deref()).collect();
+    if let Some(canonicals) = canonicals {
+        let query = sqlx::query(concat!(
+            "WITH e AS (",
+            insert_final!(),
+            r#" RETURNING event_id),
+             linked AS (
+               SELECT array_agg(c.id ORDER BY c.id) AS ids, array_agg(c.canonical ORDER BY c.id) AS canonicals
+               FROM UNNEST($1::uuid[], $26::bytea[]) AS c(id, canonical) JOIN e ON e.event_id = c.id)
+           SELECT audit_append_links(ids, canonicals, $27) FROM linked WHERE ids IS NOT NULL"#
+        ));
+        bind_final!(query, batch, now)
+            .bind(canonicals)
+            .bind(super::audit_trail::CHANNEL)
+            .execute(pool)
+            .await?;
+        return Ok(());
+    }
     let mut tx = pool.begin().await?;
-    let rows = sqlx::query_as::<_, AuditRow>(concat!(
-        r#"WITH e AS (
-             INSERT INTO audit_events (event_id, event_time, event_name, event_source, read_only, status,
-                 principal, principal_type, groups, auth_method, source_ip, user_agent, registry_alias, account_id,
-                 region, gateway_request_id, client_request_id, request_parameters, response_elements, error_code,
-                 error_message, ecr_request_ids, resources, finalized_at, authz_decision)
-             SELECT u.id, u.at, u.name, $23, u.read_only, u.status, u.principal, u.principal_type,
-                    u.groups::text[], u.method, u.ip, u.agent, u.alias, u.account,
-                    u.region, u.gateway_id, u.client_id, u.parameters, NULLIF(u.response, 'null'::jsonb), u.code,
-                    u.message, u.ecr_ids::text[], u.resources, $24,
-                    NULLIF(u.authz, 'null'::jsonb)
-             FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[],
-                         $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
-                         $15::uuid[], $16::text[], $17::jsonb[], $18::jsonb[], $19::text[], $20::text[], $21::text[],
-                         $22::jsonb[], $25::jsonb[])
-                  AS u(id, at, name, read_only, status, principal, principal_type, groups, method, ip, agent, alias,
-                       account, region, gateway_id, client_id, parameters, response, code, message, ecr_ids, resources,
-                       authz)
-             ON CONFLICT (event_id) DO NOTHING
-             RETURNING *)
-           SELECT "#,
+    let query = sqlx::query_as::<_, AuditRow>(concat!(
+        "WITH e AS (",
+        insert_final!(),
+        " RETURNING *) SELECT ",
         audit_columns!(),
         " FROM e LEFT JOIN audit_chain_links l ON false ORDER BY e.event_id"
-    ))
-    .bind(ids)
-    .bind(times)
-    .bind(names)
-    .bind(read_only)
-    .bind(status)
-    .bind(principals)
-    .bind(principal_types)
-    .bind(groups)
-    .bind(methods)
-    .bind(ips)
-    .bind(agents)
-    .bind(aliases)
-    .bind(accounts)
-    .bind(regions)
-    .bind(gateway_ids)
-    .bind(client_ids)
-    .bind(parameters)
-    .bind(responses)
-    .bind(codes)
-    .bind(messages)
-    .bind(ecr_ids)
-    .bind(resources)
-    .bind(crate::domain::AUDIT_EVENT_SOURCE)
-    .bind(now)
-    .bind(authorizations)
-    .fetch_all(&mut *tx)
-    .await?;
-    // Rows already there (a retry after a commit whose answer was lost) come
-    // back as none, so nothing is linked twice.
+    ));
+    let rows = bind_final!(query, batch, now).fetch_all(&mut *tx).await?;
     if !rows.is_empty() {
         append_links(&mut tx, &rows, linker).await?;
     }

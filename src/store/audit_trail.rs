@@ -311,15 +311,19 @@ pub async fn chained_between(
 }
 
 /// How events are hashed into the chain (the audit layer's
-/// [`crate::audit::chain::LINKER`]): `canonical` gives the bytes an event's
-/// link covers, computed before the chain's head is locked. The link itself,
+/// [`crate::audit::chain::LINKER`]): `canonical` gives the bytes a stored
+/// event's link covers, `record` the same bytes for a record before it is
+/// stored; both are computed before the chain's head is locked. The link itself,
 /// sha256(previous hash || canonical), is computed by Postgres while it holds
 /// the lock (`audit_append_links`, migration 0017), and checked by
 /// [`crate::audit::chain::link_bytes`] when the chain is verified.
 #[derive(Clone, Copy)]
 pub struct Linker {
-    /// The bytes an event's link covers.
+    /// The bytes a stored event's link covers.
     pub canonical: fn(&AuditRow) -> Vec<u8>,
+    /// The same bytes for a finalised record (its resources as JSON) before
+    /// it is stored, or `None` when the stored row could differ from it.
+    pub record: fn(&crate::domain::AuditRecord, &Value) -> Option<Vec<u8>>,
 }
 
 /// One chainer step: takes up to `limit` queued events (mutations, finalised
