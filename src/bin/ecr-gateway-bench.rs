@@ -546,9 +546,15 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
         let (tally, counter, deep_tokens) = (tally.clone(), counter.clone(), deep_tokens.clone());
         workers.push(tokio::spawn(async move {
             let mut local = Tally::default();
+            // Each caller makes one call per period, and the callers' periods
+            // are staggered across it, so that calls arrive evenly: started
+            // in phase, all callers fired at once, and a paced run measured
+            // how long the server takes to drain a burst of `concurrency`
+            // calls, not its latency at the rate.
             let mut pace = (rate > 0).then(|| {
-                let mut interval =
-                    tokio::time::interval(Duration::from_secs_f64(concurrency as f64 / rate as f64));
+                let period = Duration::from_secs_f64(concurrency as f64 / rate as f64);
+                let phase = period.mul_f64(w as f64 / concurrency as f64);
+                let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 interval
             });
