@@ -55,7 +55,7 @@ impl AuditLog {
     /// Starts the background writer on a thread of its own, at a lower CPU
     /// priority than the threads serving calls, with its own runtime and a
     /// pool of [`IN_FLIGHT`] connections (to the store's database): turning
-    /// a batch into a statement and its stored rows into links takes
+    /// a batch into its records' canonical forms and a statement takes
     /// milliseconds of CPU, which on a worker of the call runtime held up
     /// every call queued behind it. Where no thread can be started, the
     /// writer runs as a task of the current runtime instead.
