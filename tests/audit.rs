@@ -563,9 +563,7 @@ fn record(principal: &str, parameters: serde_json::Value) -> ecr_gateway::domain
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_postgres_cannot_store_is_kept_without_its_free_text_and_does_not_stall_the_writer() {
     let db = TestDb::create().await;
-    let pool = db.pool().await;
-    let store = ecr_gateway::store::Store::from_pool(pool.clone());
-    store.migrate().await.expect("migrate");
+    let (pool, store) = db.migrated().await;
     let (log, writer) = ecr_gateway::audit::AuditLog::start(store);
     // Postgres cannot store U+0000 in text or jsonb: the middle record of the
     // batch is refused (the gateway's own calls replace it before this point).
@@ -617,9 +615,7 @@ async fn the_writer_runs_on_its_own_thread_at_a_lower_priority_and_drains() {
             .expect("number")
     }
     let db = TestDb::create().await;
-    let pool = db.pool().await;
-    let store = ecr_gateway::store::Store::from_pool(pool.clone());
-    store.migrate().await.expect("migrate");
+    let (pool, store) = db.migrated().await;
     let ours = nice_of(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
     let (log, writer) = ecr_gateway::audit::AuditLog::start(store);
     let mut writers = Vec::new();
@@ -676,9 +672,7 @@ async fn written_batches_are_linked_in_their_own_transaction_once() {
     use ecr_gateway::store::audit_events::FinalBatch;
     use ecr_gateway::store::{audit_trail, insert_final_batch};
     let db = TestDb::create().await;
-    let pool = db.pool().await;
-    let store = ecr_gateway::store::Store::from_pool(pool.clone());
-    store.migrate().await.expect("migrate");
+    let (pool, store) = db.migrated().await;
     let queued = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_chain_queue")
             .fetch_one(&pool)
@@ -809,9 +803,7 @@ async fn a_records_canonical_form_computed_before_it_is_stored_is_the_stored_row
     use ecr_gateway::store::audit_events::FinalBatch;
     use ecr_gateway::store::{audit_trail, insert_final_batch};
     let db = TestDb::create().await;
-    let pool = db.pool().await;
-    let store = ecr_gateway::store::Store::from_pool(pool.clone());
-    store.migrate().await.expect("migrate");
+    let (pool, _) = db.migrated().await;
 
     let text = "quote\" back\\slash \u{1}\t\n\u{7f} \u{2028} é😀 </script> {\"a\":1}";
     let mut records = Vec::new();

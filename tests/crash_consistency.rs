@@ -452,11 +452,7 @@ async fn recovery_resolves_each_kind_of_interrupted_call_against_ecr() {
     let db = TestDb::create().await;
     let moto = Moto::shared();
     let ecr = ecr_client(moto).await;
-    let pool = db.pool().await;
-    ecr_gateway::store::Store::from_pool(pool.clone())
-        .migrate()
-        .await
-        .expect("migrate");
+    let (pool, _) = db.migrated().await;
     let existing = unique("payments", "recover-present");
     let missing = unique("payments", "recover-absent");
     ecr.create_repository()

@@ -9,10 +9,9 @@
 
 use std::collections::HashSet;
 
+use chrono::SubsecRound as _;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-
-use chrono::SubsecRound as _;
 
 use crate::domain::AuditRecord;
 use crate::store::audit_trail::AuditRow;

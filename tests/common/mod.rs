@@ -180,6 +180,14 @@ impl TestDb {
     pub async fn pool(&self) -> sqlx::PgPool {
         sqlx::PgPool::connect(&self.url).await.expect("connect test db")
     }
+
+    /// A pool on this database, migrated, and the store over it.
+    pub async fn migrated(&self) -> (sqlx::PgPool, ecr_gateway::store::Store) {
+        let pool = self.pool().await;
+        let store = ecr_gateway::store::Store::from_pool(pool.clone());
+        store.migrate().await.expect("migrate");
+        (pool, store)
+    }
 }
 
 impl Drop for TestDb {
