@@ -43,8 +43,12 @@ pub struct NamingConfig {
     pub reserved: Vec<String>,
 }
 
-/// The default `policy.naming.pattern`: lowercase words joined by `-`, `_` or `.`, in segments.
-pub const DEFAULT_NAMING_PATTERN: &str = "^[a-z0-9]+(?:[-_.][a-z0-9]+)*(?:/[a-z0-9]+(?:[-_.][a-z0-9]+)*)*$";
+/// The default `policy.naming.pattern`: exactly what ECR's grammar allows after the
+/// namespace (lowercase words joined by `.`, `_`, `__` or runs of `-`, in segments), so
+/// that no name ECR accepts is refused by default; an org that wants fewer separators
+/// sets its own pattern (docs/configuration.md shows one).
+pub const DEFAULT_NAMING_PATTERN: &str =
+    "^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$";
 
 impl Default for NamingConfig {
     fn default() -> Self {

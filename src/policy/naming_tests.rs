@@ -87,8 +87,37 @@ fn configured_pattern_must_match_the_whole_rest() {
 }
 
 #[test]
-fn default_pattern_rejects_ecr_separators_it_does_not_allow() {
-    assert_eq!(rule_ids(rules(&[]).check("team/a__b")), ["naming.pattern"]);
+fn default_pattern_allows_every_separator_ecr_allows() {
+    for name in [
+        "team/a__b",
+        "team/a--b",
+        "team/a---b",
+        "team/a.b_c-d",
+        "team/x/a__b--c",
+    ] {
+        assert!(
+            rules(&[]).check(name).is_ok(),
+            "{name} is refused by the default pattern"
+        );
+    }
+}
+
+#[test]
+fn default_pattern_still_refuses_what_ecr_refuses() {
+    for name in ["team/a___b", "team/a._b", "team/-a", "team/a-", "team/a//b"] {
+        assert!(rules(&[]).check(name).is_err(), "{name} is accepted");
+    }
+}
+
+#[test]
+fn a_stricter_pattern_can_refuse_double_separators() {
+    let config = NamingConfig {
+        pattern: "[a-z0-9]+(?:[-_.][a-z0-9]+)*(?:/[a-z0-9]+(?:[-_.][a-z0-9]+)*)*".into(),
+        ..NamingConfig::default()
+    };
+    let rules = NamingRules::compile(&config).expect("valid");
+    assert_eq!(rule_ids(rules.check("team/a__b")), ["naming.pattern"]);
+    assert!(rules.check("team/a-b").is_ok());
 }
 
 #[test]
