@@ -17,7 +17,7 @@
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$REPO_ROOT/.venv"
-DEV_DIR="$REPO_ROOT/.dev"
+DEV_DIR=${ECR_GATEWAY_DEV_DIR:-$REPO_ROOT/.dev}
 EXIT_STATUS=0
 _CLEANUPS=()
 

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import tarfile
+import time
 
 import urllib.request
 
@@ -81,6 +82,7 @@ FINDINGS = {
 def seed_findings(endpoint: str, region: str, account: str, repository: str, tag: str, digest: str) -> None:
     """The emulator answers the next DescribeImageScanFindings of `digest` (after a scan) with these."""
     findings = FINDINGS[tag]
+    now = int(time.time())
     counts: dict[str, int] = {}
     for _, severity, _, _ in findings:
         counts[severity] = counts.get(severity, 0) + 1
@@ -90,8 +92,9 @@ def seed_findings(endpoint: str, region: str, account: str, repository: str, tag
         "imageId": {"imageDigest": digest},
         "imageScanStatus": {"status": "COMPLETE", "description": "The scan was completed successfully."},
         "imageScanFindings": {
-            "imageScanCompletedAt": 1767225600,
-            "vulnerabilitySourceUpdatedAt": 1767225600,
+            # Now, so that the demo's scans are fresh on any date (prod denies scans older than 30 days).
+            "imageScanCompletedAt": now,
+            "vulnerabilitySourceUpdatedAt": now,
             "findingSeverityCounts": counts,
             "findings": [
                 {
