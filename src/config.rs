@@ -14,12 +14,14 @@ use serde::{Deserialize, Serialize};
 use crate::domain::AccountId;
 use crate::policy::{OrgPolicy, OrgPolicyConfig};
 
+mod access;
 mod auth;
 mod breaker;
 mod grpc_web;
 mod overload;
 mod telemetry;
 
+pub use access::{AccessConfig, MAX_CREDENTIAL_SECONDS, MIN_CREDENTIAL_SECONDS};
 pub use auth::{AuthConfig, AuthMode, MtlsConfig, OIDC_ALGORITHMS, OidcConfig, is_loopback_host};
 pub use breaker::BreakerConfig;
 pub use grpc_web::{ANY_ORIGIN, GrpcWebConfig};
@@ -59,6 +61,8 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     /// OpenTelemetry traces and metrics (OTLP), and the log format.
     pub telemetry: TelemetryConfig,
+    /// Scoped docker credentials (`RegistryAccessService`).
+    pub access: AccessConfig,
 }
 
 /// `[admin]`
@@ -175,6 +179,9 @@ pub struct RegistryConfig {
     pub endpoint_url: Option<String>,
     /// Role to assume for calls into this registry's account.
     pub role_arn: Option<String>,
+    /// Role that `GetRegistryCredentials` assumes, with a session policy that
+    /// narrows it to the caller's scope, to make docker credentials.
+    pub credentials_role_arn: Option<String>,
     /// Marks the registry used when a request leaves `registry` empty.
     pub default: bool,
     /// Timeout of one ECR API attempt.
@@ -412,6 +419,12 @@ impl Config {
             problems.push("server.request_timeout_seconds: must be at least 1".into());
         }
         problems.extend(overload::problems(&self.overload, &self.rate_limits));
+        let roles: Vec<(String, Option<String>)> = self
+            .registries
+            .iter()
+            .map(|r| (r.alias.clone(), r.credentials_role_arn.clone()))
+            .collect();
+        problems.extend(access::problems(&self.access, &roles));
         if self.server.max_message_bytes < 1024 {
             problems.push("server.max_message_bytes: must be at least 1024".into());
         }

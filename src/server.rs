@@ -18,6 +18,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::admin::{Admin, Metrics, MetricsLayer};
+use crate::api::access::AccessApi;
 use crate::api::audit::AuditApi;
 use crate::api::cleanup::CleanupApi;
 use crate::api::error::DecodeErrorLayer;
@@ -34,6 +35,7 @@ use crate::overload::{RateLimitLayer, RateLimits, ShedLayer};
 use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::cleanup_service_server::CleanupServiceServer;
 use crate::pb::image_service_server::ImageServiceServer;
+use crate::pb::registry_access_service_server::RegistryAccessServiceServer;
 use crate::pb::repository_service_server::RepositoryServiceServer;
 use crate::pb::scan_service_server::ScanServiceServer;
 use crate::policy::OrgPolicy;
@@ -295,6 +297,18 @@ pub async fn run_with_admin(
     let audit_service = AuditServiceServer::new(AuditApi::new(state.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    let credential_roles = config
+        .registries
+        .iter()
+        .filter_map(|r| Some((r.alias.clone(), r.credentials_role_arn.clone()?)))
+        .collect();
+    let access_service = RegistryAccessServiceServer::new(AccessApi::new(
+        state.clone(),
+        config.access.clone(),
+        credential_roles,
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
     drop(state);
 
     let local = listener.local_addr()?;
@@ -343,7 +357,8 @@ pub async fn run_with_admin(
         .add_service(image_service)
         .add_service(scan_service)
         .add_service(cleanup_service)
-        .add_service(audit_service);
+        .add_service(audit_service)
+        .add_service(access_service);
     let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
         Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
             crate::tls::incoming(listener, tokio_rustls::TlsAcceptor::from(Arc::new(tls))),

@@ -19,6 +19,7 @@ use ecr_gateway::pb;
 use ecr_gateway::pb::audit_service_client::AuditServiceClient;
 use ecr_gateway::pb::cleanup_service_client::CleanupServiceClient;
 use ecr_gateway::pb::image_service_client::ImageServiceClient;
+use ecr_gateway::pb::registry_access_service_client::RegistryAccessServiceClient;
 use ecr_gateway::pb::repository_service_client::RepositoryServiceClient;
 use ecr_gateway::pb::scan_service_client::ScanServiceClient;
 use tonic::Code;
@@ -584,6 +585,33 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         AuditServiceClient.verify_audit_log,
         |_: &S, _: &S, _: &S| pb::VerifyAuditLogRequest::default()
     );
+    // RegistryAccessService: GetRegistryCredentials asks for PullImages or
+    // PushImages on every entry of its scope.
+    rpc!(
+        t,
+        f,
+        "PullImages",
+        Kind::ReadDeploy,
+        RegistryAccessServiceClient.get_registry_credentials,
+        |r: &S, _: &S, _: &S| pb::GetRegistryCredentialsRequest {
+            repositories: vec![r.into()],
+            repository_prefixes: vec!["payments/".into()],
+            access: pb::RegistryAccess::Pull as i32,
+            ..Default::default()
+        }
+    );
+    rpc!(
+        t,
+        f,
+        "PushImages",
+        Kind::Write,
+        RegistryAccessServiceClient.get_registry_credentials,
+        |r: &S, _: &S, _: &S| pb::GetRegistryCredentialsRequest {
+            repositories: vec![r.into()],
+            access: pb::RegistryAccess::Push as i32,
+            ..Default::default()
+        }
+    );
     t
 }
 
@@ -683,7 +711,9 @@ async fn run_matrix(callers: &[(Role, Caller)]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_rpc_asks_the_policy_for_every_role() {
     let db = TestDb::create().await;
-    let gateway = Gateway::start(config(&db, Moto::shared(), "")).await;
+    // Credentials on (these lines land in the main registry's table), so an allowed PullImages/PushImages issues one.
+    let access = "credentials_role_arn = \"arn:aws:iam::123456789012:role/ecr-gateway-credentials\"\n[access]\nenabled = true\n";
+    let gateway = Gateway::start(config(&db, Moto::shared(), access)).await;
     let callers: Vec<(Role, Caller)> = ROLES
         .iter()
         .map(|role| (*role, Caller::headers(*role, &gateway.channel)))

@@ -2486,3 +2486,71 @@ async fn audit_service_refuses_bad_input_cleanly() {
 
     check(&f, "AuditService", cat).await;
 }
+
+// ---------------------------------------------------------------------------
+// RegistryAccessService
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_access_service_refuses_bad_input_cleanly() {
+    use ecr_gateway::pb::registry_access_service_client::RegistryAccessServiceClient;
+    let _serial = SERIAL.lock().await;
+    count_panics();
+    let f = fixture("bad-access").await;
+    let access = RegistryAccessServiceClient::new(f.gateway.channel.clone());
+    let mut cat = Catalogue::new("bad-input-access@example.com");
+    let fine = pb::GetRegistryCredentialsRequest {
+        repositories: vec![f.repo_a.clone()],
+        access: pb::RegistryAccess::Pull as i32,
+        ..Default::default()
+    };
+    let duration = |seconds: i64, nanos: i32| Some(prost_types::Duration { seconds, nanos });
+
+    identity_cases!(cat, access, get_registry_credentials, fine.clone());
+    for (what, registry) in bad_registries() {
+        case!(cat, access.get_registry_credentials, format!("registry {what}") => invalid("registry"),
+            pb::GetRegistryCredentialsRequest { registry, ..fine.clone() });
+    }
+    for (what, name) in bad_names() {
+        case!(cat, access.get_registry_credentials, format!("repositories[1] {what}") => invalid("repositories[1]"),
+            pb::GetRegistryCredentialsRequest { repositories: vec![f.repo_a.clone(), name], ..fine.clone() });
+    }
+    for (what, prefix) in bad_prefixes().into_iter().chain([
+        ("empty", String::new()),
+        ("spanning namespaces", "pay".into()),
+        ("outside every namespace", "elsewhere/".into()),
+        ("a bare slash", "/".into()),
+    ]) {
+        case!(cat, access.get_registry_credentials, format!("repository_prefixes[0] {what}") => invalid("repository_prefixes[0]"),
+            pb::GetRegistryCredentialsRequest { repositories: vec![], repository_prefixes: vec![prefix], ..fine.clone() });
+    }
+    case!(cat, access.get_registry_credentials, "an empty scope" => invalid("repositories"),
+        pb::GetRegistryCredentialsRequest { repositories: vec![], ..fine.clone() });
+    case!(cat, access.get_registry_credentials, "51 repositories" => invalid("repositories"),
+    pb::GetRegistryCredentialsRequest {
+        repositories: (0..51).map(|i| format!("payments/r{i}")).collect(),
+        ..fine.clone()
+    });
+    for (what, value) in bad_enums() {
+        case!(cat, access.get_registry_credentials, format!("access {what}") => invalid("access"),
+            pb::GetRegistryCredentialsRequest { access: value, ..fine.clone() });
+    }
+    for (what, value) in [
+        ("negative", duration(-1, 0)),
+        ("with nanos", duration(3600, 5)),
+        ("zero", duration(0, 0)),
+        ("under 15 minutes", duration(899, 0)),
+        ("over the configured maximum", duration(3601, 0)),
+        ("over 12 hours", duration(12 * 3600 + 1, 0)),
+        ("i64::MAX seconds", duration(i64::MAX, 0)),
+        ("i64::MIN seconds", duration(i64::MIN, 0)),
+    ] {
+        case!(cat, access.get_registry_credentials, format!("duration {what}") => invalid("duration"),
+            pb::GetRegistryCredentialsRequest { duration: value, ..fine.clone() });
+    }
+    // Valid, but this gateway issues no credentials ([access] is off): a clean refusal.
+    case!(cat, access.get_registry_credentials, "valid while [access] is off" => Expect::Code(Code::FailedPrecondition),
+        fine.clone());
+
+    check(&f, "RegistryAccessService", cat).await;
+}

@@ -147,6 +147,47 @@ impl Call {
         }));
     }
 
+    /// Asks the policies whether the caller may do `action` (not the RPC's
+    /// name: e.g. `PushImages` for a credential) on every one of `resources`,
+    /// and records every decision. Any refusal refuses the whole call:
+    /// PERMISSION_DENIED naming the action and each resource refused.
+    pub fn authorize_each(
+        &mut self,
+        authz: &Authorizer,
+        action: &str,
+        resources: &[Resource],
+    ) -> Result<(), ApiError> {
+        let identity = self.caller()?.identity.clone();
+        let mut decisions = Vec::with_capacity(resources.len());
+        let mut refused = Vec::new();
+        for resource in resources {
+            let decision = authz.decide(&identity, action, resource);
+            decisions.push(crate::auth::authz::decision_json(action, resource, &decision));
+            if !decision.allowed {
+                refused.push(resource.describe());
+            }
+        }
+        let allowed = refused.is_empty();
+        self.record.authorization = Some(serde_json::json!({
+            "decision": if allowed { "allow" } else { "deny" },
+            "action": action,
+            "decisions": decisions,
+        }));
+        if allowed {
+            return Ok(());
+        }
+        Err(ApiError::PermissionDenied {
+            reason: "ACCESS_DENIED",
+            description: format!(
+                "{} `{}` may not {action} on {}: no authorization policy permits it; ask the owners of the \
+                 namespace or a platform admin for access (docs/security.md)",
+                identity.principal_type.to_lowercase(),
+                identity.principal,
+                refused.join(", "),
+            ),
+        })
+    }
+
     /// Records what the caller asked (size-capped).
     pub fn set_parameters(&mut self, parameters: Value) {
         self.record.request_parameters = cap_element(storable_json(parameters));

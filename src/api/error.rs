@@ -115,6 +115,18 @@ pub enum ApiError {
         /// When a retry makes sense.
         retry_after: Duration,
     },
+    /// The caller used up a quota. → RESOURCE_EXHAUSTED with `QuotaFailure` and `RetryInfo`
+    #[error("{description}")]
+    ResourceExhausted {
+        /// `ErrorInfo.reason`.
+        reason: &'static str,
+        /// Whose quota (`QuotaFailure.subject`).
+        subject: String,
+        /// Which quota, and when to retry.
+        description: String,
+        /// When a retry makes sense.
+        retry_after: Duration,
+    },
     /// A bug. → INTERNAL; the caller sees only a reference to the log line.
     #[error("internal error (reference {reference})")]
     Internal {
@@ -174,6 +186,7 @@ impl ApiError {
             ApiError::Unauthenticated { .. } => Code::Unauthenticated,
             ApiError::PermissionDenied { .. } => Code::PermissionDenied,
             ApiError::Unavailable { .. } => Code::Unavailable,
+            ApiError::ResourceExhausted { .. } => Code::ResourceExhausted,
             ApiError::Internal { .. } => Code::Internal,
         }
     }
@@ -184,7 +197,8 @@ impl ApiError {
             ApiError::InvalidArgument { reason, .. }
             | ApiError::FailedPrecondition { reason, .. }
             | ApiError::PermissionDenied { reason, .. }
-            | ApiError::Unavailable { reason, .. } => reason,
+            | ApiError::Unavailable { reason, .. }
+            | ApiError::ResourceExhausted { reason, .. } => reason,
             ApiError::NotFound { .. } => "NOT_FOUND",
             ApiError::AlreadyExists { .. } => "ALREADY_EXISTS",
             ApiError::Aborted { .. } => "OPERATION_IN_PROGRESS",
@@ -239,6 +253,15 @@ impl ApiError {
                 }
             }
             ApiError::Aborted { retry_after, .. } | ApiError::Unavailable { retry_after, .. } => {
+                details.set_retry_info(Some(*retry_after));
+            }
+            ApiError::ResourceExhausted {
+                subject,
+                description,
+                retry_after,
+                ..
+            } => {
+                details.add_quota_failure_violation(subject.clone(), description.clone());
                 details.set_retry_info(Some(*retry_after));
             }
             ApiError::Internal { reference } => {

@@ -1,6 +1,7 @@
 //! The gRPC edge: one file per service. Each RPC decodes into domain types,
 //! checks identity, calls, records, encodes. Proto types stay in this module.
 
+pub mod access;
 pub mod audit;
 pub mod call;
 pub mod cleanup;

@@ -135,6 +135,8 @@ const THROTTLED: &[&str] = &[
 ];
 const DENIED: &[&str] = &[
     "AccessDeniedException",
+    // STS (AssumeRole): the gateway may not assume the role.
+    "AccessDenied",
     "UnrecognizedClientException",
     "InvalidClientTokenId",
     "ExpiredTokenException",
@@ -147,6 +149,10 @@ const INVALID: &[&str] = &[
     "ValidationException",
     "InvalidLayerException",
     "UnsupportedImageTypeException",
+    // STS (AssumeRole): the session policy or duration was refused.
+    "MalformedPolicyDocument",
+    "PackedPolicyTooLarge",
+    "ValidationError",
 ];
 
 /// Turns an SDK failure into an [`EcrError`], keeping ECR's code and message.

@@ -7,6 +7,7 @@
 
 pub mod breaker;
 mod budget;
+mod credentials;
 mod error;
 mod images;
 mod repositories;
@@ -26,6 +27,7 @@ use aws_smithy_types::retry::RetrySpec;
 
 pub use breaker::{Breaker, BreakerOpen, BreakerStatus, Phase};
 pub use budget::Budget;
+pub use credentials::{DockerLogin, SessionRequest};
 pub use error::{EcrError, classify, classify_code};
 pub use images::{DeleteOutcome, RawManifest, image_from_detail};
 pub use repositories::{collect_pages, state_from_detail};
@@ -63,6 +65,8 @@ pub struct Registry {
     /// Alias, account and region.
     pub reference: RegistryRef,
     client: aws_sdk_ecr::Client,
+    /// STS with the same credentials, for the scoped docker credentials.
+    sts: aws_sdk_sts::Client,
     budget: Arc<Budget>,
     breaker: Arc<Breaker>,
 }
@@ -107,6 +111,8 @@ impl Registry {
                     .build(),
             )
             .interceptor(breaker::interceptor::BreakerInterceptor::new(breaker.clone()));
+        // What the ECR client signs with: the assumed registry role, else the default chain.
+        let mut credentials = base.credentials_provider();
         if let Some(role_arn) = &config.role_arn {
             let sts_config = match &config.endpoint_url {
                 // An emulator or private endpoint that also serves STS.
@@ -119,18 +125,23 @@ impl Registry {
                 .configure(&sts_config)
                 .build()
                 .await;
-            builder = builder.credentials_provider(provider);
+            let provider = aws_sdk_ecr::config::SharedCredentialsProvider::new(provider);
+            builder = builder.credentials_provider(provider.clone());
+            credentials = Some(provider);
         }
         if let Some(url) = &config.endpoint_url {
             builder = builder.endpoint_url(url);
         }
+        let client = aws_sdk_ecr::Client::from_conf(builder.build());
+        let sts = sts_client(&base, credentials, config);
         Registry {
             reference: RegistryRef {
                 alias: config.alias.clone(),
                 account_id: config.account_id.clone(),
                 region: config.region.clone(),
             },
-            client: aws_sdk_ecr::Client::from_conf(builder.build()),
+            client,
+            sts,
             budget: Arc::new(Budget::new(config.rates_with_defaults())),
             breaker,
         }
@@ -140,6 +151,24 @@ impl Registry {
     pub fn breaker(&self) -> &Breaker {
         &self.breaker
     }
+}
+
+/// STS with the credentials the ECR client uses (the assumed registry role,
+/// if any), at the registry's endpoint override when one is set.
+fn sts_client(
+    base: &aws_config::SdkConfig,
+    credentials: Option<aws_sdk_ecr::config::SharedCredentialsProvider>,
+    config: &RegistryConfig,
+) -> aws_sdk_sts::Client {
+    let mut builder =
+        aws_sdk_sts::config::Builder::from(base).retry_config(RetryConfig::standard().with_max_attempts(2));
+    if let Some(provider) = credentials {
+        builder = builder.credentials_provider(provider);
+    }
+    if let Some(url) = &config.endpoint_url {
+        builder = builder.endpoint_url(url);
+    }
+    aws_sdk_sts::Client::from_conf(builder.build())
 }
 
 /// Every configured registry, by alias.

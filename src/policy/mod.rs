@@ -20,6 +20,7 @@
 //! Field paths name the gRPC request field, e.g. `settings.tags["team"]`.
 
 mod config;
+pub mod credentials;
 mod encryption;
 pub mod gate;
 mod lifecycle;

@@ -18,6 +18,7 @@ const SERVICES: &[&str] = &[
     "ecrgateway.v1.ScanService",
     "ecrgateway.v1.CleanupService",
     "ecrgateway.v1.AuditService",
+    "ecrgateway.v1.RegistryAccessService",
 ];
 
 /// The health service name of a registry, followed by its alias: NOT_SERVING

@@ -97,9 +97,50 @@ pub fn init_logs_only() {
     init_logs(LogFormat::Text, None);
 }
 
-fn init_logs(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// Targets that print whole HTTP bodies and SDK outputs at TRACE: ECR's
+/// docker passwords and STS's session keys among them. No `RUST_LOG` raises
+/// them above DEBUG (tests/access.rs greps a trace-level log for the secrets).
+const SECRET_BEARING_TARGETS: &[&str] = &[
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_sdk_ecr",
+    "aws_sdk_sts",
+];
+
+/// `RUST_LOG` (or the default), with [`SECRET_BEARING_TARGETS`] capped at DEBUG.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let requested = std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_FILTER.to_owned());
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&requested)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
+    for target in SECRET_BEARING_TARGETS {
+        // The most verbose level RUST_LOG gave the target (or its default), at most DEBUG.
+        let level = requested_level(&requested, target).min(tracing::Level::DEBUG.into());
+        if let Ok(directive) = format!("{target}={level}").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
+/// The level `filter` gives `target`: its own directive, else the bare default (INFO when none).
+fn requested_level(filter: &str, target: &str) -> tracing_subscriber::filter::LevelFilter {
+    use tracing_subscriber::filter::LevelFilter;
+    let mut default = LevelFilter::INFO;
+    let mut own = None;
+    for directive in filter.split(',').map(str::trim) {
+        match directive.split_once('=') {
+            Some((name, level)) if name == target || target.starts_with(&format!("{name}::")) => {
+                own = level.parse().ok().or(own);
+            }
+            None => default = directive.parse().unwrap_or(default),
+            _ => {}
+        }
+    }
+    own.unwrap_or(default)
+}
+
+fn init_logs(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
+    let filter = log_filter();
     let lines = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -138,5 +179,26 @@ impl Telemetry {
         {
             eprintln!("telemetry: flushing metrics failed: {error}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::filter::LevelFilter;
+
+    #[test]
+    fn the_level_asked_for_a_target_is_its_own_directive_or_the_default() {
+        assert_eq!(requested_level("trace", "aws_smithy_runtime"), LevelFilter::TRACE);
+        assert_eq!(
+            requested_level(DEFAULT_FILTER, "aws_smithy_runtime"),
+            LevelFilter::WARN
+        );
+        assert_eq!(requested_level(DEFAULT_FILTER, "aws_sdk_sts"), LevelFilter::INFO);
+        assert_eq!(
+            requested_level("warn,aws_smithy_runtime=trace", "aws_smithy_runtime"),
+            LevelFilter::TRACE
+        );
+        assert_eq!(requested_level("off", "aws_sdk_ecr"), LevelFilter::OFF);
     }
 }

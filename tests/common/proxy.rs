@@ -33,6 +33,59 @@ struct Faults {
     throttle_seq: u64,
     /// ECR calls answered with `ThrottlingException`.
     throttled: u64,
+    /// Every request forwarded, in order.
+    recorded: Vec<RecordedRequest>,
+}
+
+/// A request the proxy forwarded, as the SDK sent it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// The ECR action (`X-Amz-Target`), or the `Action` of a form-encoded (STS) call.
+    pub action: String,
+    /// The `authorization` header (SigV4: `Credential=ACCESS_KEY/…`).
+    pub authorization: String,
+    /// The body, as text.
+    pub body: String,
+}
+
+impl RecordedRequest {
+    /// A form field of the body (`application/x-www-form-urlencoded`), decoded.
+    pub fn form(&self, name: &str) -> Option<String> {
+        self.body.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            (key == name).then(|| percent_decode(value))
+        })
+    }
+
+    /// The access key the request was signed with.
+    pub fn access_key(&self) -> Option<&str> {
+        let credential = self.authorization.split("Credential=").nth(1)?;
+        credential.split('/').next()
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Faults {
@@ -164,6 +217,11 @@ impl FaultProxy {
             .unwrap_or(0)
     }
 
+    /// Every request forwarded so far, in order.
+    pub fn recorded(&self) -> Vec<RecordedRequest> {
+        self.faults.lock().expect("faults").recorded.clone()
+    }
+
     /// How many requests of any action the proxy has seen.
     pub fn total(&self) -> u64 {
         self.faults.lock().expect("faults").seen.values().sum()
@@ -227,6 +285,28 @@ async fn forward(
     }
     let (mut parts, body) = request.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    {
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let action = if action.is_empty() {
+            text.split('&')
+                .find_map(|pair| pair.strip_prefix("Action="))
+                .unwrap_or_default()
+                .to_owned()
+        } else {
+            action.clone()
+        };
+        let authorization = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        faults.lock().expect("faults").recorded.push(RecordedRequest {
+            action,
+            authorization,
+            body: text,
+        });
+    }
     let path = parts
         .uri
         .path_and_query()
