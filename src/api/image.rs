@@ -20,7 +20,7 @@ use crate::pb;
 use crate::pb::image_service_server::ImageService;
 use crate::store::cache::RepoKey;
 use crate::store::image_reads::{
-    self, ImageFilter, ImageRow, ListOrder, ListPosition, Resolution, SearchQuery,
+    self, ImageFilter, ImageRow, ListOrder, ListPosition, Resolution, ResolvedTag, SearchQuery,
 };
 use crate::store::sync::{self, SyncRun};
 
@@ -253,11 +253,7 @@ async fn cached_resolution(
             image_reads::resolve_tag(pool, registry, repository.as_str(), tag.as_str())
                 .await?
                 .map(|resolved| Resolution {
-                    tag_immutable: tag_is_immutable(
-                        resolved.tag_mutability.as_deref(),
-                        &resolved.exclusion_filters,
-                        tag.as_str(),
-                    ),
+                    tag_immutable: resolved_tag_is_immutable(&resolved, tag.as_str()),
                     synced_at: newest(resolved.last_synced_at, Some(resolved.row_synced_at)),
                     digest: resolved.digest,
                 })
@@ -331,6 +327,22 @@ pub fn tag_is_immutable(mutability: Option<&str>, filters: &Value, tag: &str) ->
         Some("MUTABLE_WITH_EXCLUSION") => matches_filter(),
         _ => false,
     }
+}
+
+/// Whether ResolveImage and the deploy gate call `tag` immutable: the
+/// repository's settings say so, and they were read from ECR no earlier than
+/// the image row the answer comes from. Settings older than the image facts
+/// (or of unknown age) may predate a switch to MUTABLE and the move of the
+/// tag, so the tag then counts as mutable: the gate fails closed.
+pub fn resolved_tag_is_immutable(resolved: &ResolvedTag, tag: &str) -> bool {
+    resolved
+        .settings_synced_at
+        .is_some_and(|read| read >= resolved.row_synced_at)
+        && tag_is_immutable(
+            resolved.tag_mutability.as_deref(),
+            &resolved.exclusion_filters,
+            tag,
+        )
 }
 
 /// `*` matches any run of characters; everything else matches itself.
@@ -1010,6 +1022,47 @@ mod tests {
         ));
         assert!(!tag_is_immutable(Some("MUTABLE"), &filters, "v1"));
         assert!(!tag_is_immutable(None, &filters, "v1"));
+    }
+
+    fn resolved(
+        mutability: &str,
+        row_synced_at: DateTime<Utc>,
+        settings_synced_at: Option<DateTime<Utc>>,
+    ) -> ResolvedTag {
+        ResolvedTag {
+            digest: "sha256:0".into(),
+            last_synced_at: Some(row_synced_at),
+            row_synced_at,
+            tag_mutability: Some(mutability.into()),
+            exclusion_filters: json!([]),
+            settings_synced_at,
+        }
+    }
+
+    #[test]
+    fn a_tag_is_immutable_only_on_settings_no_older_than_its_image_row() {
+        let row = Utc::now();
+        let second = chrono::Duration::seconds(1);
+        assert!(resolved_tag_is_immutable(
+            &resolved("IMMUTABLE", row, Some(row)),
+            "v1"
+        ));
+        assert!(resolved_tag_is_immutable(
+            &resolved("IMMUTABLE", row, Some(row + second)),
+            "v1"
+        ));
+        assert!(
+            !resolved_tag_is_immutable(&resolved("IMMUTABLE", row, Some(row - second)), "v1"),
+            "settings read before the image facts may predate a switch to MUTABLE"
+        );
+        assert!(
+            !resolved_tag_is_immutable(&resolved("IMMUTABLE", row, None), "v1"),
+            "settings of unknown age fail closed"
+        );
+        assert!(!resolved_tag_is_immutable(
+            &resolved("MUTABLE", row, Some(row + second)),
+            "v1"
+        ));
     }
 
     #[test]
