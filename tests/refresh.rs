@@ -2,15 +2,19 @@
 //! a repository made or changed in ECR directly (through the tests' own ECR
 //! client) is seen as ECR holds it after RefreshInventory by name or a
 //! CONSISTENCY_STRONG read-through, and the deploy gate never calls a tag
-//! immutable on settings older than the image facts it decides on.
+//! immutable on settings older than the image facts it decides on. Reads of
+//! a repository the gateway does not know read it through once, then answer
+//! NOT_FOUND when ECR does not have it either.
 
 mod common;
 
 use common::images::push;
+use common::proxy::FaultProxy;
 use common::{Gateway, Moto, TestDb, as_user, config, ecr_client, team_tags, unique};
 use ecr_gateway::pb;
 use ecr_gateway::pb::image_service_client::ImageServiceClient;
 use ecr_gateway::pb::scan_service_client::ScanServiceClient;
+use tonic::Code;
 use tonic::transport::Channel;
 
 fn bob<T>(message: T) -> tonic::Request<T> {
@@ -255,5 +259,130 @@ async fn a_strong_resolve_re_reads_the_repository_settings_and_the_gate_follows(
         check_dev(&gateway, &reference).await,
         (pb::Decision::Deny, vec!["deploy.reference-mutable".to_owned()])
     );
+    gateway.stop().await.unwrap();
+}
+
+async fn list_images(
+    gateway: &Gateway,
+    request: tonic::Request<pb::ListImagesRequest>,
+) -> Result<pb::ListImagesResponse, tonic::Status> {
+    images(gateway).list_images(request).await.map(|r| r.into_inner())
+}
+
+fn list_of(repository: &str) -> pb::ListImagesRequest {
+    pb::ListImagesRequest {
+        repository: repository.into(),
+        ..Default::default()
+    }
+}
+
+/// The ResourceInfo of a NOT_FOUND: (type, name).
+fn missing(status: &tonic::Status) -> (String, String) {
+    use tonic_types::StatusExt;
+    let info = status.get_details_resource_info().expect("ResourceInfo");
+    (info.resource_type, info.resource_name)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_of_an_unknown_repository_read_it_through_once_then_answer_not_found_or_bring_it_in() {
+    let db = TestDb::create().await;
+    let proxy = FaultProxy::start(Moto::shared()).await;
+    let gateway = Gateway::start(config(&db, &proxy.endpoint, "")).await;
+    let ecr = ecr_client(Moto::shared()).await;
+    let typo = unique("payments", "no-such-repository");
+
+    // A caller who may not read it is denied as before, and ECR is not asked.
+    let before = proxy.total();
+    let denied = list_images(&gateway, as_user(list_of(&typo), "deploy-bot", "deployers"))
+        .await
+        .expect_err("deployers do not list images");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert_eq!(proxy.total(), before, "a denied call reads nothing through");
+
+    let listed = list_images(&gateway, bob(list_of(&typo)))
+        .await
+        .expect_err("a repository nobody has is not an empty one");
+    assert_eq!(listed.code(), Code::NotFound, "{listed:?}");
+    assert_eq!(
+        missing(&listed),
+        ("ecr.repository".to_owned(), format!("main/{typo}"))
+    );
+    assert_eq!(
+        (proxy.total() - before, proxy.count("DescribeRepositories")),
+        (1, 1),
+        "one read-through"
+    );
+    let got = images(&gateway)
+        .get_image(bob(pb::GetImageRequest {
+            repository: typo.clone(),
+            tag: "v1".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("no such repository");
+    assert_eq!(
+        (got.code(), missing(&got)),
+        (
+            Code::NotFound,
+            ("ecr.repository".to_owned(), format!("main/{typo}"))
+        )
+    );
+
+    // A repository ECR has but the gateway does not know comes in on first read.
+    let name = unique("payments", "unknown-to-the-gateway");
+    ecr.create_repository()
+        .repository_name(&name)
+        .image_tag_mutability(aws_sdk_ecr::types::ImageTagMutability::Immutable)
+        .send()
+        .await
+        .expect("CreateRepository in ECR");
+    let digest = push(&ecr, &name, "v1", &format!("{name}-v1")).await;
+    let first = list_images(&gateway, bob(list_of(&name)))
+        .await
+        .expect("brought in");
+    assert_eq!(
+        first.images.iter().map(|i| i.digest.as_str()).collect::<Vec<_>>(),
+        vec![digest.as_str()]
+    );
+    assert!(
+        first.freshness.and_then(|f| f.synced_at).is_some(),
+        "says when it was synced"
+    );
+    let calls = proxy.total();
+    let again = list_images(&gateway, bob(list_of(&name))).await.expect("cached");
+    assert_eq!(again.images.len(), 1);
+    assert_eq!(proxy.total(), calls, "a known repository is read from the cache");
+    let resolved = resolve(&gateway, &format!("{name}:v1"), pb::Consistency::Cached).await;
+    assert_eq!(
+        (resolved.digest.as_str(), resolved.tag_immutable),
+        (digest.as_str(), true)
+    );
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn while_ecr_is_down_a_read_of_an_unknown_repository_is_unavailable_not_not_found() {
+    use tonic_types::StatusExt;
+    let db = TestDb::create().await;
+    let proxy = FaultProxy::start(Moto::shared()).await;
+    let breaker = "[registries.breaker]\nfailure_threshold = 1\nopen_seconds = 60\n";
+    let gateway = Gateway::start(config(&db, &proxy.endpoint, breaker)).await;
+    let typo = unique("payments", "while-down");
+    proxy.drop_all();
+
+    let unreachable = list_images(&gateway, bob(list_of(&typo)))
+        .await
+        .expect_err("ECR unreachable");
+    let open = list_images(&gateway, bob(list_of(&typo)))
+        .await
+        .expect_err("breaker open");
+
+    assert_eq!(unreachable.code(), Code::Unavailable, "{unreachable:?}");
+    assert_eq!(open.code(), Code::Unavailable, "{open:?}");
+    assert_eq!(
+        open.get_details_error_info().expect("info").reason,
+        "ECR_CIRCUIT_OPEN"
+    );
+    assert!(open.get_details_retry_info().is_some(), "RetryInfo: {open:?}");
     gateway.stop().await.unwrap();
 }
