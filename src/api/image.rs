@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use super::call::Call;
 use super::convert::{time_of, timestamp};
@@ -20,7 +21,7 @@ use crate::pb;
 use crate::pb::image_service_server::ImageService;
 use crate::store::cache::RepoKey;
 use crate::store::image_reads::{
-    self, ImageFilter, ImageRow, ListOrder, ListPosition, Resolution, SearchQuery,
+    self, ImageFilter, ImageRow, ListOrder, ListPosition, Resolution, ResolvedTag, SearchQuery,
 };
 use crate::store::sync::{self, SyncRun};
 
@@ -160,19 +161,23 @@ async fn resolve_image(
         ImageSelector::Tag(tag) => tag.to_string(),
         ImageSelector::Digest(_) => String::new(),
     };
-    let Resolution {
-        digest,
-        synced_at,
-        tag_immutable: immutable,
-    } = cached_resolution(
+    let mut resolution = cached_resolution(
         state,
         &registry.reference,
         repository,
         &reference.selector,
         strong,
     )
-    .await?
-    .ok_or_else(|| {
+    .await?;
+    if resolution.is_none() && read_through_unknown(state, call, registry, repository).await? {
+        resolution =
+            cached_resolution(state, &registry.reference, repository, &reference.selector, true).await?;
+    }
+    let Resolution {
+        digest,
+        synced_at,
+        tag_immutable: immutable,
+    } = resolution.ok_or_else(|| {
         image_not_found(
             &registry.reference,
             repository,
@@ -253,11 +258,7 @@ async fn cached_resolution(
             image_reads::resolve_tag(pool, registry, repository.as_str(), tag.as_str())
                 .await?
                 .map(|resolved| Resolution {
-                    tag_immutable: tag_is_immutable(
-                        resolved.tag_mutability.as_deref(),
-                        &resolved.exclusion_filters,
-                        tag.as_str(),
-                    ),
+                    tag_immutable: resolved_tag_is_immutable(&resolved, tag.as_str()),
                     synced_at: newest(resolved.last_synced_at, Some(resolved.row_synced_at)),
                     digest: resolved.digest,
                 })
@@ -333,6 +334,22 @@ pub fn tag_is_immutable(mutability: Option<&str>, filters: &Value, tag: &str) ->
     }
 }
 
+/// Whether ResolveImage and the deploy gate call `tag` immutable: the
+/// repository's settings say so, and they were read from ECR no earlier than
+/// the image row the answer comes from. Settings older than the image facts
+/// (or of unknown age) may predate a switch to MUTABLE and the move of the
+/// tag, so the tag then counts as mutable: the gate fails closed.
+pub fn resolved_tag_is_immutable(resolved: &ResolvedTag, tag: &str) -> bool {
+    resolved
+        .settings_synced_at
+        .is_some_and(|read| read >= resolved.row_synced_at)
+        && tag_is_immutable(
+            resolved.tag_mutability.as_deref(),
+            &resolved.exclusion_filters,
+            tag,
+        )
+}
+
 /// `*` matches any run of characters; everything else matches itself.
 fn wildcard_match(pattern: &str, text: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
@@ -377,6 +394,67 @@ async fn refresh(
     result.map(|_| ()).map_err(sync_error)
 }
 
+/// A per-repository read found nothing. When the inventory does not know the
+/// repository, reads it through to ECR once (`DescribeRepositories`): if ECR
+/// has it, it comes in with its tags and images, the caller is authorized
+/// again on those tags, and `Ok(true)` says to read again; if not, NOT_FOUND
+/// naming the repository, so that a typo does not look like an empty
+/// repository. `Ok(false)`: the repository is known and the empty answer stands.
+/// ECR's errors pass through (UNAVAILABLE while its circuit breaker is open).
+pub(super) async fn read_through_unknown(
+    state: &AppState,
+    call: &mut Call,
+    registry: &Registry,
+    repository: &RepositoryName,
+) -> Result<bool, ApiError> {
+    let pool = state.store.pool();
+    if crate::store::repositories::exists(pool, &registry.reference, repository.as_str()).await? {
+        return Ok(false);
+    }
+    let log = CallLog::default();
+    let described = registry.describe_repository_state(&log, repository, true).await;
+    call.record.outcome.ecr_request_ids.extend(log.ids());
+    let Some(described) = described? else {
+        return Err(repository_not_found(&registry.reference, repository));
+    };
+    async {
+        let mut tx = state.store.begin().await?;
+        crate::store::repositories::refresh_described(
+            &mut tx,
+            &registry.reference,
+            &described,
+            Some(&described.tags),
+            Utc::now(),
+        )
+        .await?;
+        tx.commit().await.map_err(crate::store::StoreError::from)
+    }
+    .instrument(crate::store::transaction_span("read_through_repository"))
+    .await?;
+    state.store.invalidate(&registry.reference, repository.as_str());
+    state
+        .syncer
+        .sync_repository(registry, repository, Trigger::OnDemand)
+        .await
+        .map_err(sync_error)?;
+    state
+        .authorize_repository(call, &registry.reference, repository.as_str())
+        .await?;
+    Ok(true)
+}
+
+/// NOT_FOUND for a repository that neither the inventory nor ECR has.
+pub(super) fn repository_not_found(registry: &RegistryRef, repository: &RepositoryName) -> ApiError {
+    ApiError::NotFound {
+        resource_type: "ecr.repository",
+        resource_name: format!("{}/{}", registry.alias, repository),
+        description: format!(
+            "repository `{repository}` does not exist in registry `{}` ({} {}); check the name with ListRepositories",
+            registry.alias, registry.account_id, registry.region
+        ),
+    }
+}
+
 fn sync_error(error: crate::inventory::SyncError) -> ApiError {
     match error {
         crate::inventory::SyncError::Ecr(e) => e.into(),
@@ -404,18 +482,12 @@ async fn get_image(
         refresh(state, call, registry, &repository, &selector).await?;
     }
     let pool = state.store.pool();
-    let digest = match &selector {
-        ImageSelector::Digest(digest) => digest.to_string(),
-        ImageSelector::Tag(tag) => {
-            image_reads::resolve_tag(pool, &registry.reference, repository.as_str(), tag.as_str())
-                .await?
-                .ok_or_else(|| image_not_found(&registry.reference, &repository, &format!(":{tag}")))?
-                .digest
-        }
-    };
-    let row = image_reads::get(pool, &registry.reference, repository.as_str(), &digest)
-        .await?
-        .ok_or_else(|| image_not_found(&registry.reference, &repository, &format!("@{digest}")))?;
+    let mut found = find_image(pool, &registry.reference, &repository, &selector).await?;
+    if found.is_err() && read_through_unknown(state, call, registry, &repository).await? {
+        found = find_image(pool, &registry.reference, &repository, &selector).await?;
+    }
+    let row = found?;
+    let digest = row.digest.clone();
     let referrers = image_reads::referrers(pool, &registry.reference, repository.as_str(), &digest).await?;
     let last = sync::last_synced_at(pool, &registry.reference, repository.as_str()).await?;
     let mut image = image_message(
@@ -441,6 +513,27 @@ async fn get_image(
         .map(|scan| super::scan::summary_message(&registry.reference, &scan));
     let elements = json!({"digest": image.digest, "tags": image.tags});
     Ok((image, elements))
+}
+
+/// The cached image a selector names, or (inner error) the NOT_FOUND that says which.
+async fn find_image(
+    pool: &sqlx::PgPool,
+    registry: &RegistryRef,
+    repository: &RepositoryName,
+    selector: &ImageSelector,
+) -> Result<Result<ImageRow, ApiError>, ApiError> {
+    let digest = match selector {
+        ImageSelector::Digest(digest) => digest.to_string(),
+        ImageSelector::Tag(tag) => {
+            match image_reads::resolve_tag(pool, registry, repository.as_str(), tag.as_str()).await? {
+                Some(resolved) => resolved.digest,
+                None => return Ok(Err(image_not_found(registry, repository, &format!(":{tag}")))),
+            }
+        }
+    };
+    Ok(image_reads::get(pool, registry, repository.as_str(), &digest)
+        .await?
+        .ok_or_else(|| image_not_found(registry, repository, &format!("@{digest}"))))
 }
 
 /// An image as callers see it.
@@ -548,15 +641,20 @@ async fn list_images(
     let fingerprint = page_token::fingerprint(&(&registry.reference.alias, repository.as_str(), &filter));
     let after: Option<ListPosition> = page_token::decode(&request.page_token, &fingerprint)?;
     let pool = state.store.pool();
-    let mut rows = image_reads::list(
-        pool,
-        &registry.reference,
-        repository.as_str(),
-        &filter,
-        after.as_ref(),
-        limit + 1,
-    )
-    .await?;
+    let list = || {
+        image_reads::list(
+            pool,
+            &registry.reference,
+            repository.as_str(),
+            &filter,
+            after.as_ref(),
+            limit + 1,
+        )
+    };
+    let mut rows = list().await?;
+    if rows.is_empty() && read_through_unknown(state, call, registry, &repository).await? {
+        rows = list().await?;
+    }
     let next_page_token = next_token(&mut rows, limit, |last| {
         page_token::encode(
             &fingerprint,
@@ -1010,6 +1108,47 @@ mod tests {
         ));
         assert!(!tag_is_immutable(Some("MUTABLE"), &filters, "v1"));
         assert!(!tag_is_immutable(None, &filters, "v1"));
+    }
+
+    fn resolved(
+        mutability: &str,
+        row_synced_at: DateTime<Utc>,
+        settings_synced_at: Option<DateTime<Utc>>,
+    ) -> ResolvedTag {
+        ResolvedTag {
+            digest: "sha256:0".into(),
+            last_synced_at: Some(row_synced_at),
+            row_synced_at,
+            tag_mutability: Some(mutability.into()),
+            exclusion_filters: json!([]),
+            settings_synced_at,
+        }
+    }
+
+    #[test]
+    fn a_tag_is_immutable_only_on_settings_no_older_than_its_image_row() {
+        let row = Utc::now();
+        let second = chrono::Duration::seconds(1);
+        assert!(resolved_tag_is_immutable(
+            &resolved("IMMUTABLE", row, Some(row)),
+            "v1"
+        ));
+        assert!(resolved_tag_is_immutable(
+            &resolved("IMMUTABLE", row, Some(row + second)),
+            "v1"
+        ));
+        assert!(
+            !resolved_tag_is_immutable(&resolved("IMMUTABLE", row, Some(row - second)), "v1"),
+            "settings read before the image facts may predate a switch to MUTABLE"
+        );
+        assert!(
+            !resolved_tag_is_immutable(&resolved("IMMUTABLE", row, None), "v1"),
+            "settings of unknown age fail closed"
+        );
+        assert!(!resolved_tag_is_immutable(
+            &resolved("MUTABLE", row, Some(row + second)),
+            "v1"
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::call::Call;
 use super::convert::{time_of, timestamp};
 use super::error::{ApiError, invalid, violations_of};
-use super::image::{decode_reference, image_selector, selector_suffix, tag_is_immutable};
+use super::image::{decode_reference, image_selector, resolved_tag_is_immutable, selector_suffix};
 use super::mutation::{self, CacheChange, Done, check_request_id};
 use super::page_token::{self, next_token};
 use super::{AppState, Shared, repository_filter};
@@ -822,11 +822,7 @@ async fn cached_deploy_facts(
         ImageSelector::Tag(tag) => {
             match image_reads::resolve_tag(pool, registry, repository.as_str(), tag.as_str()).await? {
                 Some(resolved) => {
-                    let immutable = tag_is_immutable(
-                        resolved.tag_mutability.as_deref(),
-                        &resolved.exclusion_filters,
-                        tag.as_str(),
-                    );
+                    let immutable = resolved_tag_is_immutable(&resolved, tag.as_str());
                     (Some(resolved.digest), immutable)
                 }
                 None => (None, false),

@@ -37,6 +37,32 @@ impl Registry {
         Ok(Some(state))
     }
 
+    /// What one `DescribeRepositories` says of `name` (tag mutability, exclusion
+    /// filters, scanning, encryption; no tags, no policies), or `None` when ECR
+    /// does not have it. With `with_tags`, its tags too (`ListTagsForResource`).
+    pub async fn describe_repository_state(
+        &self,
+        log: &CallLog,
+        name: &RepositoryName,
+        with_tags: bool,
+    ) -> Result<Option<RepositoryState>, EcrError> {
+        self.budget.acquire("DescribeRepositories").await;
+        let Some(detail) = self.describe_repository(log, name).await? else {
+            return Ok(None);
+        };
+        let mut state = state_from_detail(&self.reference, &detail)
+            .ok_or_else(|| unreadable("DescribeRepositories", name))?;
+        if with_tags {
+            match self.list_tags(log, &state.arn).await {
+                Ok(tags) => state.tags = tags,
+                // Deleted between the two calls.
+                Err(error) if error.is_not_found() => return Ok(None),
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(Some(state))
+    }
+
     async fn describe_repository(
         &self,
         log: &CallLog,

@@ -90,7 +90,7 @@ impl Syncer {
         )
         .await?;
         let log = CallLog::default();
-        let result = self.reconcile(registry, repository, &log).await;
+        let result = self.reconcile(registry, repository, trigger, &log).await;
         let error = result.as_ref().err().map(|e| e.to_string());
         let mut counts = result.as_ref().map(|c| *c).unwrap_or_default();
         counts.ecr_calls = log.ids().len() as i32;
@@ -114,6 +114,7 @@ impl Syncer {
         &self,
         registry: &Registry,
         repository: &RepositoryName,
+        trigger: Trigger,
         log: &CallLog,
     ) -> Result<RunCounts, SyncError> {
         let listing = registry.describe_images(log, repository).await;
@@ -121,6 +122,12 @@ impl Syncer {
             Ok(listing) => listing,
             Err(error) if error.is_not_found() => return self.forget_repository(registry, repository).await,
             Err(error) => return Err(error.into()),
+        };
+        // The settings are read after the images, so that they are never older
+        // than the image facts they are written with (see `read_settings`).
+        let tags_always = trigger != Trigger::Interval;
+        let Some(settings) = self.read_settings(registry, repository, tags_always, log).await? else {
+            return self.forget_repository(registry, repository).await;
         };
         let started = Utc::now();
         let mut counts = RunCounts {
@@ -144,6 +151,7 @@ impl Syncer {
                 let record = removal_record(&registry.reference, repository, &removed, log);
                 audit_events::insert(&mut tx, &record).await?;
             }
+            settings.write(&mut tx, &registry.reference, started).await?;
             let unread = images::digests_without_manifest(&mut tx, &registry.reference, repository).await?;
             tx.commit().await.map_err(StoreError::from)?;
             Ok::<_, StoreError>(unread)
@@ -154,6 +162,27 @@ impl Syncer {
         self.read_manifests(registry, repository, log, &unread).await?;
         self.refresh_scans(registry, repository, log).await?;
         Ok(counts)
+    }
+
+    /// Reads the repository itself (`DescribeRepositories`): its tag mutability
+    /// and exclusion filters, which ResolveImage and the deploy gate answer
+    /// from, and its tags when `tags_always` or when the cache does not have
+    /// the repository yet (an interval pass follows the registry listing, which
+    /// has just read them; a read-through needs only the settings). `None`:
+    /// ECR no longer has it.
+    async fn read_settings(
+        &self,
+        registry: &Registry,
+        repository: &RepositoryName,
+        tags_always: bool,
+        log: &CallLog,
+    ) -> Result<Option<ReadSettings>, SyncError> {
+        let with_tags = tags_always
+            || !repositories::exists(self.store.pool(), &registry.reference, repository.as_str()).await?;
+        let state = registry
+            .describe_repository_state(log, repository, with_tags)
+            .await?;
+        Ok(state.map(|state| ReadSettings { state, with_tags }))
     }
 
     /// Reads the scans the cache lacks or holds unfinished (newest pushes
@@ -306,11 +335,14 @@ impl Syncer {
         log: &CallLog,
     ) -> Result<Option<ImageRecord>, SyncError> {
         let found = registry.describe_image(log, repository, selector).await?;
+        // A read-through answers `tag_immutable`: re-read the settings with the image.
+        let settings = self.read_settings(registry, repository, false, log).await?;
         async {
             let mut tx = self.store.begin().await?;
+            let read_at = Utc::now();
             match (&found, selector) {
                 (Some(image), _) => {
-                    images::upsert_one(&mut tx, &registry.reference, repository, image, Utc::now()).await?;
+                    images::upsert_one(&mut tx, &registry.reference, repository, image, read_at).await?;
                 }
                 (None, ImageSelector::Digest(digest)) => {
                     images::delete_one(&mut tx, &registry.reference, repository, digest.as_str()).await?;
@@ -318,6 +350,9 @@ impl Syncer {
                 (None, ImageSelector::Tag(tag)) => {
                     images::untag(&mut tx, &registry.reference, repository, tag.as_str()).await?;
                 }
+            }
+            if let Some(settings) = &settings {
+                settings.write(&mut tx, &registry.reference, read_at).await?;
             }
             tx.commit().await.map_err(StoreError::from)
         }
@@ -350,6 +385,26 @@ impl Syncer {
             .filter(|r| r.kind.is_none())
             .map(|r| vec![r.digest])
             .unwrap_or_default())
+    }
+}
+
+/// What `DescribeRepositories` (and, `with_tags`, `ListTagsForResource`) said
+/// of a repository during a sync, to be written with the image facts.
+struct ReadSettings {
+    state: crate::domain::RepositoryState,
+    with_tags: bool,
+}
+
+impl ReadSettings {
+    /// Writes the settings as read by `read_at`, in the transaction of the image facts.
+    async fn write(
+        &self,
+        tx: &mut crate::store::Tx,
+        registry: &crate::domain::RegistryRef,
+        read_at: chrono::DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let tags = self.with_tags.then_some(&self.state.tags);
+        repositories::refresh_described(tx, registry, &self.state, tags, read_at).await
     }
 }
 

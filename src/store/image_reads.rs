@@ -74,6 +74,8 @@ pub struct ResolvedTag {
     pub tag_mutability: Option<String>,
     /// Its exclusion filters.
     pub exclusion_filters: Value,
+    /// When those settings were read from ECR (None: unknown).
+    pub settings_synced_at: Option<DateTime<Utc>>,
 }
 
 /// The digest a tag points at, with the repository's freshness and mutability.
@@ -83,29 +85,42 @@ pub async fn resolve_tag(
     repository: &str,
     tag: &str,
 ) -> Result<Option<ResolvedTag>, StoreError> {
-    let row = sqlx::query!(
-        r#"SELECT t.digest, i.synced_at, s.last_synced_at AS "last_synced_at?",
-                  r.tag_mutability AS "tag_mutability?", r.exclusion_filters AS "exclusion_filters?"
+    type Row = (
+        String,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+        Option<String>,
+        Option<Value>,
+        Option<DateTime<Utc>>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        r#"SELECT t.digest, i.synced_at, s.last_synced_at, r.tag_mutability, r.exclusion_filters,
+                  r.settings_synced_at
            FROM image_tags t
            JOIN images i ON i.account_id = t.account_id AND i.region = t.region
                         AND i.repository = t.repository AND i.digest = t.digest
            LEFT JOIN sync_state s ON s.account_id = t.account_id AND s.region = t.region AND s.repository = t.repository
            LEFT JOIN repositories r ON r.account_id = t.account_id AND r.region = t.region AND r.name = t.repository
            WHERE t.account_id = $1 AND t.region = $2 AND t.repository = $3 AND t.tag = $4"#,
-        registry.account_id,
-        registry.region,
-        repository,
-        tag,
     )
+    .bind(&registry.account_id)
+    .bind(&registry.region)
+    .bind(repository)
+    .bind(tag)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|r| ResolvedTag {
-        digest: r.digest,
-        last_synced_at: r.last_synced_at,
-        row_synced_at: r.synced_at,
-        tag_mutability: r.tag_mutability,
-        exclusion_filters: r.exclusion_filters.unwrap_or(Value::Null),
-    }))
+    Ok(row.map(
+        |(digest, row_synced_at, last_synced_at, tag_mutability, exclusion_filters, settings_synced_at)| {
+            ResolvedTag {
+                digest,
+                last_synced_at,
+                row_synced_at,
+                tag_mutability,
+                exclusion_filters: exclusion_filters.unwrap_or(Value::Null),
+                settings_synced_at,
+            }
+        },
+    ))
 }
 
 /// `SELECT … FROM images` of one repository, ready for more conditions.

@@ -47,7 +47,8 @@ pub struct RepositoryFilter {
     pub limit: i64,
 }
 
-/// Inserts or replaces one repository's cache row.
+/// Inserts or replaces one repository's cache row: everything in `state` was
+/// read from ECR (or set there) by `synced_at`, its tag mutability included.
 pub async fn upsert(
     tx: &mut Tx,
     registry: &RegistryRef,
@@ -55,36 +56,92 @@ pub async fn upsert(
     synced_at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let (encryption_type, kms_key) = encryption_columns(&state.encryption);
-    sqlx::query!(
+    sqlx::query(
         r#"INSERT INTO repositories (account_id, region, name, arn, uri, created_at, tag_mutability,
                exclusion_filters, scan_on_push, encryption_type, kms_key, tags, lifecycle_policy,
-               repository_policy, synced_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+               repository_policy, synced_at, settings_synced_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)
            ON CONFLICT (account_id, region, name) DO UPDATE SET
                arn = EXCLUDED.arn, uri = EXCLUDED.uri, created_at = EXCLUDED.created_at,
                tag_mutability = EXCLUDED.tag_mutability, exclusion_filters = EXCLUDED.exclusion_filters,
                scan_on_push = EXCLUDED.scan_on_push, encryption_type = EXCLUDED.encryption_type,
                kms_key = EXCLUDED.kms_key, tags = EXCLUDED.tags, lifecycle_policy = EXCLUDED.lifecycle_policy,
-               repository_policy = EXCLUDED.repository_policy, synced_at = EXCLUDED.synced_at"#,
-        registry.account_id,
-        registry.region,
-        state.name.as_str(),
-        state.arn,
-        state.uri,
-        state.created_at,
-        state.tag_mutability.as_ecr_str(),
-        Value::from(state.exclusion_filters.clone()),
-        state.scan_on_push,
-        encryption_type,
-        kms_key,
-        tags_json(&state.tags),
-        state.lifecycle_policy,
-        state.repository_policy,
-        synced_at,
+               repository_policy = EXCLUDED.repository_policy, synced_at = EXCLUDED.synced_at,
+               settings_synced_at = EXCLUDED.settings_synced_at"#,
     )
+    .bind(&registry.account_id)
+    .bind(&registry.region)
+    .bind(state.name.as_str())
+    .bind(&state.arn)
+    .bind(&state.uri)
+    .bind(state.created_at)
+    .bind(state.tag_mutability.as_ecr_str())
+    .bind(Value::from(state.exclusion_filters.clone()))
+    .bind(state.scan_on_push)
+    .bind(encryption_type)
+    .bind(kms_key)
+    .bind(tags_json(&state.tags))
+    .bind(&state.lifecycle_policy)
+    .bind(&state.repository_policy)
+    .bind(synced_at)
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Writes what one `DescribeRepositories` of the repository said, read by
+/// `read_at`: its settings (tag mutability, exclusion filters, scanning,
+/// encryption) and `settings_synced_at`. With `tags` (read by then too) the
+/// row's tags and `synced_at` as well; without, a cached row keeps its tags
+/// and a new one starts with none. Policies, which it does not read, are kept.
+pub async fn refresh_described(
+    tx: &mut Tx,
+    registry: &RegistryRef,
+    state: &RepositoryState,
+    tags: Option<&BTreeMap<String, String>>,
+    read_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let (encryption_type, kms_key) = encryption_columns(&state.encryption);
+    sqlx::query(
+        r#"INSERT INTO repositories AS r (account_id, region, name, arn, uri, created_at, tag_mutability,
+               exclusion_filters, scan_on_push, encryption_type, kms_key, tags, synced_at, settings_synced_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, COALESCE($12, '{}'::jsonb), $13, $13)
+           ON CONFLICT (account_id, region, name) DO UPDATE SET
+               arn = EXCLUDED.arn, uri = EXCLUDED.uri, created_at = EXCLUDED.created_at,
+               tag_mutability = EXCLUDED.tag_mutability, exclusion_filters = EXCLUDED.exclusion_filters,
+               scan_on_push = EXCLUDED.scan_on_push, encryption_type = EXCLUDED.encryption_type,
+               kms_key = EXCLUDED.kms_key, settings_synced_at = EXCLUDED.settings_synced_at,
+               tags = COALESCE($12, r.tags),
+               synced_at = CASE WHEN $12 IS NULL THEN r.synced_at ELSE EXCLUDED.synced_at END"#,
+    )
+    .bind(&registry.account_id)
+    .bind(&registry.region)
+    .bind(state.name.as_str())
+    .bind(&state.arn)
+    .bind(&state.uri)
+    .bind(state.created_at)
+    .bind(state.tag_mutability.as_ecr_str())
+    .bind(Value::from(state.exclusion_filters.clone()))
+    .bind(state.scan_on_push)
+    .bind(encryption_type)
+    .bind(kms_key)
+    .bind(tags.map(tags_json))
+    .bind(read_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Whether the cache has a row for the repository.
+pub async fn exists(pool: &sqlx::PgPool, registry: &RegistryRef, name: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM repositories WHERE account_id = $1 AND region = $2 AND name = $3)",
+    )
+    .bind(&registry.account_id)
+    .bind(&registry.region)
+    .bind(name)
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Replaces a registry's rows with what a full listing of ECR returned, in one
@@ -117,11 +174,11 @@ pub async fn replace_registry(
         })
         .unzip();
     let tags: Vec<Value> = states.iter().map(|s| tags_json(&s.tags)).collect();
-    sqlx::query!(
+    sqlx::query(
         r#"INSERT INTO repositories (account_id, region, name, arn, uri, created_at, tag_mutability,
-               exclusion_filters, scan_on_push, encryption_type, kms_key, tags, synced_at)
+               exclusion_filters, scan_on_push, encryption_type, kms_key, tags, synced_at, settings_synced_at)
            SELECT $1, $2, u.name, u.arn, u.uri, u.created_at, u.tag_mutability, u.exclusion_filters,
-                  u.scan_on_push, u.encryption_type, u.kms_key, u.tags, $13
+                  u.scan_on_push, u.encryption_type, u.kms_key, u.tags, $13, $13
            FROM UNNEST($3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[], $8::jsonb[],
                        $9::bool[], $10::text[], $11::text[], $12::jsonb[])
                 AS u(name, arn, uri, created_at, tag_mutability, exclusion_filters, scan_on_push,
@@ -130,21 +187,22 @@ pub async fn replace_registry(
                arn = EXCLUDED.arn, uri = EXCLUDED.uri, created_at = EXCLUDED.created_at,
                tag_mutability = EXCLUDED.tag_mutability, exclusion_filters = EXCLUDED.exclusion_filters,
                scan_on_push = EXCLUDED.scan_on_push, encryption_type = EXCLUDED.encryption_type,
-               kms_key = EXCLUDED.kms_key, tags = EXCLUDED.tags, synced_at = EXCLUDED.synced_at"#,
-        registry.account_id,
-        registry.region,
-        &names,
-        &arns,
-        &uris,
-        &created as &[Option<DateTime<Utc>>],
-        &mutability,
-        &filters,
-        &scan,
-        &enc_types,
-        &kms_keys as &[Option<String>],
-        &tags,
-        synced_at,
+               kms_key = EXCLUDED.kms_key, tags = EXCLUDED.tags, synced_at = EXCLUDED.synced_at,
+               settings_synced_at = EXCLUDED.settings_synced_at"#,
     )
+    .bind(&registry.account_id)
+    .bind(&registry.region)
+    .bind(&names)
+    .bind(&arns)
+    .bind(&uris)
+    .bind(&created)
+    .bind(&mutability)
+    .bind(&filters)
+    .bind(&scan)
+    .bind(&enc_types)
+    .bind(&kms_keys)
+    .bind(&tags)
+    .bind(synced_at)
     .execute(&mut **tx)
     .await?;
     let removed = sqlx::query!(
