@@ -253,3 +253,22 @@ pub async fn fail_abandoned(
     Ok(())
 }
 
+/// Whether the attempt holding `lease_until` on operation `(principal,
+/// request_id)` still holds it and has not ended: true while the operation
+/// is pending under that same lease.
+pub async fn still_running(
+    pool: &sqlx::PgPool,
+    principal: &str,
+    request_id: &str,
+    lease_until: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let running: Option<bool> = sqlx::query_scalar(
+        "SELECT state = 'pending' AND lease_until = $3 FROM operations WHERE principal = $1 AND request_id = $2",
+    )
+    .bind(principal)
+    .bind(request_id)
+    .bind(lease_until)
+    .fetch_optional(pool)
+    .await?;
+    Ok(running.unwrap_or(false))
+}
