@@ -981,7 +981,12 @@ mod tests {
         let key = crate::audit::digest::generate();
         let genuine =
             crate::audit::digest::sign(&key, 5, links[5].hash.as_ref().unwrap(), chrono::Utc::now());
-        let settled = settle_contest(verdict.clone(), &links, &[genuine.clone()], &key.verifying_key());
+        let settled = settle_contest(
+            verdict.clone(),
+            &links,
+            std::slice::from_ref(&genuine),
+            &key.verifying_key(),
+        );
         assert_eq!(settled.first_bad, Some((5, "forged".into(), Problem::Inserted)));
         assert_eq!(settled.checked, 5);
         // The genuine one stands first: the other is named.
@@ -990,7 +995,12 @@ mod tests {
         let links: Vec<Link> = reversed.iter().cloned().map(Link::from_export).collect();
         let verdict = verify(&links, None);
         assert_eq!(verdict.first_bad, Some((5, "e5".into(), Problem::Contested)));
-        let settled = settle_contest(verdict.clone(), &links, &[genuine.clone()], &key.verifying_key());
+        let settled = settle_contest(
+            verdict.clone(),
+            &links,
+            std::slice::from_ref(&genuine),
+            &key.verifying_key(),
+        );
         assert_eq!(settled.first_bad, Some((5, "forged".into(), Problem::Inserted)));
         assert_eq!(settled.checked, 6);
         // A digest signed by another key settles nothing.
