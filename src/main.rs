@@ -252,7 +252,7 @@ fn keygen(out: &std::path::Path) -> ExitCode {
 /// Checks an export's chain (and its signed digests with `public_key`); 0
 /// when every event fits, 1 naming the first problem, 2 when unreadable.
 fn verify_export(files: &[PathBuf], public_key: Option<&str>) -> ExitCode {
-    use ecr_gateway::audit::chain::{Link, check_digests, verify};
+    use ecr_gateway::audit::chain::{Link, Problem, check_digests, settle_contest, verify};
     use ecr_gateway::audit::digest;
     use std::io::BufRead as _;
     let trusted = match public_key.map(digest::parse_public_key).transpose() {
@@ -292,7 +292,11 @@ fn verify_export(files: &[PathBuf], public_key: Option<&str>) -> ExitCode {
             }
         }
     }
-    let verification = verify(&links, None);
+    let mut verification = verify(&links, None);
+    if let Some(trusted) = &trusted {
+        // Two events claiming one place: a signed digest of it tells which is genuine.
+        verification = settle_contest(verification, &links, &digests, trusted);
+    }
     match verification.first_bad {
         None => {
             println!(
@@ -318,6 +322,16 @@ fn verify_export(files: &[PathBuf], public_key: Option<&str>) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Some((sequence, event_id, Problem::Contested)) => {
+            let (rival, rival_line) = verification.rival.unwrap_or_default();
+            println!(
+                "broken (contested): events {event_id} (line {}) and {rival} (line {rival_line}) both claim sequence \
+                 {sequence} after the same previous hash, and no later event or signed digest shows which is \
+                 genuine: one of them was inserted",
+                rival_line.saturating_sub(1),
+            );
+            ExitCode::FAILURE
         }
         Some((sequence, event_id, problem)) => {
             println!(

@@ -18,9 +18,19 @@
 //!   that the outcome is not known from the record alone.
 //!
 //! The record is finalised with `errorCode` `INTERRUPTED` (not made or not
-//! known) or as succeeded (made), with `responseElements.recovered = true`,
-//! and the operation is marked failed so that a retry with the same
-//! `request_id` runs at once and converges. Records of cleanup batches that
+//! known) or as succeeded (made), with `responseElements.recovered = true`.
+//! A change found made finishes the operation: it is marked succeeded, and a
+//! retry with the same `request_id` replays the answer. Otherwise it is
+//! marked failed so that a retry runs at once and converges.
+//!
+//! One operation has one succeeded record. When a later attempt with the
+//! same `request_id` finished the operation first (it took over when the
+//! crashed attempt's lease ran out), the crashed attempt's record is
+//! finalised as `INTERRUPTED` and superseded, naming the finishing event
+//! (`supersededBy`) and saying which attempt made the change
+//! (`appliedBy`: `this attempt`, `the finishing attempt`, or `not known`,
+//! from what the finishing attempt found in ECR); an operation whose later
+//! attempt is still running is judged after it ends. Records of cleanup batches that
 //! belong to an unfinished run are left to the cleanup worker, which settles
 //! them with BatchGetImage when it resumes the run. Resolution is a
 //! conditional update of a pending record, so two replicas never both
@@ -38,6 +48,8 @@ use crate::api::convert;
 use crate::domain::{AuditOutcome, AuditStatus, RepositoryName};
 use crate::ecr::{CallLog, Registry};
 use crate::inventory::Trigger;
+use crate::pb;
+use crate::store::operations::{self, Standing};
 use crate::store::{StoreError, audit_events, images, repositories};
 
 /// The error code of a record that recovery resolved as not made, or not known.
@@ -69,12 +81,60 @@ struct Interrupted {
 /// What ECR says about an interrupted call.
 #[derive(Debug, Clone, PartialEq)]
 enum Verdict {
-    /// The change is in ECR.
-    Made(Value),
+    /// The change is in ECR; with the response a retry of its operation replays.
+    Made(Value, Option<Vec<u8>>),
     /// The change is not in ECR (or was never sent).
     NotMade(String),
     /// ECR's state was re-read; whether this call changed it is not known.
     Unknown(Value),
+    /// A later attempt with the same `request_id` finished the operation.
+    Superseded {
+        /// The finishing attempt's event, unless the trail no longer holds it.
+        by: Option<Uuid>,
+        /// Which attempt made the change.
+        applied: Applied,
+    },
+}
+
+/// Which attempt of an operation made its change, when a later one finished it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    /// The interrupted one: the finishing attempt found the change made.
+    ThisAttempt,
+    /// The finishing attempt.
+    Finisher,
+    /// Not known from the records.
+    NotKnown,
+}
+
+impl Applied {
+    fn as_str(self) -> &'static str {
+        match self {
+            Applied::ThisAttempt => "this attempt",
+            Applied::Finisher => "the finishing attempt",
+            Applied::NotKnown => "not known",
+        }
+    }
+
+    /// From the finishing attempt's record: CreateRepository and
+    /// DeleteRepository say when they found their change already made by an
+    /// earlier attempt (`alreadyExisted`, `alreadyDeleted`).
+    fn of(event_name: &str, finisher: &operations::Finisher) -> Applied {
+        let elements = finisher.response_elements.as_ref();
+        let flag = |name: &str| elements.and_then(|e| e.get(name)).and_then(Value::as_bool);
+        let found_made = match event_name {
+            _ if flag("recovered") == Some(true) => return Applied::NotKnown,
+            "CreateRepository" => flag("alreadyExisted").unwrap_or(false),
+            "DeleteRepository" => flag("alreadyDeleted").unwrap_or(false),
+            _ => return Applied::NotKnown,
+        };
+        match (found_made, finisher.attempts_between) {
+            (false, _) => Applied::Finisher,
+            // Another attempt came between: either may have made it.
+            (true, true) => Applied::NotKnown,
+            (true, false) => Applied::ThisAttempt,
+        }
+    }
 }
 
 /// What a pass did.
@@ -86,6 +146,8 @@ pub struct Recovered {
     pub not_made: usize,
     /// Records finalised with the outcome unknown (ECR re-read).
     pub unknown: usize,
+    /// Records of attempts whose operation a later attempt finished.
+    pub superseded: usize,
     /// Records left pending (ECR could not be asked; tried again next pass).
     pub deferred: usize,
 }
@@ -110,39 +172,88 @@ pub async fn recover_once(state: &AppState) -> Result<Recovered, StoreError> {
     .await?;
     let mut done = Recovered::default();
     for row in rows {
+        let request_id = row.client_request_id.clone().filter(|r| !r.is_empty());
+        // A later attempt that finished the operation settles it without asking ECR.
+        let finished = match &request_id {
+            Some(request_id) => {
+                let mut tx = state.store.begin().await?;
+                let standing = operations::lock_standing(&mut tx, &row.principal, request_id).await?;
+                tx.rollback().await?;
+                standing == Some(Standing::Succeeded)
+            }
+            None => false,
+        };
         let log = CallLog::default();
-        let verdict = match judge(state, &row, &log).await {
-            Ok(verdict) => verdict,
-            Err(why) => {
-                tracing::warn!(event_id = %row.event_id, event = %row.event_name, "recovery deferred: {why}");
+        let judged = if finished {
+            None
+        } else {
+            match judge(state, &row, &log).await {
+                Ok(verdict) => Some(verdict),
+                Err(why) => {
+                    tracing::warn!(event_id = %row.event_id, event = %row.event_name, "recovery deferred: {why}");
+                    done.deferred += 1;
+                    continue;
+                }
+            }
+        };
+        let mut tx = state.store.begin().await?;
+        // Under the operation's lock: a retry may have taken over or finished it meanwhile.
+        let standing = match &request_id {
+            Some(request_id) => operations::lock_standing(&mut tx, &row.principal, request_id).await?,
+            None => None,
+        };
+        let verdict = match (&request_id, standing) {
+            (Some(_), Some(Standing::Running)) => {
+                // Judged once that attempt ends.
                 done.deferred += 1;
                 continue;
             }
+            (Some(request_id), Some(Standing::Succeeded)) => {
+                match operations::finisher(&mut tx, &row.principal, request_id, &row.event_name, row.event_id)
+                    .await?
+                {
+                    Some(finisher) => Verdict::Superseded {
+                        by: Some(finisher.event_id),
+                        applied: Applied::of(&row.event_name, &finisher),
+                    },
+                    // Its record is no longer in the trail (purged by retention).
+                    None => Verdict::Superseded {
+                        by: None,
+                        applied: Applied::NotKnown,
+                    },
+                }
+            }
+            _ => match judged {
+                Some(verdict) => verdict,
+                None => continue, // judged on the next pass
+            },
         };
         let outcome = outcome_of(&verdict, log.ids());
-        let mut tx = state.store.begin().await?;
         if !audit_events::finalize(&mut tx, row.event_id, &outcome).await? {
             continue; // another replica resolved it
         }
-        if let Some(request_id) = row.client_request_id.as_deref().filter(|r| !r.is_empty()) {
-            // Only an attempt nobody took over: a retry may have finished it since.
-            sqlx::query(
-                "UPDATE operations SET state = 'failed', error_code = $3, error_message = $4, updated_at = now() \
-                 WHERE principal = $1 AND request_id = $2 AND state = 'pending' AND lease_until < now()",
-            )
-            .bind(&row.principal)
-            .bind(request_id)
-            .bind(INTERRUPTED)
-            .bind(outcome.error_message.as_deref().unwrap_or("interrupted; resolved by recovery"))
-            .execute(&mut *tx)
-            .await?;
+        if let Some(request_id) = &request_id {
+            match &verdict {
+                Verdict::Made(_, Some(response)) => {
+                    operations::succeed_recovered(&mut tx, &row.principal, request_id, response).await?;
+                }
+                Verdict::Superseded { .. } => {}
+                _ => {
+                    let why = outcome
+                        .error_message
+                        .as_deref()
+                        .unwrap_or("interrupted; resolved by recovery");
+                    operations::fail_abandoned(&mut tx, &row.principal, request_id, INTERRUPTED, why).await?;
+                }
+            }
         }
         tx.commit().await?;
         tracing::info!(event_id = %row.event_id, event = %row.event_name, ?verdict, "resolved an interrupted call");
         match verdict {
-            Verdict::Made(_) => done.made += 1,
+            Verdict::Made(..) => done.made += 1,
             Verdict::NotMade(_) => done.not_made += 1,
             Verdict::Unknown(_) => done.unknown += 1,
+            Verdict::Superseded { .. } => done.superseded += 1,
         }
     }
     Ok(done)
@@ -157,7 +268,11 @@ pub async fn run_recovery(
     loop {
         loop {
             match recover_once(&state).await {
-                Ok(done) if done.made + done.not_made + done.unknown > 0 && !*stop.borrow() => continue,
+                Ok(done)
+                    if done.made + done.not_made + done.unknown + done.superseded > 0 && !*stop.borrow() =>
+                {
+                    continue;
+                }
                 Ok(_) => break,
                 Err(error) => {
                     tracing::warn!("recovery of interrupted calls failed, retrying later: {error}");
@@ -174,7 +289,7 @@ pub async fn run_recovery(
 fn outcome_of(verdict: &Verdict, ecr_request_ids: Vec<String>) -> AuditOutcome {
     let recovered_at = Utc::now().to_rfc3339();
     match verdict {
-        Verdict::Made(state) => AuditOutcome {
+        Verdict::Made(state, _) => AuditOutcome {
             status: AuditStatus::Succeeded,
             response_elements: Some(json!({"recovered": true, "recoveredAt": recovered_at, "ecrState": state})),
             error_code: None,
@@ -188,6 +303,29 @@ fn outcome_of(verdict: &Verdict, ecr_request_ids: Vec<String>) -> AuditOutcome {
             error_message: Some(format!(
                 "the gateway stopped before this call finished; {why}: the change was not made. A retry with the \
                  same request_id runs it again"
+            )),
+            ecr_request_ids,
+        },
+        Verdict::Superseded { by, applied } => AuditOutcome {
+            status: AuditStatus::Failed,
+            response_elements: Some(json!({
+                "recovered": true, "recoveredAt": recovered_at, "supersededBy": by.map(|id| id.to_string()),
+                "appliedBy": applied.as_str(),
+            })),
+            error_code: Some(INTERRUPTED.into()),
+            error_message: Some(format!(
+                "the gateway stopped before this call finished; a later attempt with the same request_id \
+                 finished the operation ({}), which supersedes this one. {}",
+                match by {
+                    Some(id) => format!("event {id}"),
+                    None => "its record is no longer in the trail".into(),
+                },
+                match applied {
+                    Applied::ThisAttempt =>
+                        "This attempt had made the change: the finishing attempt found it made in ECR",
+                    Applied::Finisher => "This attempt did not make the change: the finishing attempt made it",
+                    Applied::NotKnown => "Which attempt made the change is not known from the records",
+                }
             )),
             ecr_request_ids,
         },
@@ -228,25 +366,37 @@ async fn judge(state: &AppState, row: &Interrupted, log: &CallLog) -> Result<Ver
         return Ok(Verdict::Unknown(json!({"registry": registry.reference.alias})));
     };
     let present = reread_repository(state, registry, &name, log).await?;
-    let ecr_state =
-        json!({"repositoryName": name.as_str(), "exists": present.is_some(), "repository": present});
-    Ok(match (row.event_name.as_str(), present.is_some()) {
-        ("CreateRepository", true) => Verdict::Made(ecr_state),
-        ("CreateRepository", false) => Verdict::NotMade("ECR has no such repository".into()),
-        ("DeleteRepository", false) => Verdict::Made(ecr_state),
-        ("DeleteRepository", true) => Verdict::NotMade("ECR still has the repository".into()),
+    let ecr_state = json!({"repositoryName": name.as_str(), "exists": present.is_some(),
+                           "repository": present.as_ref().map(convert::repository_json)});
+    Ok(match (row.event_name.as_str(), present) {
+        // What a retry that converges answers.
+        ("CreateRepository", Some(repository)) => {
+            let response = pb::CreateRepositoryResponse {
+                repository: Some(repository),
+                replayed: false,
+            };
+            Verdict::Made(ecr_state, Some(prost::Message::encode_to_vec(&response)))
+        }
+        ("CreateRepository", None) => Verdict::NotMade("ECR has no such repository".into()),
+        ("DeleteRepository", None) => Verdict::Made(
+            ecr_state,
+            Some(prost::Message::encode_to_vec(
+                &pb::DeleteRepositoryResponse::default(),
+            )),
+        ),
+        ("DeleteRepository", Some(_)) => Verdict::NotMade("ECR still has the repository".into()),
         _ => Verdict::Unknown(ecr_state),
     })
 }
 
 /// Reads the repository from ECR into the cache (and its images, when it
-/// exists); returns its JSON form, or None when ECR has no such repository.
+/// exists); returns it, or None when ECR has no such repository.
 async fn reread_repository(
     state: &AppState,
     registry: &Registry,
     name: &RepositoryName,
     log: &CallLog,
-) -> Result<Option<Value>, String> {
+) -> Result<Option<pb::Repository>, String> {
     let fetched = registry
         .fetch_repository(log, name)
         .await
@@ -272,12 +422,5 @@ async fn reread_repository(
     {
         tracing::warn!(repository = %name, "recovery: re-reading the images failed: {error}");
     }
-    Ok(fetched.map(|r| {
-        convert::repository_json(&convert::repository(
-            &registry.reference,
-            &r,
-            Some(Utc::now()),
-            true,
-        ))
-    }))
+    Ok(fetched.map(|r| convert::repository(&registry.reference, &r, Some(Utc::now()), true)))
 }

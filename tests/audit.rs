@@ -469,6 +469,41 @@ async fn the_chain_verifies_in_the_database_and_offline_and_tampering_is_located
     let (code, text) = tampered("inserted.jsonl", inserted);
     assert_eq!(code, Some(1));
     assert!(text.contains("reordered") || text.contains("inserted"), "{text}");
+    // A forged event with a link right in itself (the sequence and previous
+    // hash of the event whose place it takes, its own hash) is named, not
+    // the genuine event after it, with or without the key.
+    let mut forged = target.clone();
+    let forged_id = uuid::Uuid::now_v7().to_string();
+    forged["eventID"] = serde_json::json!(forged_id);
+    forged["userIdentity"]["principalId"] = serde_json::json!("mallory");
+    let mut event = forged.clone();
+    event.as_object_mut().unwrap().remove("chain");
+    let previous = hex::decode(forged["chain"]["previousHash"].as_str().unwrap()).unwrap();
+    forged["chain"]["hash"] =
+        serde_json::json!(hex::encode(ecr_gateway::audit::chain::link(&previous, &event)));
+    let mut self_consistent = lines.clone();
+    self_consistent.insert(2, forged.to_string());
+    let (code, text) = tampered("self-consistent.jsonl", self_consistent);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!("broken (inserted): event {forged_id}")),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&target_id),
+        "the genuine event is not blamed: {text}"
+    );
+    let unkeyed = Command::new(env!("CARGO_BIN_EXE_ecr-gateway"))
+        .args(["audit", "verify"])
+        .arg(dir.path().join("self-consistent.jsonl"))
+        .output()
+        .expect("verify");
+    let text = String::from_utf8_lossy(&unkeyed.stdout);
+    assert_eq!(unkeyed.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("broken (inserted): event {forged_id}")),
+        "{text}"
+    );
 
     // Editing an event and recomputing every later hash keeps the links
     // consistent, but not the signed digests.

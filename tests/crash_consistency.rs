@@ -555,3 +555,369 @@ async fn recovery_resolves_each_kind_of_interrupted_call_against_ecr() {
     assert_eq!(cached, 1);
     gateway.stop().await.unwrap();
 }
+
+/// Sends `requests` (name, request_id) from 8 concurrent callers, each its
+/// share in order; returns how many were answered OK. With `until_ok`, each
+/// caller retries a call until it answers OK (after the `RetryInfo` delay
+/// when there is one) and panics on an answer that retrying cannot change.
+async fn send_all(
+    channel: &Channel,
+    requests: &[(String, String)],
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    until_ok: bool,
+) {
+    use tonic_types::StatusExt as _;
+    let mut callers = Vec::new();
+    for caller in 0..8 {
+        let share: Vec<(String, String)> = requests.iter().skip(caller).step_by(8).cloned().collect();
+        let (channel, answered) = (channel.clone(), answered.clone());
+        callers.push(tokio::spawn(async move {
+            let mut client = RepositoryServiceClient::new(channel);
+            for (name, request_id) in share {
+                loop {
+                    let mut request = tagged_repository(&name);
+                    request.request_id = request_id.clone();
+                    match client.create_repository(ops(request)).await {
+                        Ok(answer) => {
+                            let repository = answer.into_inner().repository.expect("a repository");
+                            assert_eq!(repository.repository, name);
+                            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            break;
+                        }
+                        Err(_) if !until_ok => return,
+                        Err(status) => {
+                            assert!(
+                                matches!(status.code(), Code::Aborted | Code::Unavailable),
+                                "{request_id}: {status:?}"
+                            );
+                            let delay = status
+                                .get_details_retry_info()
+                                .and_then(|info| info.retry_delay)
+                                .unwrap_or(Duration::from_millis(300));
+                            tokio::time::sleep(delay.max(Duration::from_millis(100))).await;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    for caller in callers {
+        caller.await.expect("a caller panicked");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_kills_at_random_points_each_request_id_has_one_succeeded_create_in_the_audit_trail() {
+    let db = TestDb::create().await;
+    let moto = Moto::shared();
+    let ecr = ecr_client(moto).await;
+    // A 3 s request timeout: an interrupted attempt's lease (6 s) ends soon,
+    // and recovery comes by every lease, so retries and recovery race for
+    // the interrupted operations in both orders.
+    let text =
+        config_text(&db, moto, "").replace("request_timeout_seconds = 20", "request_timeout_seconds = 3");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("kill points seed {seed}");
+    let mut rng = Rng(seed);
+    let pool = db.pool().await;
+    let prefix = unique("payments", "once");
+    let requests: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("{prefix}-{i:03}"), format!("once-{i:03}")))
+        .collect();
+
+    // Twice: send every request from 8 callers and SIGKILL the gateway after
+    // a random number of answers (and a random moment after that answer).
+    let mut process = Process::start(&text).await;
+    for round in 0..2 {
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let kill_after = 20 + rng.next(160) as usize;
+        let channel = process.channel.clone();
+        let (sending, counter) = (requests.clone(), answered.clone());
+        let senders = tokio::spawn(async move { send_all(&channel, &sending, counter, false).await });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while answered.load(std::sync::atomic::Ordering::SeqCst) < kill_after && !senders.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the calls do not get answered"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.next(40))).await;
+        println!(
+            "round {round}: killed after {} answers (aimed at {kill_after})",
+            answered.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        process.kill();
+        senders.abort();
+        process = Process::start(&text).await;
+    }
+
+    // Every request again, with its request_id, until each answers OK.
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        send_all(&process.channel, &requests, answered.clone(), true),
+    )
+    .await
+    .expect("every re-send ends OK within 2 minutes");
+    assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), requests.len());
+
+    // Recovery resolves every interrupted record.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while scalar(
+        &pool,
+        "SELECT count(*) FROM audit_events WHERE status = 'pending'",
+    )
+    .await
+        > 0
+    {
+        assert!(Instant::now() < deadline, "audit records stay pending");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // ECR has exactly the repositories, and each request_id one succeeded create.
+    let names: BTreeSet<String> = requests.iter().map(|(name, _)| name.clone()).collect();
+    assert_eq!(ecr_repositories(&ecr, &prefix).await, names);
+    let succeeded: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT client_request_id, count(*) FILTER (WHERE status = 'succeeded' \
+                AND response_elements ->> 'replayed' IS DISTINCT FROM 'true') \
+         FROM audit_events WHERE event_name = 'CreateRepository' AND client_request_id LIKE 'once-%' \
+         GROUP BY client_request_id ORDER BY client_request_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(succeeded.len(), requests.len(), "{succeeded:?}");
+    let twice: Vec<&(String, i64)> = succeeded.iter().filter(|(_, n)| *n != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "request_ids without exactly one succeeded create: {twice:?}"
+    );
+    // A superseded attempt names the succeeded event of its own operation.
+    let superseded: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT e.client_request_id, e.response_elements ->> 'appliedBy', f.status FROM audit_events e \
+         LEFT JOIN audit_events f ON f.event_id::text = e.response_elements ->> 'supersededBy' \
+                                  AND f.client_request_id = e.client_request_id \
+         WHERE e.event_name = 'CreateRepository' AND e.response_elements ? 'supersededBy'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for (request_id, applied, finisher) in &superseded {
+        assert_eq!(finisher.as_deref(), Some("succeeded"), "{request_id}");
+        assert!(
+            ["this attempt", "the finishing attempt", "not known"].contains(&applied.as_str()),
+            "{request_id}: {applied}"
+        );
+    }
+    let recovered = scalar(
+        &pool,
+        "SELECT count(*) FROM audit_events WHERE response_elements ->> 'recovered' = 'true'",
+    )
+    .await;
+    assert!(recovered >= 1, "no kill interrupted a create");
+    println!(
+        "{recovered} interrupted attempts resolved by recovery, {} of them superseded by a retry",
+        superseded.len()
+    );
+    drop(process);
+}
+
+/// Writes an operation row and its attempt's pending record as a crash leaves them.
+async fn interrupted_attempt(
+    pool: &sqlx::PgPool,
+    request: &pb::CreateRepositoryRequest,
+    state: &str,
+    age_minutes: i32,
+) -> uuid::Uuid {
+    use prost::Message as _;
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(b"CreateRepository");
+    hasher.update(request.encode_to_vec());
+    let hash = hasher.finalize().to_vec();
+    sqlx::query(
+        "INSERT INTO operations (principal, request_id, method, request_hash, state, lease_until, response) \
+         VALUES ('platform-ops', $1, 'CreateRepository', $2, $3, now() - interval '1 minute', \
+                 CASE WHEN $3 = 'succeeded' THEN '\\x'::bytea END)",
+    )
+    .bind(&request.request_id)
+    .bind(hash)
+    .bind(state)
+    .execute(pool)
+    .await
+    .expect("insert an operation");
+    attempt_record(pool, request, "pending", age_minutes, serde_json::Value::Null).await
+}
+
+/// Writes an attempt's audit record directly.
+async fn attempt_record(
+    pool: &sqlx::PgPool,
+    request: &pb::CreateRepositoryRequest,
+    status: &str,
+    age_minutes: i32,
+    elements: serde_json::Value,
+) -> uuid::Uuid {
+    let id = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO audit_events (event_id, event_time, event_name, event_source, read_only, status, principal, \
+         principal_type, auth_method, registry_alias, gateway_request_id, client_request_id, request_parameters, \
+         response_elements, finalized_at) \
+         VALUES ($1, now() - make_interval(mins => $2), 'CreateRepository', 'ecr-gateway', false, $3, 'platform-ops', \
+                 'User', 'insecure-dev', 'main', $1, $4, jsonb_build_object('repositoryName', $5::text), \
+                 NULLIF($6, 'null'::jsonb), CASE WHEN $3 <> 'pending' THEN now() END)",
+    )
+    .bind(id)
+    .bind(age_minutes)
+    .bind(status)
+    .bind(&request.request_id)
+    .bind(&request.repository)
+    .bind(elements)
+    .execute(pool)
+    .await
+    .expect("insert a record");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_records_one_success_per_request_id_whether_a_retry_or_recovery_comes_first() {
+    let db = TestDb::create().await;
+    let moto = Moto::shared();
+    let ecr = ecr_client(moto).await;
+    let (pool, _) = db.migrated().await;
+    let request = |stem: &str, request_id: &str| {
+        let mut request = tagged_repository(&unique("payments", stem));
+        request.request_id = request_id.into();
+        request
+    };
+    let in_ecr = |request: pb::CreateRepositoryRequest| {
+        let ecr = ecr.clone();
+        async move {
+            let mut create = ecr.create_repository().repository_name(&request.repository);
+            for (key, value) in common::team_tags() {
+                create = create.tags(
+                    aws_sdk_ecr::types::Tag::builder()
+                        .key(key)
+                        .value(value)
+                        .build()
+                        .unwrap(),
+                );
+            }
+            create.send().await.expect("create in ECR");
+        }
+    };
+    // Recovery first: the crashed attempt made the repository, nobody retried yet.
+    let first = request("recovered-first", "recovered-first");
+    in_ecr(first.clone()).await;
+    let crashed_first = interrupted_attempt(&pool, &first, "pending", 60).await;
+    // A retry first, which found the repository the crashed attempt had made.
+    let found = request("retry-found", "retry-found");
+    in_ecr(found.clone()).await;
+    let crashed_found = interrupted_attempt(&pool, &found, "succeeded", 60).await;
+    let finisher_found = attempt_record(
+        &pool,
+        &found,
+        "succeeded",
+        50,
+        serde_json::json!({"alreadyExisted": true}),
+    )
+    .await;
+    // A retry first, which made the repository itself (the crashed attempt never reached ECR).
+    let made = request("retry-made", "retry-made");
+    in_ecr(made.clone()).await;
+    let crashed_made = interrupted_attempt(&pool, &made, "succeeded", 60).await;
+    let finisher_made = attempt_record(
+        &pool,
+        &made,
+        "succeeded",
+        50,
+        serde_json::json!({"repository": "x"}),
+    )
+    .await;
+
+    // Recovery runs at start-up.
+    let gateway = common::Gateway::start(common::config(&db, moto, "")).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scalar(
+        &pool,
+        "SELECT count(*) FROM audit_events WHERE status = 'pending'",
+    )
+    .await
+        > 0
+    {
+        assert!(Instant::now() < deadline, "recovery did not resolve the records");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let record = |id: uuid::Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<String>, serde_json::Value, Option<String>)>(
+                "SELECT status, error_code, response_elements, error_message FROM audit_events WHERE event_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+
+    // Recovery came first: its verdict finishes the operation, and the retry replays it.
+    let (status, _, elements, _) = record(crashed_first).await;
+    assert_eq!(status, "succeeded", "{elements}");
+    let replayed = RepositoryServiceClient::new(gateway.channel.clone())
+        .create_repository(ops(first.clone()))
+        .await
+        .expect("the retry")
+        .into_inner();
+    assert!(replayed.replayed, "the retry replays recovery's verdict");
+    assert_eq!(
+        replayed.repository.map(|r| r.repository),
+        Some(first.repository.clone())
+    );
+
+    // A retry came first: the crashed attempt is superseded, never a second success.
+    for (crashed, finisher, applied) in [
+        (crashed_found, finisher_found, "this attempt"),
+        (crashed_made, finisher_made, "the finishing attempt"),
+    ] {
+        let (status, code, elements, message) = record(crashed).await;
+        assert_eq!(status, "failed", "{elements}");
+        assert_eq!(code.as_deref(), Some(ecr_gateway::recovery::INTERRUPTED));
+        assert_eq!(elements["supersededBy"], serde_json::json!(finisher.to_string()));
+        assert_eq!(elements["appliedBy"], serde_json::json!(applied));
+        let message = message.unwrap_or_default();
+        assert!(
+            message.contains(&finisher.to_string()) && message.contains("supersedes"),
+            "{message}"
+        );
+    }
+
+    // Each request_id has one succeeded attempt.
+    common::wait_for_audit_rows(
+        &pool,
+        "client_request_id = 'recovered-first' AND status = 'succeeded'",
+        2,
+    )
+    .await;
+    let succeeded: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT client_request_id, count(*) FROM audit_events \
+         WHERE status = 'succeeded' AND response_elements ->> 'replayed' IS DISTINCT FROM 'true' \
+         GROUP BY client_request_id ORDER BY client_request_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        succeeded,
+        vec![
+            ("recovered-first".to_owned(), 1),
+            ("retry-found".to_owned(), 1),
+            ("retry-made".to_owned(), 1)
+        ]
+    );
+    gateway.stop().await.unwrap();
+}

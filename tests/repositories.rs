@@ -384,6 +384,85 @@ async fn a_retry_with_the_same_request_id_replays_and_creates_nothing_new() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_same_request_id_sent_to_two_replicas_at_once_gets_the_winners_answer_from_both() {
+    let db = TestDb::create().await;
+    let proxy = common::proxy::FaultProxy::start(Moto::shared()).await;
+    // Two replicas over one database.
+    let a = Gateway::start(config(&db, &proxy.endpoint, "")).await;
+    let b = Gateway::start(config(&db, &proxy.endpoint, "")).await;
+    let name = unique("payments", "twice");
+    let request = create_request(&name, "twice-1");
+    // The first attempt hangs in ECR (moto creates, its answer is held back)
+    // while the same request reaches the other replica.
+    let before = proxy.count("CreateRepository");
+    proxy.hold_answers("CreateRepository", before);
+    let mut first_client = a.repositories();
+    let first_request = alice(request.clone());
+    let first = tokio::spawn(async move { first_client.create_repository(first_request).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while proxy.count("CreateRepository") == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first attempt never reached ECR"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A caller whose deadline comes first is told to retry soon, not after the lease.
+    let mut hurried = alice(request.clone());
+    hurried.set_timeout(std::time::Duration::from_millis(500));
+    let refused = b
+        .repositories()
+        .create_repository(hurried)
+        .await
+        .expect_err("the first attempt is still running");
+    assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
+    let retry_delay = refused
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay)
+        .expect("RetryInfo");
+    assert!(
+        retry_delay <= std::time::Duration::from_secs(1),
+        "a retry delay like an attempt's, not the lease's: {retry_delay:?}"
+    );
+    let mut second_client = b.repositories();
+    let mut second_request = alice(request.clone());
+    second_request.set_timeout(std::time::Duration::from_secs(15));
+    let second = tokio::spawn(async move { second_client.create_repository(second_request).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "the second call waits for the running attempt: {:?}",
+        second.await
+    );
+    proxy.heal();
+    let first = first.await.unwrap().expect("first").into_inner();
+    let second = second
+        .await
+        .unwrap()
+        .expect("second waited and got the answer")
+        .into_inner();
+    assert!(!first.replayed);
+    assert!(second.replayed, "the second call replays the first one's answer");
+    assert_eq!(first.repository, second.repository);
+    assert_eq!(
+        proxy.count("CreateRepository"),
+        before + 1,
+        "one create reached ECR"
+    );
+    let ecr = ecr_client(Moto::shared()).await;
+    let all = ecr.describe_repositories().send().await.expect("list");
+    assert_eq!(
+        all.repositories()
+            .iter()
+            .filter(|r| r.repository_name() == Some(name.as_str()))
+            .count(),
+        1
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_request_id_reused_for_another_request_is_rejected() {
     let db = TestDb::create().await;
     let gateway = start(&db).await;

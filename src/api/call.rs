@@ -23,6 +23,8 @@ pub struct Call {
     pub record: AuditRecord,
     /// True once a pending record is in the database (the mutation path owns it then).
     pub persisted: bool,
+    /// When the caller stops waiting (its `grpc-timeout`), if it said.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl Call {
@@ -63,10 +65,17 @@ impl Call {
             authorization: None,
             outcome: AuditOutcome::pending(),
         };
+        let deadline = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout)
+            .and_then(|timeout| std::time::Instant::now().checked_add(timeout));
         Call {
             caller,
             record,
             persisted: false,
+            deadline,
         }
     }
 
@@ -251,6 +260,28 @@ impl Call {
     }
 }
 
+/// A `grpc-timeout` header's value: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    if !value.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// The outcome of a succeeded call.
 pub fn succeeded(elements: Value, ecr_request_ids: Vec<String>) -> AuditOutcome {
     AuditOutcome {
@@ -301,6 +332,18 @@ fn storable_json(value: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grpc_timeout_header_is_read_in_each_unit() {
+        use std::time::Duration;
+        assert_eq!(grpc_timeout("500m"), Some(Duration::from_millis(500)));
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        for bad in ["", "m", "5", "123456789S", "-1S", "1.5S", "5x", "5\u{e9}"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn nul_characters_become_replacement_characters() {

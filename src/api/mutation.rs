@@ -129,11 +129,25 @@ where
     Fut: Future<Output = Result<Done<R>, ApiError>>,
 {
     let principal = call.caller()?.identity.principal.clone();
-    let number = match record_pending(store, call, &principal, request_id, request, lease).await? {
-        Claim::Owned { attempt } => attempt,
-        Claim::Succeeded(stored) => return replay(stored.response),
-        Claim::InProgress { lease_until } => return Err(in_progress(request_id, lease_until)),
-        Claim::Mismatch { method } => return Err(reused(request_id, &method)),
+    let number = loop {
+        match record_pending(store, call, &principal, request_id, request, lease).await? {
+            Claim::Owned { attempt } => break attempt,
+            Claim::Succeeded(stored) => return replay(stored.response),
+            Claim::InProgress { lease_until } => {
+                // Another call with this id is running: wait for it while it
+                // can still finish and the caller waits, then replay its
+                // answer (or run, if it failed).
+                let running = Running {
+                    lease_until,
+                    in_flight_until: in_flight_until(lease_until, lease),
+                };
+                let until = running.in_flight_until.min(wait_limit(call.deadline));
+                if !wait_for(store, &principal, request_id, &running, until).await {
+                    return Err(in_progress(request_id, &running));
+                }
+            }
+            Claim::Mismatch { method } => return Err(reused(request_id, &method)),
+        }
     };
     call.persisted = true;
 
@@ -341,13 +355,86 @@ fn audit_unavailable(error: crate::store::StoreError) -> ApiError {
     }
 }
 
-fn in_progress(request_id: &str, lease_until: chrono::DateTime<Utc>) -> ApiError {
-    let wait = (lease_until - Utc::now())
-        .to_std()
-        .unwrap_or(Duration::from_secs(1));
+/// The attempt that holds an operation's lease.
+struct Running {
+    /// When its lease ends.
+    lease_until: chrono::DateTime<Utc>,
+    /// When its call is over at the latest, finished or not.
+    in_flight_until: chrono::DateTime<Utc>,
+}
+
+/// An attempt's call ends within the request timeout, half the lease
+/// (server.rs makes the lease twice the request timeout), so an attempt
+/// claimed at `lease_until - lease` is in flight until half its lease is over.
+/// Later, while still pending, its owner died or its call was cut off, and
+/// only the lease's end frees the operation.
+fn in_flight_until(lease_until: chrono::DateTime<Utc>, lease: Duration) -> chrono::DateTime<Utc> {
+    let half = chrono::Duration::from_std(lease / 2).unwrap_or(chrono::Duration::zero());
+    lease_until - half
+}
+
+/// How long a call may wait for another attempt: until shortly before its
+/// caller's deadline, and at most [`MAX_WAIT`].
+fn wait_limit(deadline: Option<std::time::Instant>) -> chrono::DateTime<Utc> {
+    let left = deadline
+        .map(|d| d.saturating_duration_since(std::time::Instant::now()))
+        .unwrap_or(MAX_WAIT);
+    // Room to answer before the caller gives up.
+    let left = left
+        .saturating_sub(left / 10 + Duration::from_millis(20))
+        .min(MAX_WAIT);
+    Utc::now() + chrono::Duration::from_std(left).unwrap_or(chrono::Duration::zero())
+}
+
+/// The longest a call waits for another attempt with its `request_id`.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Polls the operation until the running attempt ends (true) or `until` (false).
+async fn wait_for(
+    store: &Store,
+    principal: &str,
+    request_id: &str,
+    running: &Running,
+    until: chrono::DateTime<Utc>,
+) -> bool {
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let left = (until - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        if left.is_zero() {
+            return false;
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+        match operations::still_running(store.pool(), principal, request_id, running.lease_until).await {
+            Ok(true) => {}
+            Ok(false) => return true,
+            Err(error) => {
+                tracing::warn!("cannot read the state of request_id `{request_id}`: {error}");
+                return false;
+            }
+        }
+    }
+}
+
+fn in_progress(request_id: &str, running: &Running) -> ApiError {
+    let now = Utc::now();
+    let lease_until = running.lease_until;
+    if now < running.in_flight_until {
+        // The caller's deadline came first; the attempt is still in flight
+        // and takes about as long as this call would.
+        return ApiError::Aborted {
+            description: format!(
+                "a call with request_id `{request_id}` is still running and did not finish within this call's \
+                 deadline; retry in a moment to get its answer"
+            ),
+            retry_after: Duration::from_secs(1),
+        };
+    }
+    let wait = (lease_until - now).to_std().unwrap_or(Duration::from_secs(1));
     ApiError::Aborted {
         description: format!(
-            "a call with request_id `{request_id}` is still running; retry after it finishes (at the latest {lease_until})"
+            "an earlier call with request_id `{request_id}` stopped before it finished (its gateway died or its \
+             call was cut off); retry after its lease ends at {lease_until}, and the retry finishes the operation"
         ),
         retry_after: wait.min(Duration::from_secs(30)),
     }
@@ -367,6 +454,36 @@ fn reused(request_id: &str, method: &str) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_running_attempt_gets_a_short_retry_delay_and_a_dead_ones_lease_the_rest_of_its_lease() {
+        let now = Utc::now();
+        let retry_after = |in_flight: i64, lease: i64| match in_progress(
+            "r-1",
+            &Running {
+                lease_until: now + chrono::Duration::seconds(lease),
+                in_flight_until: now + chrono::Duration::seconds(in_flight),
+            },
+        ) {
+            ApiError::Aborted { retry_after, .. } => retry_after,
+            other => panic!("{other:?}"),
+        };
+        // Still in flight (the caller's deadline came first): about an attempt's length.
+        assert_eq!(retry_after(10, 30), Duration::from_secs(1));
+        // Its call must have ended, yet it is pending: its owner died; wait out the lease.
+        let dead = retry_after(-10, 20);
+        assert!(
+            dead > Duration::from_secs(18) && dead <= Duration::from_secs(20),
+            "{dead:?}"
+        );
+        assert_eq!(retry_after(-10, 100), Duration::from_secs(30));
+        // In flight for half the lease, the request timeout.
+        let lease_until = now + chrono::Duration::seconds(40);
+        assert_eq!(
+            in_flight_until(lease_until, Duration::from_secs(40)),
+            now + chrono::Duration::seconds(20)
+        );
+    }
 
     #[test]
     fn request_ids_follow_the_documented_grammar() {

@@ -220,10 +220,17 @@ async fn provision(
     {
         return Err(already_exists(&registry.reference, &spec.name));
     }
+    // A retry that finds the repository says so: an earlier attempt made it
+    // (recovery reads this to tell which attempt made the change).
+    let already_existed = current.is_some();
     let state = registry.converge_repository(&attempt.log, &spec, current).await?;
     let repository = convert::repository(&registry.reference, &state, Some(Utc::now()), true);
+    let mut elements = convert::repository_json(&repository);
+    if let (true, Value::Object(map)) = (already_existed, &mut elements) {
+        map.insert("alreadyExisted".into(), Value::Bool(true));
+    }
     Ok(Done {
-        elements: convert::repository_json(&repository),
+        elements,
         response: pb::CreateRepositoryResponse {
             repository: Some(repository),
             replayed: false,

@@ -411,6 +411,9 @@ pub enum Problem {
     Inserted,
     /// It is out of order.
     Reordered,
+    /// It and another event ([`Verification::rival`]) claim the same place,
+    /// and nothing after them tells which one the chain goes on from.
+    Contested,
 }
 
 impl Problem {
@@ -421,6 +424,7 @@ impl Problem {
             Problem::Removed => "removed",
             Problem::Inserted => "inserted",
             Problem::Reordered => "reordered",
+            Problem::Contested => "contested",
         }
     }
 
@@ -431,6 +435,10 @@ impl Problem {
             Problem::Removed => "follows a gap: events before it were removed",
             Problem::Inserted => "was inserted: it is not part of the chain",
             Problem::Reordered => "is out of order",
+            Problem::Contested => {
+                "claims the same place in the chain as another event, and no later event shows which of \
+                 the two is genuine: one of them was inserted"
+            }
         }
     }
 }
@@ -479,67 +487,214 @@ impl Link {
     fn event_id(&self) -> String {
         self.event["eventID"].as_str().unwrap_or_default().to_owned()
     }
+
+    /// Its sequence, previous hash and hash, when it has all three.
+    fn parts(&self) -> Option<(i64, &[u8], &[u8])> {
+        Some((
+            self.sequence?,
+            self.previous_hash.as_deref()?,
+            self.hash.as_deref()?,
+        ))
+    }
 }
 
 /// The outcome of walking a chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verification {
-    /// Links checked (up to and including the first bad one).
+    /// Links checked (up to and including the first bad one); with a bad
+    /// one, its position in the links given (1 for the first).
     pub checked: u64,
     /// The first link that does not fit: its sequence (or position), event id and problem.
     pub first_bad: Option<(i64, String, Problem)>,
+    /// With [`Problem::Contested`]: the other event that claims the same
+    /// place, and its position.
+    pub rival: Option<(String, u64)>,
     /// The hash of the last good link.
     pub last_hash: Vec<u8>,
 }
 
+/// Who follows whom in a set of links, to tell an inserted event from the
+/// genuine one whose place it claims: the chain goes on from the genuine one.
+struct Places<'a> {
+    /// The (sequence, previous hash) each link claims, with its hash.
+    claims: std::collections::HashMap<(i64, &'a [u8]), Vec<&'a [u8]>>,
+    /// (sequence, hash) of every link.
+    links: HashSet<(i64, &'a [u8])>,
+}
+
+impl<'a> Places<'a> {
+    fn of(links: &'a [Link]) -> Places<'a> {
+        let mut claims: std::collections::HashMap<(i64, &[u8]), Vec<&[u8]>> = Default::default();
+        let mut all = HashSet::new();
+        for (sequence, previous, hash) in links.iter().filter_map(Link::parts) {
+            claims.entry((sequence, previous)).or_default().push(hash);
+            all.insert((sequence, hash));
+        }
+        Places { claims, links: all }
+    }
+
+    /// Whether some link follows `(sequence, hash)`.
+    fn continued(&self, sequence: i64, hash: &[u8]) -> bool {
+        self.claims.contains_key(&(sequence + 1, hash))
+    }
+
+    /// Whether some link is the one `(sequence, previous)` follows.
+    fn has_predecessor(&self, sequence: i64, previous: &[u8]) -> bool {
+        self.links.contains(&(sequence - 1, previous))
+    }
+
+    /// Whether another link claims the same place and the chain goes on from
+    /// it but not from this one: this one was inserted.
+    fn displaced(&self, (sequence, previous, hash): (i64, &[u8], &[u8])) -> bool {
+        !self.continued(sequence, hash)
+            && self.claims[&(sequence, previous)]
+                .iter()
+                .any(|other| *other != hash && self.continued(sequence, other))
+    }
+}
+
 /// Walks `links` in the order given. `start` is the sequence and hash the
 /// first link must follow (`None`: trust the first link's own).
+///
+/// At the first link that does not follow the one before, the links around
+/// it are compared with the rest: an event that claims a place the chain
+/// holds (another event has its sequence and previous hash, and the next
+/// event goes on from that other one) is named as inserted, whether it
+/// stands before or after the genuine event; two events that claim one
+/// place with nothing after either are contested.
 pub fn verify(links: &[Link], start: Option<(i64, Vec<u8>)>) -> Verification {
     let present: HashSet<i64> = links.iter().filter_map(|l| l.sequence).collect();
-    let mut expected = start.clone();
-    let mut checked = 0;
-    let bad = |link: &Link, position: i64, problem: Problem, checked: u64, last: &Option<(i64, Vec<u8>)>| {
+    let places = Places::of(links);
+    let trusted_first = start.is_none();
+    let mut expected = start;
+    // The state the last accepted link followed.
+    let mut before_last: Option<(i64, Vec<u8>)> = None;
+    let last_of = |state: &Option<(i64, Vec<u8>)>| state.as_ref().map(|l| l.1.clone()).unwrap_or_default();
+    let bad = |index: usize, problem: Problem, last: &Option<(i64, Vec<u8>)>| {
+        let link = &links[index];
+        let position = index as u64 + 1;
         Verification {
-            checked,
-            first_bad: Some((link.sequence.unwrap_or(position), link.event_id(), problem)),
-            last_hash: last.as_ref().map(|l| l.1.clone()).unwrap_or_default(),
+            checked: position,
+            first_bad: Some((link.sequence.unwrap_or(position as i64), link.event_id(), problem)),
+            rival: None,
+            last_hash: last_of(last),
         }
     };
     for (i, entry) in links.iter().enumerate() {
-        checked += 1;
-        let position = i as i64 + 1;
-        let (Some(sequence), Some(previous), Some(hash)) =
-            (entry.sequence, &entry.previous_hash, &entry.hash)
-        else {
-            return bad(entry, position, Problem::Inserted, checked, &expected);
+        let Some(parts @ (sequence, previous, hash)) = entry.parts() else {
+            return bad(i, Problem::Inserted, &expected);
         };
-        if &link(previous, &entry.event) != hash {
-            return bad(entry, position, Problem::Modified, checked, &expected);
+        if link(previous, &entry.event) != hash {
+            return bad(i, Problem::Modified, &expected);
         }
         if let Some((last_sequence, last_hash)) = &expected {
             let want = last_sequence + 1;
-            if sequence > want {
+            if sequence != want || previous != last_hash.as_slice() {
+                // The link accepted before this one, when there is one.
+                let before = i.checked_sub(1).and_then(|p| Some((p, links[p].parts()?)));
+                if let Some((p, earlier)) = before
+                    && places.displaced(earlier)
+                {
+                    return bad(p, Problem::Inserted, &before_last);
+                }
+                if places.displaced(parts) {
+                    return bad(i, Problem::Inserted, &expected);
+                }
+                if let Some((p, (earlier_sequence, earlier_previous, earlier_hash))) = before {
+                    let same_place = (earlier_sequence, earlier_previous) == (sequence, previous);
+                    if same_place && earlier_hash != hash {
+                        // Neither or both go on: nothing here tells which is genuine.
+                        let mut verdict = bad(p, Problem::Contested, &before_last);
+                        verdict.checked = i as u64 + 1;
+                        verdict.rival = Some((entry.event_id(), i as u64 + 1));
+                        return verdict;
+                    }
+                    // The chain goes on from this link and not from the one
+                    // accepted before it (which the walk had to trust, or
+                    // which holds this link's sequence): that one was inserted.
+                    let takes_the_place = sequence == want || (trusted_first && p == 0);
+                    if takes_the_place
+                        && places.continued(sequence, hash)
+                        && !places.continued(earlier_sequence, earlier_hash)
+                    {
+                        return bad(p, Problem::Inserted, &before_last);
+                    }
+                }
+                if sequence == want {
+                    return bad(i, Problem::Inserted, &expected);
+                }
+                // Between two links that follow each other, and following no link at all.
+                let next_fits = links
+                    .get(i + 1)
+                    .and_then(Link::parts)
+                    .is_some_and(|(s, prev, _)| s == want && prev == last_hash.as_slice());
+                if next_fits && !places.has_predecessor(sequence, previous) {
+                    return bad(i, Problem::Inserted, &expected);
+                }
                 // The missing ones may stand later in the file (reordered) or nowhere (removed).
-                let problem = if present.contains(&want) {
-                    Problem::Reordered
-                } else {
+                let problem = if sequence > want && !present.contains(&want) {
                     Problem::Removed
+                } else {
+                    Problem::Reordered
                 };
-                return bad(entry, position, problem, checked, &expected);
-            }
-            if sequence < want {
-                return bad(entry, position, Problem::Reordered, checked, &expected);
-            }
-            if previous != last_hash {
-                return bad(entry, position, Problem::Inserted, checked, &expected);
+                return bad(i, problem, &expected);
             }
         }
-        expected = Some((sequence, hash.clone()));
+        before_last = expected;
+        expected = Some((sequence, hash.to_vec()));
     }
     Verification {
-        checked,
+        checked: links.len() as u64,
         first_bad: None,
-        last_hash: expected.map(|e| e.1).unwrap_or_default(),
+        rival: None,
+        last_hash: last_of(&expected),
+    }
+}
+
+/// Settles a [`Problem::Contested`] verdict with the signed digests: the
+/// event whose hash a valid digest signed for that sequence is genuine, the
+/// other one was inserted. Any other verdict is returned as it is.
+pub fn settle_contest(
+    verification: Verification,
+    links: &[Link],
+    digests: &[super::digest::SignedDigest],
+    trusted: &ed25519_dalek::VerifyingKey,
+) -> Verification {
+    let (Some((sequence, first, Problem::Contested)), Some((second, second_position))) =
+        (&verification.first_bad, &verification.rival)
+    else {
+        return verification;
+    };
+    let hash_of = |id: &str| {
+        links
+            .iter()
+            .find(|l| l.sequence == Some(*sequence) && l.event_id() == id)
+            .and_then(|l| l.hash.clone())
+    };
+    let signed = digests
+        .iter()
+        .filter(|d| d.sequence == *sequence && super::digest::check(d, trusted).is_ok())
+        .map(|d| &d.hash)
+        .next();
+    let Some(signed) = signed else {
+        return verification;
+    };
+    let (inserted, position, last_hash) = if hash_of(first).as_ref() == Some(signed) {
+        (second.clone(), *second_position, signed.clone())
+    } else if hash_of(second).as_ref() == Some(signed) {
+        (
+            first.clone(),
+            verification.checked - 1,
+            verification.last_hash.clone(),
+        )
+    } else {
+        return verification;
+    };
+    Verification {
+        checked: position,
+        first_bad: Some((*sequence, inserted, Problem::Inserted)),
+        rival: None,
+        last_hash,
     }
 }
 
@@ -748,6 +903,137 @@ mod tests {
         assert_eq!(check(&lines), None);
         let links: Vec<Link> = lines.iter().cloned().map(Link::from_export).collect();
         assert_eq!(verify(&links, None).checked, 5);
+    }
+
+    /// An event that claims place `sequence` of `lines` with a link that is
+    /// right in itself: that sequence, the hash of the event before, and its own hash.
+    fn forged(lines: &[Value], sequence: usize, id: &str) -> Value {
+        let previous = match sequence {
+            1 => vec![0; 32],
+            n => hex::decode(lines[n - 2]["chain"]["hash"].as_str().unwrap()).unwrap(),
+        };
+        let mut event = json!({"eventID": id, "eventName": "CreateRepository"});
+        let hash = link(&previous, &event);
+        event["chain"] =
+            json!({"sequence": sequence, "previousHash": hex::encode(&previous), "hash": hex::encode(hash)});
+        event
+    }
+
+    fn check_untrusted(lines: &[Value]) -> Option<(i64, String, Problem)> {
+        let links: Vec<Link> = lines.iter().cloned().map(Link::from_export).collect();
+        verify(&links, None).first_bad
+    }
+
+    #[test]
+    fn a_self_consistent_insertion_is_named_not_the_genuine_event_after_it() {
+        let lines = chain(5);
+        // Before the genuine event whose place it claims, at the start, in the middle, before the last.
+        for sequence in [1, 3, 4] {
+            let mut inserted = lines.clone();
+            inserted.insert(sequence - 1, forged(&lines, sequence, "forged"));
+            let want = Some((sequence as i64, "forged".to_owned(), Problem::Inserted));
+            assert_eq!(check(&inserted), want, "before e{sequence}");
+            assert_eq!(check_untrusted(&inserted), want, "before e{sequence}, no start");
+            let links: Vec<Link> = inserted.iter().cloned().map(Link::from_export).collect();
+            assert_eq!(verify(&links, None).checked, sequence as u64, "its line");
+        }
+        // After the genuine event, and far from it.
+        let mut after = lines.clone();
+        after.insert(3, forged(&lines, 3, "forged"));
+        assert_eq!(check(&after), Some((3, "forged".into(), Problem::Inserted)));
+        let mut far = lines.clone();
+        far.push(forged(&lines, 2, "forged"));
+        assert_eq!(check(&far), Some((2, "forged".into(), Problem::Inserted)));
+        // At the start of an export that does not begin at the chain's start:
+        // the walk trusts the first link, yet the chain goes on from the next one.
+        let mut first = lines.clone();
+        let mut stray = json!({"eventID": "forged", "eventName": "CreateRepository"});
+        let hash = link(&[9; 32], &stray);
+        stray["chain"] =
+            json!({"sequence": 0, "previousHash": hex::encode([9; 32]), "hash": hex::encode(hash)});
+        first.insert(0, stray);
+        assert_eq!(
+            check_untrusted(&first),
+            Some((0, "forged".into(), Problem::Inserted))
+        );
+        // With a sequence of its own between two events that follow each other.
+        let mut numbered = lines.clone();
+        let mut loose = forged(&lines, 3, "forged");
+        loose["chain"]["sequence"] = json!(9);
+        loose["chain"]["previousHash"] = json!(hex::encode([3; 32]));
+        let mut event = loose.clone();
+        event.as_object_mut().unwrap().remove("chain");
+        loose["chain"]["hash"] = json!(hex::encode(link(&[3; 32], &event)));
+        numbered.insert(2, loose);
+        assert_eq!(check(&numbered), Some((9, "forged".into(), Problem::Inserted)));
+    }
+
+    #[test]
+    fn an_insertion_before_the_last_event_is_contested_until_a_digest_settles_it() {
+        let lines = chain(5);
+        let mut inserted = lines.clone();
+        inserted.insert(4, forged(&lines, 5, "forged"));
+        let links: Vec<Link> = inserted.iter().cloned().map(Link::from_export).collect();
+        let verdict = verify(&links, None);
+        assert_eq!(verdict.first_bad, Some((5, "forged".into(), Problem::Contested)));
+        assert_eq!(verdict.rival, Some(("e5".into(), 6)));
+
+        let key = crate::audit::digest::generate();
+        let genuine =
+            crate::audit::digest::sign(&key, 5, links[5].hash.as_ref().unwrap(), chrono::Utc::now());
+        let settled = settle_contest(
+            verdict.clone(),
+            &links,
+            std::slice::from_ref(&genuine),
+            &key.verifying_key(),
+        );
+        assert_eq!(settled.first_bad, Some((5, "forged".into(), Problem::Inserted)));
+        assert_eq!(settled.checked, 5);
+        // The genuine one stands first: the other is named.
+        let mut reversed = lines.clone();
+        reversed.push(forged(&lines, 5, "forged"));
+        let links: Vec<Link> = reversed.iter().cloned().map(Link::from_export).collect();
+        let verdict = verify(&links, None);
+        assert_eq!(verdict.first_bad, Some((5, "e5".into(), Problem::Contested)));
+        let settled = settle_contest(
+            verdict.clone(),
+            &links,
+            std::slice::from_ref(&genuine),
+            &key.verifying_key(),
+        );
+        assert_eq!(settled.first_bad, Some((5, "forged".into(), Problem::Inserted)));
+        assert_eq!(settled.checked, 6);
+        // A digest signed by another key settles nothing.
+        let other = crate::audit::digest::generate();
+        let unsettled = settle_contest(verdict.clone(), &links, &[genuine], &other.verifying_key());
+        assert_eq!(unsettled, verdict);
+    }
+
+    #[test]
+    fn removals_and_reorderings_are_still_told_from_insertions() {
+        let mut first_gone = chain(5);
+        first_gone.remove(0);
+        assert_eq!(check(&first_gone), Some((2, "e2".into(), Problem::Removed)));
+        let mut last_two_swapped = chain(5);
+        last_two_swapped.swap(3, 4);
+        assert_eq!(
+            check(&last_two_swapped),
+            Some((5, "e5".into(), Problem::Reordered))
+        );
+        let mut moved_to_the_end = chain(5);
+        let moved = moved_to_the_end.remove(1);
+        moved_to_the_end.push(moved);
+        assert_eq!(
+            check(&moved_to_the_end),
+            Some((3, "e3".into(), Problem::Reordered))
+        );
+        let mut far_swap = chain(6);
+        far_swap.swap(1, 4);
+        assert_eq!(check(&far_swap), Some((5, "e5".into(), Problem::Reordered)));
+        let mut copied = chain(5);
+        let copy = copied[1].clone();
+        copied.insert(2, copy);
+        assert_eq!(check(&copied), Some((2, "e2".into(), Problem::Reordered)));
     }
 
     #[test]

@@ -133,3 +133,142 @@ pub async fn fail(
     .await?;
     Ok(())
 }
+
+/// Where an operation stands, as recovery sees it under the row's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// An attempt holds a live lease: it may still finish.
+    Running,
+    /// An attempt finished the operation.
+    Succeeded,
+    /// It failed, or its attempt was abandoned (lease over): nobody finished it.
+    Unfinished,
+}
+
+/// Locks the operation for the rest of `tx` and says where it stands; None
+/// when there is no such operation.
+pub async fn lock_standing(
+    tx: &mut Tx,
+    principal: &str,
+    request_id: &str,
+) -> Result<Option<Standing>, StoreError> {
+    let row: Option<(String, bool)> = sqlx::query_as(
+        "SELECT state, lease_until > now() FROM operations WHERE principal = $1 AND request_id = $2 FOR UPDATE",
+    )
+    .bind(principal)
+    .bind(request_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|(state, live)| match state.as_str() {
+        "succeeded" => Standing::Succeeded,
+        "pending" if live => Standing::Running,
+        _ => Standing::Unfinished,
+    }))
+}
+
+/// The attempt that finished an operation, as its audit record has it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Finisher {
+    /// Its audit event.
+    pub event_id: uuid::Uuid,
+    /// Its `responseElements`.
+    pub response_elements: Option<serde_json::Value>,
+    /// Whether another attempt of the operation started between `after`'s and this one.
+    pub attempts_between: bool,
+}
+
+/// The succeeded record of the attempt that finished operation
+/// `(principal, request_id)` of `event_name`, other than `attempt` (a
+/// replay is not an attempt); None when the trail holds none.
+pub async fn finisher(
+    tx: &mut Tx,
+    principal: &str,
+    request_id: &str,
+    event_name: &str,
+    attempt: uuid::Uuid,
+) -> Result<Option<Finisher>, StoreError> {
+    let finisher = sqlx::query_as::<_, Finisher>(
+        "WITH attempts AS ( \
+             SELECT event_id, event_time, status, response_elements FROM audit_events \
+             WHERE principal = $1 AND client_request_id = $2 AND event_name = $3 AND NOT read_only \
+               AND response_elements ->> 'replayed' IS DISTINCT FROM 'true') \
+         SELECT f.event_id, f.response_elements, \
+                EXISTS (SELECT 1 FROM attempts b, attempts a WHERE a.event_id = $4 AND b.event_id <> $4 \
+                          AND b.event_id <> f.event_id AND b.event_time > a.event_time \
+                          AND b.event_time < f.event_time) AS attempts_between \
+         FROM attempts f WHERE f.status = 'succeeded' AND f.event_id <> $4 \
+         ORDER BY f.event_time LIMIT 1",
+    )
+    .bind(principal)
+    .bind(request_id)
+    .bind(event_name)
+    .bind(attempt)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(finisher)
+}
+
+/// Records that recovery found an interrupted attempt's change made and
+/// nobody finished the operation since: it succeeded, and a retry replays `response`.
+pub async fn succeed_recovered(
+    tx: &mut Tx,
+    principal: &str,
+    request_id: &str,
+    response: &[u8],
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE operations SET state = 'succeeded', response = $3, error_code = NULL, error_message = NULL, \
+                updated_at = now() \
+         WHERE principal = $1 AND request_id = $2 AND state <> 'succeeded' \
+           AND NOT (state = 'pending' AND lease_until > now())",
+    )
+    .bind(principal)
+    .bind(request_id)
+    .bind(response)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records that an abandoned attempt was resolved as not made (or not
+/// known): a retry with the same `request_id` runs at once.
+pub async fn fail_abandoned(
+    tx: &mut Tx,
+    principal: &str,
+    request_id: &str,
+    error_code: &str,
+    error_message: &str,
+) -> Result<(), StoreError> {
+    // Only an attempt nobody took over: a retry may have finished it since.
+    sqlx::query(
+        "UPDATE operations SET state = 'failed', error_code = $3, error_message = $4, updated_at = now() \
+         WHERE principal = $1 AND request_id = $2 AND state = 'pending' AND lease_until < now()",
+    )
+    .bind(principal)
+    .bind(request_id)
+    .bind(error_code)
+    .bind(error_message)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Whether the attempt holding `lease_until` on operation `(principal,
+/// request_id)` still holds it and has not ended: true while the operation
+/// is pending under that same lease.
+pub async fn still_running(
+    pool: &sqlx::PgPool,
+    principal: &str,
+    request_id: &str,
+    lease_until: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let running: Option<bool> = sqlx::query_scalar(
+        "SELECT state = 'pending' AND lease_until = $3 FROM operations WHERE principal = $1 AND request_id = $2",
+    )
+    .bind(principal)
+    .bind(request_id)
+    .bind(lease_until)
+    .fetch_optional(pool)
+    .await?;
+    Ok(running.unwrap_or(false))
+}
