@@ -995,3 +995,137 @@ async fn pages_stay_stable_while_new_events_arrive() {
     );
     gateway.stop().await.unwrap();
 }
+
+/// A gRPC codec for messages already encoded (the walk below builds them from the descriptors).
+#[derive(Debug, Clone, Default)]
+struct Encoded;
+
+impl tonic::codec::Codec for Encoded {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Encoded;
+    type Decoder = Encoded;
+
+    fn encoder(&mut self) -> Encoded {
+        Encoded
+    }
+
+    fn decoder(&mut self) -> Encoded {
+        Encoded
+    }
+}
+
+impl tonic::codec::Encoder for Encoded {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Encoded {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf as _;
+        let message = src.copy_to_bytes(src.remaining()).to_vec();
+        Ok(Some(message))
+    }
+}
+
+/// A message holding only string field `number` = `value`, protobuf-encoded.
+fn only_string_field(number: i32, value: &str) -> Vec<u8> {
+    let mut encoded = Vec::new();
+    let varint = |mut n: u64, out: &mut Vec<u8>| {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    };
+    varint(((number as u64) << 3) | 2, &mut encoded);
+    varint(value.len() as u64, &mut encoded);
+    encoded.extend_from_slice(value.as_bytes());
+    encoded
+}
+
+/// Every RPC of the API whose request has a `request_id`, from the
+/// descriptors: `(path, method, request_id's field number)`.
+fn rpcs_taking_a_request_id() -> Vec<(String, String, i32)> {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(ecr_gateway::server::FILE_DESCRIPTOR_SET)
+        .expect("descriptors");
+    let messages: Vec<_> = set.file.iter().flat_map(|f| f.message_type.iter()).collect();
+    let mut rpcs = Vec::new();
+    for file in set.file.iter().filter(|f| f.package() == "ecrgateway.v1") {
+        for service in &file.service {
+            for method in &service.method {
+                let input = method.input_type().rsplit('.').next().expect("input name");
+                let message = messages
+                    .iter()
+                    .find(|m| m.name() == input)
+                    .expect("input message");
+                if let Some(field) = message.field.iter().find(|f| f.name() == "request_id") {
+                    rpcs.push((
+                        format!("/ecrgateway.v1.{}/{}", service.name(), method.name()),
+                        method.name().to_owned(),
+                        field.number(),
+                    ));
+                }
+            }
+        }
+    }
+    rpcs
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_rpc_that_takes_a_request_id_records_it_as_the_events_client_request_id() {
+    let db = TestDb::create().await;
+    let gateway = Gateway::start(config(&db, Moto::shared(), "")).await;
+    let walker = "walker@example.com";
+    let rpcs = rpcs_taking_a_request_id();
+    let names: Vec<&str> = rpcs.iter().map(|(_, name, _)| name.as_str()).collect();
+    for named in [
+        "CreateRepository",
+        "SetLifecyclePolicy",
+        "DeleteLifecyclePolicy",
+        "DeleteImages",
+        "RunCleanup",
+    ] {
+        assert!(names.contains(&named), "{named} takes a request_id: {names:?}");
+    }
+
+    for (path, name, number) in &rpcs {
+        // Only the key: the call is refused (the request lacks what it needs),
+        // and its event must still say which request it was.
+        let request = as_user(
+            only_string_field(*number, &format!("walk-{name}")),
+            walker,
+            "payments",
+        );
+        let mut grpc = tonic::client::Grpc::new(gateway.channel.clone());
+        grpc.ready().await.expect("ready");
+        let path = http::uri::PathAndQuery::try_from(path.as_str()).expect("path");
+        let answer = grpc.unary(request, path, Encoded).await;
+        if let Err(status) = answer {
+            assert_ne!(status.code(), Code::Unimplemented, "{name}: {status:?}");
+        }
+    }
+    let events = settled(&gateway.channel, walker, rpcs.len()).await;
+
+    for (_, name, _) in &rpcs {
+        let event = events
+            .iter()
+            .find(|e| &e.event_name == name)
+            .unwrap_or_else(|| panic!("{name} was audited"));
+        assert_eq!(
+            event.client_request_id,
+            format!("walk-{name}"),
+            "{name}'s event names the caller's request_id"
+        );
+    }
+    gateway.stop().await.expect("clean stop");
+}

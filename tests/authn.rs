@@ -193,6 +193,116 @@ async fn every_bad_token_is_unauthenticated_with_its_reason() {
     gateway.stop().await.expect("clean stop");
 }
 
+/// GetSyncStatus with every `(name, value)` entry appended as metadata, in order.
+async fn call_with_entries(channel: &Channel, entries: &[(&'static str, &str)]) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(sync_status());
+    for (name, value) in entries {
+        request
+            .metadata_mut()
+            .append(*name, value.parse().expect("metadata value"));
+    }
+    ImageServiceClient::new(channel.clone())
+        .get_sync_status(request)
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_authorization_entries_are_unauthenticated_even_when_both_tokens_are_valid() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = SigningKey::es256("ec-1");
+    let file = write(dir.path(), "jwks.json", &jwks(&[&key]).to_string());
+    let auth = oidc_auth(&format!("jwks_file = \"{}\"", file.display()));
+    let gateway = Gateway::start(config_with_auth(&db, Moto::shared(), &auth, "")).await;
+    let alice = format!("Bearer {}", key.mint(&claims("alice@example.com", &["payments"])));
+    let admin = format!(
+        "Bearer {}",
+        key.mint(&claims("root@example.com", &["platform-admins"]))
+    );
+
+    let refused = call_with_entries(
+        &gateway.channel,
+        &[("authorization", &alice), ("authorization", &admin)],
+    )
+    .await
+    .expect_err("two authorization entries");
+    let single = call_with_entries(&gateway.channel, &[("authorization", &alice)]).await;
+
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .starts_with("`authorization` metadata appears 2 times: send it once"),
+        "{}",
+        refused.message()
+    );
+    single.expect("one entry of the same token is accepted");
+    let pool = db.pool().await;
+    assert_eq!(
+        wait_for_audit_rows(
+            &pool,
+            "event_name = 'GetSyncStatus' AND status = 'failed' AND principal = 'anonymous'",
+            1
+        )
+        .await,
+        1,
+        "the refused call is audited as anonymous"
+    );
+    gateway.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repeated_authorization_or_insecure_dev_headers_are_unauthenticated_in_insecure_dev_mode() {
+    let db = TestDb::create().await;
+    let gateway = Gateway::start(common::config(&db, Moto::shared(), "")).await;
+    let principal = ecr_gateway::auth::PRINCIPAL_HEADER;
+    let groups = ecr_gateway::auth::GROUPS_HEADER;
+    let cases: [(&str, Vec<(&'static str, &str)>); 3] = [
+        (
+            principal,
+            vec![(principal, "alice@example.com"), (principal, "root@example.com")],
+        ),
+        (
+            groups,
+            vec![
+                (principal, "alice@example.com"),
+                (groups, "payments"),
+                (groups, "platform-admins"),
+            ],
+        ),
+        (
+            "authorization",
+            vec![
+                (principal, "alice@example.com"),
+                ("authorization", "Bearer a"),
+                ("authorization", "Bearer b"),
+            ],
+        ),
+    ];
+
+    for (header, entries) in cases {
+        let refused = call_with_entries(&gateway.channel, &entries)
+            .await
+            .expect_err("a repeated identity header");
+        assert_eq!(refused.code(), Code::Unauthenticated, "{header}: {refused:?}");
+        assert!(
+            refused
+                .message()
+                .starts_with(&format!("`{header}` metadata appears 2 times")),
+            "{header}: {}",
+            refused.message()
+        );
+    }
+    call_with_entries(
+        &gateway.channel,
+        &[(principal, "alice@example.com"), (groups, "payments")],
+    )
+    .await
+    .expect("each header once is accepted");
+    gateway.stop().await.expect("clean stop");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_jwks_url_is_fetched_and_a_token_with_a_new_kid_makes_the_gateway_refetch() {
     let db = TestDb::create().await;

@@ -288,6 +288,19 @@ async fn while_ecr_is_unreachable_writes_fail_fast_cached_reads_go_on_and_a_prob
         "says why: {}",
         refused.message()
     );
+    for transport_words in [
+        "dispatch failure",
+        "io error",
+        "tcp connect",
+        "Connection refused",
+        "os error",
+    ] {
+        assert!(
+            !refused.message().contains(transport_words),
+            "the transport's error stays in the log: {}",
+            refused.message()
+        );
+    }
     let retry_delay = refused
         .get_details_retry_info()
         .and_then(|info| info.retry_delay)

@@ -14,6 +14,17 @@ use crate::auth::authz::{Authorizer, Resource, Scope};
 use crate::auth::{Caller, MissingIdentity};
 use crate::domain::{AuditOutcome, AuditRecord, AuditResource, AuditStatus, Identity, RegistryRef};
 
+/// The caller's idempotency key (`request_id`) of an RPC's request message,
+/// empty when it has none; recorded, as sent, as the audit record's
+/// `clientRequestID` when the call starts (it is checked later). build.rs
+/// implements it for every RPC's request from the descriptors.
+pub trait ClientRequestId {
+    /// The `request_id` field, or empty.
+    fn client_request_id(&self) -> &str;
+}
+
+include!(concat!(env!("OUT_DIR"), "/client_request_ids.rs"));
+
 /// One call in progress.
 #[derive(Debug)]
 pub struct Call {
@@ -28,8 +39,9 @@ pub struct Call {
 }
 
 impl Call {
-    /// Starts a call: identity, source, user agent and the audit record's skeleton.
-    pub fn start<T>(request: &tonic::Request<T>, event_name: &str, read_only: bool) -> Call {
+    /// Starts a call: identity, source, user agent, the caller's idempotency
+    /// key and the audit record's skeleton.
+    pub fn start<T: ClientRequestId>(request: &tonic::Request<T>, event_name: &str, read_only: bool) -> Call {
         let caller = Caller::from_request(request);
         if let Ok(caller) = &caller {
             // The call's span (telemetry on; a no-op otherwise).
@@ -59,7 +71,9 @@ impl Call {
             user_agent,
             registry: None,
             gateway_request_id: Uuid::new_v4(),
-            client_request_id: None,
+            client_request_id: Some(request.get_ref().client_request_id())
+                .filter(|id| !id.is_empty())
+                .map(|id| storable(id).into_owned()),
             request_parameters: Value::Object(Default::default()),
             resources: Vec::new(),
             authorization: None,
@@ -200,11 +214,6 @@ impl Call {
     /// Records what the caller asked (size-capped).
     pub fn set_parameters(&mut self, parameters: Value) {
         self.record.request_parameters = cap_element(storable_json(parameters));
-    }
-
-    /// Records the caller's idempotency key, as sent (it is checked later).
-    pub fn set_client_request_id(&mut self, request_id: &str) {
-        self.record.client_request_id = (!request_id.is_empty()).then(|| storable(request_id).into_owned());
     }
 
     /// Records the registry the call is about (in the audit record, and as an

@@ -512,8 +512,8 @@ impl From<EcrError> for ApiError {
                 reason: "ECR_CIRCUIT_OPEN",
                 description: format!(
                     "ECR registry `{}` is unavailable, so {operation} was not sent: \
-                     circuit breaker open ({}); retry in {} s. Cached reads (consistency EVENTUAL) still \
-                     answer and carry the time they were synced",
+                     circuit breaker open ({}); retry in {} s. Reads with consistency CONSISTENCY_CACHED \
+                     still answer from the gateway's cache, with the time they were synced",
                     refusal.registry,
                     refusal.reason,
                     refusal.retry_after.as_secs_f64().ceil()
@@ -597,6 +597,11 @@ mod tests {
         );
         assert!(status.message().contains("`main`"), "{}", status.message());
         assert!(status.message().contains("retry in 12 s"), "{}", status.message());
+        assert!(
+            status.message().contains("consistency CONSISTENCY_CACHED"),
+            "{}",
+            status.message()
+        );
         assert!(
             status.message().contains("5 ECR calls in a row failed"),
             "{}",

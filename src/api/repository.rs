@@ -53,7 +53,6 @@ impl RepositoryService for RepositoryApi {
         let mut call = Call::start(&request, "CreateRepository", false);
         let request = request.into_inner();
         call.record.read_only = request.validate_only;
-        call.set_client_request_id(&request.request_id);
         call.set_parameters(json!({
             "registry": request.registry,
             "repositoryName": request.repository,
@@ -103,7 +102,6 @@ impl RepositoryService for RepositoryApi {
         let mut call = Call::start(&request, "UpdateRepository", false);
         let request = request.into_inner();
         call.record.read_only = request.validate_only;
-        call.set_client_request_id(&request.request_id);
         call.set_parameters(json!({
             "registry": request.registry,
             "repositoryName": request.repository,
@@ -122,7 +120,6 @@ impl RepositoryService for RepositoryApi {
         let mut call = Call::start(&request, "DeleteRepository", false);
         let request = request.into_inner();
         call.record.read_only = request.validate_only;
-        call.set_client_request_id(&request.request_id);
         call.set_parameters(json!({
             "registry": request.registry,
             "repositoryName": request.repository,

@@ -128,6 +128,7 @@ impl Authenticator {
         headers: &HeaderMap,
         extensions: &Extensions,
     ) -> Result<Caller, MissingIdentity> {
+        self.refuse_repeated_credentials(headers)?;
         if let Some(oidc) = &self.oidc
             && let Some(authorization) = headers.get(http::header::AUTHORIZATION)
         {
@@ -151,6 +152,31 @@ impl Authenticator {
         Err(MissingIdentity {
             reason: self.no_credentials(),
         })
+    }
+
+    /// Refuses a request that carries a credential header more than once:
+    /// whichever entry the gateway judged, a proxy or a sidecar in front of
+    /// it may read another and disagree about who called. `authorization`
+    /// is checked in every mode; the insecure-dev headers when that mode is on.
+    fn refuse_repeated_credentials(&self, headers: &HeaderMap) -> Result<(), MissingIdentity> {
+        let insecure_dev = self.modes.contains(&AuthMode::InsecureDev);
+        let checked = [
+            (http::header::AUTHORIZATION.as_str(), true),
+            (PRINCIPAL_HEADER, insecure_dev),
+            (GROUPS_HEADER, insecure_dev),
+        ];
+        for (name, _) in checked.iter().filter(|(_, checked)| *checked) {
+            let entries = headers.get_all(*name).iter().count();
+            if entries > 1 {
+                return Err(MissingIdentity {
+                    reason: format!(
+                        "`{name}` metadata appears {entries} times: send it once; with more than one \
+                         entry, proxies in front of the gateway could take the caller to be someone else"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn no_credentials(&self) -> String {
@@ -368,6 +394,48 @@ mod tests {
         assert!(error.reason.contains("client certificate"), "{}", error.reason);
         assert!(error.reason.contains(PRINCIPAL_HEADER), "{}", error.reason);
         assert!(!error.reason.contains("bearer"), "{}", error.reason);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_credential_header_is_refused_in_every_mode() {
+        let mut twice = HeaderMap::new();
+        twice.append(
+            http::header::AUTHORIZATION,
+            "Bearer a.b.c".parse().expect("value"),
+        );
+        twice.append(
+            http::header::AUTHORIZATION,
+            "Bearer d.e.f".parse().expect("value"),
+        );
+        for modes in [
+            &[AuthMode::InsecureDev][..],
+            &[AuthMode::Mtls][..],
+            &[AuthMode::Oidc, AuthMode::Mtls, AuthMode::InsecureDev][..],
+        ] {
+            let error = identify(modes, &twice).await.expect_err("refused");
+            assert!(
+                error.reason.contains("`authorization` metadata appears 2 times"),
+                "{modes:?}: {}",
+                error.reason
+            );
+        }
+        for header in [PRINCIPAL_HEADER, GROUPS_HEADER] {
+            let mut map = headers(&[
+                (PRINCIPAL_HEADER, "alice@example.com"),
+                (GROUPS_HEADER, "payments"),
+            ]);
+            map.append(header, "admins".parse().expect("value"));
+            let error = identify(&[AuthMode::InsecureDev], &map)
+                .await
+                .expect_err("refused");
+            assert!(
+                error
+                    .reason
+                    .contains(&format!("`{header}` metadata appears 2 times")),
+                "{}",
+                error.reason
+            );
+        }
     }
 
     #[test]

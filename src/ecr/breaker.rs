@@ -55,10 +55,34 @@ pub struct BreakerOpen {
 pub enum Outcome {
     /// ECR answered (success, or an answer about the request such as NotFound or throttling).
     Answered,
-    /// ECR could not be reached, timed out or failed on its side; the text says how.
-    Down(String),
+    /// ECR could not be reached, timed out or failed on its side.
+    Down(Failure),
     /// Says nothing about ECR (the call was abandoned before it was sent).
     Unknown,
+}
+
+/// How an ECR operation failed, for the breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// What happened, in words fit for callers (e.g. "no connection to
+    /// ECR"): it becomes part of the breaker's reason, which refused calls
+    /// are told and `/readyz` shows.
+    pub summary: String,
+    /// The error with its whole chain of causes (e.g. "dispatch failure:
+    /// io error: tcp connect error: Connection refused"): logged when the
+    /// breaker opens, never told to callers.
+    pub detail: String,
+}
+
+impl Failure {
+    /// A failure whose summary is all there is to say (e.g. "HTTP 503 from ECR").
+    pub fn plain(summary: impl Into<String>) -> Failure {
+        let summary = summary.into();
+        Failure {
+            detail: summary.clone(),
+            summary,
+        }
+    }
 }
 
 /// What a call was let through as.
@@ -161,6 +185,10 @@ impl Breaker {
             return;
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let detail = match &outcome {
+            Outcome::Down(failure) => failure.detail.clone(),
+            _ => String::new(),
+        };
         let next = match (&mut *state, outcome) {
             // ECR answered: whatever the phase, it is up.
             (_, Outcome::Answered) => Some(State::Closed { failures: 0 }),
@@ -168,13 +196,16 @@ impl Breaker {
                 *failures += 1;
                 (*failures >= self.settings.failure_threshold).then(|| State::Open {
                     until: now + self.open_for(),
-                    reason: format!("{failures} ECR calls in a row failed, the last with: {why}"),
+                    reason: format!(
+                        "{failures} ECR calls in a row failed, the last with: {}",
+                        why.summary
+                    ),
                 })
             }
             (State::HalfOpen { .. }, Outcome::Down(why)) if admission == Admission::Probe => {
                 Some(State::Open {
                     until: now + self.open_for(),
-                    reason: format!("the probe after the cool-down failed too: {why}"),
+                    reason: format!("the probe after the cool-down failed too: {}", why.summary),
                 })
             }
             (State::HalfOpen { probe_started, .. }, Outcome::Unknown) if admission == Admission::Probe => {
@@ -186,7 +217,7 @@ impl Breaker {
             _ => None,
         };
         if let Some(next) = next {
-            self.log_transition(&state, &next);
+            self.log_transition(&state, &next, &detail);
             *state = next;
         }
         self.publish(&state);
@@ -205,16 +236,19 @@ impl Breaker {
         }
     }
 
-    fn log_transition(&self, from: &State, to: &State) {
+    /// Logs a change of phase; `detail` is the last failure's whole error chain.
+    fn log_transition(&self, from: &State, to: &State, detail: &str) {
         match (from, to) {
             (State::Closed { .. }, State::Open { reason, .. }) => tracing::warn!(
                 registry = %self.registry,
                 open_seconds = self.settings.open_seconds,
+                error = detail,
                 "ECR circuit breaker OPEN: {reason}; calls fail fast with UNAVAILABLE, cached reads go on"
             ),
             (State::HalfOpen { .. }, State::Open { reason, .. }) => tracing::warn!(
                 registry = %self.registry,
                 open_seconds = self.settings.open_seconds,
+                error = detail,
                 "ECR circuit breaker OPEN again: {reason}"
             ),
             (State::Open { .. } | State::HalfOpen { .. }, State::Closed { .. }) => {

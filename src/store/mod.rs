@@ -38,7 +38,8 @@ pub type Tx = Transaction<'static, Postgres>;
 /// What went wrong talking to Postgres. Each variant's doc names its gRPC code.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Postgres cannot be reached or did not answer in time. → UNAVAILABLE
+    /// Postgres cannot be reached, refuses the gateway's connections or did
+    /// not answer in time ([`is_unavailable`]). → UNAVAILABLE
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
     /// Anything else: a bug or a broken schema. → INTERNAL
@@ -48,25 +49,50 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        match &error {
-            // `Protocol`: e.g. a connection closed during its handshake, as
-            // when Postgres restarts or a proxy in front of it goes away.
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
-            sqlx::Error::Database(db)
-                if db
-                    .code()
-                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
-            {
-                StoreError::Unavailable(error)
-            }
-            _ => StoreError::Other(error),
+        if is_unavailable(&error) {
+            StoreError::Unavailable(error)
+        } else {
+            StoreError::Other(error)
         }
     }
+}
+
+/// Whether `error` means that Postgres cannot serve the gateway now — an
+/// outage or an operator's doing that retrying later can outlast — rather
+/// than a fault of the statement. The one place that decides it: every
+/// query, transaction and readiness probe gets its answer through
+/// `From<sqlx::Error> for StoreError`.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        // `PoolTimedOut`: no connection within `acquire_timeout_seconds`, also
+        // what sqlx answers after retrying 53300 and 57P03 while it connects.
+        // `Protocol`: e.g. a connection closed during its handshake, as when
+        // Postgres restarts or a proxy in front of it goes away.
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| sqlstate_is_unavailable(&code)),
+        _ => false,
+    }
+}
+
+/// The SQLSTATEs of [`is_unavailable`]. Postgres answers most of them when
+/// the pool opens a connection, so they reach whichever call needed one.
+fn sqlstate_is_unavailable(code: &str) -> bool {
+    // 08: connection exception. 57P: operator intervention (admin or crash
+    // shutdown, 57P03 cannot connect now, database dropped, idle timeout).
+    // 53: insufficient resources (53300 too many connections, disk full, out
+    // of memory). 28: invalid authorization (28000: the role may not log in
+    // or has no pg_hba entry; 28P01: password rejected, as after a rotation).
+    const CLASSES: [&str; 4] = ["08", "57P", "53", "28"];
+    // 3D000: the database does not exist (dropped, renamed). 55000: object
+    // not in prerequisite state, which a connection gets when its database
+    // does not accept connections (`ALTER DATABASE … ALLOW_CONNECTIONS false`).
+    const CODES: [&str; 2] = ["3D000", "55000"];
+    CLASSES.iter().any(|class| code.starts_with(class)) || CODES.contains(&code)
 }
 
 impl StoreError {
@@ -313,4 +339,48 @@ pub fn transaction_span(operation: &'static str) -> tracing::Span {
         db.system = "postgresql",
         db.operation.name = operation,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outages_and_refused_connections_are_unavailable_and_statement_faults_are_not() {
+        let unavailable = [
+            ("08006", "connection failure"),
+            ("08001", "cannot establish connection"),
+            ("57P01", "admin shutdown (pg_terminate_backend)"),
+            ("57P02", "crash shutdown"),
+            ("57P03", "cannot connect now (starting up, recovering)"),
+            ("57P04", "database dropped"),
+            ("53300", "too many connections"),
+            ("53100", "disk full"),
+            ("53200", "out of memory"),
+            ("28000", "role may not log in"),
+            ("28P01", "password authentication failed"),
+            ("3D000", "database does not exist"),
+            ("55000", "database does not accept connections"),
+        ];
+        let statement_faults = [
+            ("42P01", "undefined table"),
+            ("42501", "insufficient privilege"),
+            ("23505", "unique violation"),
+            ("22P02", "invalid text representation"),
+            ("40001", "serialization failure"),
+            ("55P03", "lock not available"),
+            ("3F000", "schema does not exist"),
+            ("XX000", "internal error"),
+        ];
+
+        for (code, what) in unavailable {
+            assert!(sqlstate_is_unavailable(code), "{code} ({what}) is an outage");
+        }
+        for (code, what) in statement_faults {
+            assert!(!sqlstate_is_unavailable(code), "{code} ({what}) is not an outage");
+        }
+        assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
+        assert!(is_unavailable(&sqlx::Error::PoolClosed));
+        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
+    }
 }

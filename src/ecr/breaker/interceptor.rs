@@ -11,7 +11,7 @@ use aws_sdk_ecr::config::interceptors::{
 use aws_sdk_ecr::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_smithy_types::config_bag::{Storable, StoreReplace};
 
-use super::{Admission, Breaker, Outcome};
+use super::{Admission, Breaker, Failure, Outcome};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -76,16 +76,26 @@ fn outcome(context: &FinalizerInterceptorContextRef<'_>) -> Outcome {
     };
     if let Some(status) = context.response().map(|r| r.status().as_u16()) {
         return if status >= 500 {
-            Outcome::Down(format!("HTTP {status} from ECR"))
+            Outcome::Down(Failure::plain(format!("HTTP {status} from ECR")))
         } else {
             Outcome::Answered
         };
     }
-    if error.is_timeout_error() || error.is_connector_error() || error.is_response_error() {
-        Outcome::Down(error_text(error))
+    // The summary names the kind of failure only: the transport's own words
+    // (addresses, OS errors) go to the log with the breaker's transition.
+    let summary = if error.is_timeout_error() {
+        "ECR did not answer in time"
+    } else if error.is_connector_error() {
+        "no connection to ECR"
+    } else if error.is_response_error() {
+        "ECR's response was cut off or unreadable"
     } else {
-        Outcome::Unknown
-    }
+        return Outcome::Unknown;
+    };
+    Outcome::Down(Failure {
+        summary: summary.to_owned(),
+        detail: error_text(error),
+    })
 }
 
 fn error_text(error: &dyn std::error::Error) -> String {

@@ -13,7 +13,10 @@ fn breaker(failure_threshold: u32, open_seconds: u64) -> Breaker {
 }
 
 fn down() -> Outcome {
-    Outcome::Down("connection refused".into())
+    Outcome::Down(Failure {
+        summary: "no connection to ECR".into(),
+        detail: "dispatch failure: io error: tcp connect error: Connection refused (os error 111)".into(),
+    })
 }
 
 fn fail(breaker: &Breaker, times: u32, now: Instant) {
@@ -41,8 +44,13 @@ fn it_opens_after_the_threshold_of_consecutive_failures() {
         refused.reason
     );
     assert!(
-        refused.reason.contains("connection refused"),
+        refused.reason.ends_with("the last with: no connection to ECR"),
         "{}",
+        refused.reason
+    );
+    assert!(
+        !refused.reason.contains("tcp connect error"),
+        "the transport's own words stay in the log: {}",
         refused.reason
     );
     assert_eq!(refused.retry_after, Duration::from_secs(30));
