@@ -106,6 +106,11 @@ pub struct ServerConfig {
     pub tls: Option<ServerTlsConfig>,
     /// `[server.grpc_web]`: gRPC-Web and CORS for browser portals; off by default.
     pub grpc_web: GrpcWebConfig,
+    /// The key that seals page tokens and audit stream cursors: a file
+    /// holding 32 bytes as 64 hex characters, the same on every replica.
+    /// Unset: a random key generated once and kept in Postgres.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_token_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -118,6 +123,7 @@ impl Default for ServerConfig {
             concurrency_limit_per_connection: 256,
             tls: None,
             grpc_web: GrpcWebConfig::default(),
+            page_token_key_file: None,
         }
     }
 }
@@ -449,6 +455,11 @@ impl Config {
         if self.cleanup.lease_seconds == 0 || self.cleanup.poll_interval_seconds == 0 {
             problems
                 .push("cleanup.lease_seconds and cleanup.poll_interval_seconds: must be at least 1".into());
+        }
+        if let Some(path) = &self.server.page_token_key_file
+            && let Err(problem) = crate::api::page_token::PageKey::load(path)
+        {
+            problems.push(format!("server.page_token_key_file: {problem}"));
         }
         if let Some(path) = &self.audit.signing_key_file
             && let Err(problem) = crate::audit::digest::load_signing_key(path)

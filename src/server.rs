@@ -167,6 +167,18 @@ pub async fn run_with_admin(
             "audit.signing_key_file is not set: the audit chain is kept but its digests are not signed"
         );
     }
+    let page_key = config
+        .server
+        .page_token_key_file
+        .as_deref()
+        .map(crate::api::page_token::PageKey::load)
+        .transpose()
+        .map_err(|problem| anyhow::anyhow!("server.page_token_key_file: {problem}"))?;
+    if page_key.is_none() {
+        tracing::info!(
+            "server.page_token_key_file is not set: page tokens are sealed with a key generated once and kept in Postgres"
+        );
+    }
     let (audit, audit_writer) = AuditLog::start(store.clone());
     let state: Shared = Arc::new(AppState {
         policy,
@@ -183,6 +195,16 @@ pub async fn run_with_admin(
         },
         cleanup_wake: Arc::new(tokio::sync::Notify::new()),
         audit_key: signing_key.as_ref().map(|k| k.verifying_key()),
+        page_keys: crate::api::page_token::PageKeys::new(page_key),
+    });
+    // Fetched now (in the background: Postgres may be down at start); else by the first list that needs it.
+    tokio::spawn({
+        let state = state.clone();
+        async move {
+            if let Err(error) = state.page_keys.get(&state.store).await {
+                tracing::warn!(%error, "the page-token key could not be read yet; lists read it when Postgres is back");
+            }
+        }
     });
 
     let reloader = tokio::spawn(reload_on_sighup(authz, stop_rx.clone()));

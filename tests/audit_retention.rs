@@ -77,6 +77,16 @@ async fn wait_for(pool: &sqlx::PgPool, sql: &'static str, at_least: i64) -> i64 
     }
 }
 
+/// The stream cursor the gateway would write for `seq`, sealed with the
+/// deployment's key (kept in Postgres when none is configured).
+async fn cursor(pool: &sqlx::PgPool, seq: i64) -> String {
+    let key: Vec<u8> = sqlx::query_scalar("SELECT key FROM page_token_key")
+        .fetch_one(pool)
+        .await
+        .expect("the page-token key");
+    ecr_gateway::api::page_token::PageKey::from_bytes(&key.try_into().expect("32 bytes")).encode_cursor(seq)
+}
+
 /// The archives in `dir`, oldest first.
 fn archives(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -168,7 +178,7 @@ async fn expired_events_are_archived_then_purged_and_the_chain_still_verifies() 
     // A stream cannot resume inside the purge (it would miss events) ...
     let status = audit(&channel)
         .stream_audit_events(auditor(pb::StreamAuditEventsRequest {
-            cursor: "seq:0".into(),
+            cursor: cursor(&pool, 0).await,
             ..Default::default()
         }))
         .await
@@ -178,7 +188,7 @@ async fn expired_events_are_archived_then_purged_and_the_chain_still_verifies() 
     // ... and resumes from the purge's end with every remaining event, in order.
     let mut stream = audit(&channel)
         .stream_audit_events(auditor(pb::StreamAuditEventsRequest {
-            cursor: format!("seq:{purged}"),
+            cursor: cursor(&pool, purged).await,
             ..Default::default()
         }))
         .await

@@ -16,7 +16,7 @@ use super::error::{ApiError, Precondition, invalid, violations_of};
 use super::page_token::{self, next_token};
 use super::{AppState, Shared};
 use crate::audit::chain::{self, Link};
-use crate::auth::authz::{Resource, Scope};
+use crate::auth::authz::Resource;
 use crate::domain::Violation;
 use crate::pb;
 use crate::pb::audit_service_server::AuditService;
@@ -277,13 +277,14 @@ async fn lookup(
         return Err(invalid(violations));
     };
     let fingerprint = page_token::fingerprint(&filter);
-    let after: Option<LookupPosition> = page_token::decode(&request.page_token, &fingerprint)?;
+    let key = state.page_key().await?;
+    let after: Option<LookupPosition> = key.decode(&request.page_token, &fingerprint)?;
     let scope = call.authorize_list(&state.authz, state.registries.all().map(|r| &r.reference))?;
-    let mut rows = audit_trail::lookup(state.store.pool(), &filter, after, limit + 1).await?;
+    let visibility = super::visibility(&scope, state.registries.all().map(|r| &r.reference));
+    let mut rows = audit_trail::lookup(state.store.pool(), &filter, &visibility, after, limit + 1).await?;
     let next_page_token = next_token(&mut rows, limit, |r| {
-        page_token::encode(&fingerprint, &(r.event_time, r.event_id))
+        key.encode(&fingerprint, &(r.event_time, r.event_id))
     });
-    rows.retain(|row| event_visible(&scope, row));
     let response = pb::LookupAuditEventsResponse {
         events: rows.iter().map(event_message).collect(),
         next_page_token,
@@ -301,53 +302,13 @@ fn authorize_everywhere(state: &AppState, call: &mut Call) -> Result<(), ApiErro
     Ok(())
 }
 
-/// Whether a looked-up event is shown: events about a repository where the
-/// caller may read it, events about no repository where they may read the
-/// whole registry (or, with no registry, every registry).
-fn event_visible(scope: &Scope, row: &audit_trail::AuditRow) -> bool {
-    let Some(alias) = &row.registry_alias else {
-        return scope.unrestricted();
-    };
-    if scope.allows_all(alias) {
-        return true;
-    }
-    let repository = row
-        .resources
-        .get(0)
-        .and_then(|r| r.get("ARN"))
-        .and_then(Value::as_str)
-        .and_then(|arn| arn.split_once(":repository/"))
-        .map(|(_, name)| name);
-    repository.is_some_and(|name| scope.allows(alias, name))
-}
-
-/// A stream cursor: the chain sequence of the last event sent (or scanned past).
-pub fn encode_cursor(seq: i64) -> String {
-    format!("seq:{seq}")
-}
-
-/// The sequence of a cursor [`encode_cursor`] made, exactly as it wrote it
-/// (`seq:07` or `seq:+7` are not cursors it makes).
-pub fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
-    cursor
-        .strip_prefix("seq:")
-        .and_then(|n| n.parse::<i64>().ok())
-        .filter(|n| *n >= 0 && encode_cursor(*n) == cursor)
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "cursor",
-                "audit-stream.cursor",
-                "not a cursor this API issued: pass a StreamAuditEventsResponse.cursor unchanged",
-            )
-        })
-}
-
 async fn start_stream(
     state: &Shared,
     call: &mut Call,
     request: &pb::StreamAuditEventsRequest,
 ) -> Result<(EventStream, i64), ApiError> {
     call.caller()?;
+    let key = state.page_key().await?;
     let mut violations = Vec::new();
     let filter = filter_of(
         state,
@@ -373,7 +334,7 @@ async fn start_stream(
         ));
     }
     let cursor = (!request.cursor.is_empty())
-        .then(|| decode_cursor(&request.cursor))
+        .then(|| key.decode_cursor(&request.cursor))
         .transpose()
         .map_err(|e| violations.extend(violations_of(e)))
         .ok()
@@ -412,14 +373,14 @@ async fn start_stream(
                 reason: "AUDIT_EVENTS_PURGED",
                 violations: vec![Precondition {
                     kind: "AUDIT_EVENTS_PURGED".into(),
-                    subject: encode_cursor(purge.through_seq),
+                    subject: key.encode_cursor(purge.through_seq),
                     description: format!(
                         "events up to sequence {} (chained before {}) were archived and purged by retention, the \
                          newest in {}; stream what remains from cursor `{}`, and read the archives for the rest",
                         purge.through_seq,
                         purge.cutoff.to_rfc3339(),
                         purge.archive,
-                        encode_cursor(purge.through_seq)
+                        key.encode_cursor(purge.through_seq)
                     ),
                 }],
             });
@@ -451,7 +412,7 @@ async fn start_stream(
                     for row in &rows {
                         let item = pb::StreamAuditEventsResponse {
                             event: Some(event_message(row)),
-                            cursor: encode_cursor(row.seq.unwrap_or(after)),
+                            cursor: key.encode_cursor(row.seq.unwrap_or(after)),
                         };
                         if sender.send(Ok(item)).await.is_err() {
                             return;

@@ -142,6 +142,34 @@ impl Call {
         })
     }
 
+    /// The denial of a call on an object addressed by id (`object`, e.g.
+    /// ``cleanup run `…` ``) that the caller may not even read: it names the
+    /// caller, the action and the object as the caller named it, and nothing
+    /// the object is about (its repository, namespace, the deciding policies).
+    pub fn denied_by_id(&self, object: &str) -> ApiError {
+        let (principal_type, principal, groups) = match self.caller() {
+            Ok(caller) => (
+                caller.identity.principal_type.to_lowercase(),
+                caller.identity.principal.clone(),
+                caller.identity.groups.clone(),
+            ),
+            Err(error) => return error,
+        };
+        ApiError::PermissionDenied {
+            reason: "ACCESS_DENIED",
+            description: format!(
+                "{principal_type} `{principal}` (groups: {}) may not call {} on {object}: no authorization policy \
+                 permits it; ask the owners of what it covers or a platform admin for access (docs/security.md)",
+                if groups.is_empty() {
+                    "none".to_owned()
+                } else {
+                    groups.join(", ")
+                },
+                self.record.event_name,
+            ),
+        }
+    }
+
     /// For list and search calls: what the caller may see in `registries`,
     /// recorded as the call's decision. Never a denial: an empty scope lists nothing.
     pub fn authorize_list<'a>(

@@ -462,26 +462,24 @@ async fn list_pins(
     let Some(limit) = limit.filter(|_| violations.is_empty()) else {
         return Err(invalid(violations));
     };
+    let scope = call.authorize_list(&state.authz, registries.iter().map(|r| &r.reference))?;
+    let keys: Vec<(String, String)> = registries
+        .iter()
+        .map(|r| (r.reference.account_id.clone(), r.reference.region.clone()))
+        .collect();
     let filter = PinFilter {
-        registries: registries
-            .iter()
-            .map(|r| (r.reference.account_id.clone(), r.reference.region.clone()))
-            .collect(),
+        visibility: super::visibility(&scope, registries.iter().map(|r| &r.reference)),
         repository: repository.map(|r| r.to_string()),
         holder: (!request.holder.is_empty()).then(|| request.holder.clone()),
         include_expired: request.include_expired,
     };
-    let fingerprint = page_token::fingerprint(&(
-        &filter.registries,
-        &filter.repository,
-        &filter.holder,
-        filter.include_expired,
-    ));
-    let after: Option<PinPosition> = page_token::decode(&request.page_token, &fingerprint)?;
-    let scope = call.authorize_list(&state.authz, registries.iter().map(|r| &r.reference))?;
+    let fingerprint =
+        page_token::fingerprint(&(&keys, &filter.repository, &filter.holder, filter.include_expired));
+    let key = state.page_key().await?;
+    let after: Option<PinPosition> = key.decode(&request.page_token, &fingerprint)?;
     let mut rows = pins::list(state.store.pool(), &filter, after.as_ref(), limit + 1).await?;
     let next_page_token = next_token(&mut rows, limit, |p| {
-        page_token::encode(
+        key.encode(
             &fingerprint,
             &(
                 p.account_id.clone(),
@@ -500,11 +498,7 @@ async fn list_pins(
             .to_owned()
     };
     let response = pb::ListPinsResponse {
-        pins: rows
-            .iter()
-            .filter(|p| scope.allows(&alias_of(p), &p.repository))
-            .map(|p| pin_message(&alias_of(p), p))
-            .collect(),
+        pins: rows.iter().map(|p| pin_message(&alias_of(p), p)).collect(),
         next_page_token,
     };
     let elements = json!({"count": response.pins.len()});
@@ -1132,7 +1126,8 @@ async fn preview_cleanup(
         }
     };
     let fingerprint = page_token::fingerprint(&(&registry.reference.alias, repository.as_str(), &text));
-    let after: Option<PreviewPosition> = page_token::decode(&request.page_token, &fingerprint)?;
+    let key = state.page_key().await?;
+    let after: Option<PreviewPosition> = key.decode(&request.page_token, &fingerprint)?;
     let result = preview(state, &registry.reference, &repository, &policy).await?;
     let count = |action: RuleAction| {
         result
@@ -1148,7 +1143,7 @@ async fn preview_cleanup(
     let start = after.map_or(0, |p| p.0).min(total);
     let end = (start + limit as usize).min(total);
     let next_page_token = if end < total {
-        page_token::encode(&fingerprint, &PreviewPosition(end))
+        key.encode(&fingerprint, &PreviewPosition(end))
     } else {
         String::new()
     };

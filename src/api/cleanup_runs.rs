@@ -15,7 +15,7 @@ use super::error::{ApiError, Precondition, invalid, violations_of};
 use super::mutation::{self, CacheChange, Done, check_request_id};
 use super::page_token::{self, next_token};
 use super::{AppState, Shared, check_prefix, repository_filter};
-use crate::auth::authz::{Resource, Scope};
+use crate::auth::authz::Resource;
 use crate::domain::{RegistryRef, RepositoryName, Violation};
 use crate::pb;
 use crate::policy::lifecycle_model::LifecyclePolicy;
@@ -201,10 +201,11 @@ pub async fn get_cleanup_run(
         .ok_or_else(|| run_not_found(id))?;
     authorize_row(state, call, &run).await?;
     let fingerprint = page_token::fingerprint(&(id, outcome));
-    let after: Option<ItemPosition> = page_token::decode(&request.page_token, &fingerprint)?;
+    let key = state.page_key().await?;
+    let after: Option<ItemPosition> = key.decode(&request.page_token, &fingerprint)?;
     let mut rows = cleanup_runs::items(pool, id, outcome, after.as_ref(), limit + 1).await?;
     let next_page_token = next_token(&mut rows, limit, |i| {
-        page_token::encode(
+        key.encode(
             &fingerprint,
             &(i.repository.clone(), i.pushed_at, i.digest.clone()),
         )
@@ -256,27 +257,23 @@ pub async fn list_cleanup_runs(
     let Some(limit) = limit.filter(|_| violations.is_empty()) else {
         return Err(invalid(violations));
     };
+    let scope = call.authorize_list(&state.authz, registries.iter().map(|r| &r.reference))?;
+    let keys: Vec<(String, String)> = registries
+        .iter()
+        .map(|r| (r.reference.account_id.clone(), r.reference.region.clone()))
+        .collect();
     let filter = RunFilter {
-        registries: registries
-            .iter()
-            .map(|r| (r.reference.account_id.clone(), r.reference.region.clone()))
-            .collect(),
+        visibility: super::visibility(&scope, registries.iter().map(|r| &r.reference)),
         repository: repository.map(|r| r.to_string()),
         state: run_state,
     };
-    let fingerprint = page_token::fingerprint(&(&filter.registries, &filter.repository, request.state));
-    let after: Option<RunPosition> = page_token::decode(&request.page_token, &fingerprint)?;
-    let scope = call.authorize_list(&state.authz, registries.iter().map(|r| &r.reference))?;
+    let fingerprint = page_token::fingerprint(&(&keys, &filter.repository, request.state));
+    let key = state.page_key().await?;
+    let after: Option<RunPosition> = key.decode(&request.page_token, &fingerprint)?;
     let pool = state.store.pool();
     let mut rows = cleanup_runs::list(pool, &filter, after, limit + 1).await?;
     let next_page_token = next_token(&mut rows, limit, |r| {
-        page_token::encode(&fingerprint, &(r.created_at, r.id))
-    });
-    rows.retain(|r| {
-        state
-            .registries
-            .alias_of(&r.account_id, &r.region)
-            .is_some_and(|alias| run_visible(&scope, alias, &r.repository, &r.repository_prefix))
+        key.encode(&fingerprint, &(r.created_at, r.id))
     });
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let counts = cleanup_runs::counts(pool, &ids).await?;
@@ -362,12 +359,14 @@ async fn authorize_run(
 }
 
 /// Authorizes a call on a recorded run (a run of a registry no longer configured is refused).
+/// To a caller who may not even read the run, the denial names the run by
+/// its id only (the usual one names the repository the run covers).
 async fn authorize_row(state: &AppState, call: &mut Call, run: &RunRow) -> Result<(), ApiError> {
     let Some(registry) = state.registries.at(&run.account_id, &run.region) else {
         return Err(run_not_found(run.id));
     };
     call.set_registry(&registry.reference);
-    authorize_run(
+    match authorize_run(
         state,
         call,
         &registry.reference,
@@ -375,17 +374,26 @@ async fn authorize_row(state: &AppState, call: &mut Call, run: &RunRow) -> Resul
         &run.repository_prefix,
     )
     .await
+    {
+        Err(ApiError::PermissionDenied { .. }) if !readable(state, call, &registry.reference, run)? => {
+            Err(call.denied_by_id(&format!("cleanup run `{}`", run.id)))
+        }
+        other => other,
+    }
 }
 
-/// Whether a listed run is shown to a caller with `scope`.
-fn run_visible(scope: &Scope, alias: &str, repository: &str, prefix: &str) -> bool {
-    if !repository.is_empty() {
-        scope.allows(alias, repository)
-    } else if prefix.contains('/') {
-        scope.allows(alias, prefix)
+/// Whether the caller may see `run` where ListCleanupRuns lists runs.
+fn readable(state: &AppState, call: &Call, registry: &RegistryRef, run: &RunRow) -> Result<bool, ApiError> {
+    let identity = &call.caller()?.identity;
+    let scope = state.authz.scope(identity, "ListCleanupRuns", [registry]);
+    let alias = registry.alias.as_str();
+    Ok(if !run.repository.is_empty() {
+        scope.allows(alias, &run.repository)
+    } else if run.repository_prefix.contains('/') {
+        scope.allows(alias, &run.repository_prefix)
     } else {
         scope.allows_all(alias)
-    }
+    })
 }
 
 /// The run RunCleanup just recorded.

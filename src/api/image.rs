@@ -638,8 +638,9 @@ async fn list_images(
     state
         .authorize_repository(call, &registry.reference, repository.as_str())
         .await?;
+    let key = state.page_key().await?;
     let fingerprint = page_token::fingerprint(&(&registry.reference.alias, repository.as_str(), &filter));
-    let after: Option<ListPosition> = page_token::decode(&request.page_token, &fingerprint)?;
+    let after: Option<ListPosition> = key.decode(&request.page_token, &fingerprint)?;
     let pool = state.store.pool();
     let list = || {
         image_reads::list(
@@ -656,7 +657,7 @@ async fn list_images(
         rows = list().await?;
     }
     let next_page_token = next_token(&mut rows, limit, |last| {
-        page_token::encode(
+        key.encode(
             &fingerprint,
             &ListPosition {
                 pushed_at: Some(last.pushed_at),
@@ -858,15 +859,14 @@ async fn search_images(
         return Err(invalid(violations));
     }
     let scope = call.authorize_list(&state.authz, registries.iter().map(|r| &r.reference))?;
+    let key = state.page_key().await?;
     let fingerprint = page_token::fingerprint(&(&request.registry, &query));
-    let after: Option<image_reads::SearchPosition> = page_token::decode(&request.page_token, &fingerprint)?;
-    let keys: Vec<(String, String)> = registries
-        .iter()
-        .map(|r| (r.reference.account_id.clone(), r.reference.region.clone()))
-        .collect();
-    let mut rows = image_reads::search(state.store.pool(), &keys, &query, after.as_ref(), limit + 1).await?;
+    let after: Option<image_reads::SearchPosition> = key.decode(&request.page_token, &fingerprint)?;
+    let visibility = super::visibility(&scope, registries.iter().map(|r| &r.reference));
+    let mut rows =
+        image_reads::search(state.store.pool(), &visibility, &query, after.as_ref(), limit + 1).await?;
     let next_page_token = next_token(&mut rows, limit, |last| {
-        page_token::encode(
+        key.encode(
             &fingerprint,
             &(&last.account_id, &last.region, &last.repository, &last.digest),
         )
@@ -877,9 +877,6 @@ async fn search_images(
             let registry = registries
                 .iter()
                 .find(|r| r.reference.account_id == row.account_id && r.reference.region == row.region)?;
-            if !scope.allows(&registry.reference.alias, &row.repository) {
-                return None;
-            }
             Some(image_message(
                 &registry.reference,
                 row,
@@ -1061,9 +1058,26 @@ async fn get_sync_status(
         }
         None => call.authorize(&state.authz, &Resource::Registry(registry.reference.clone()))?,
     }
+    // Per-repository detail only of the repositories the caller may read (as
+    // ListRepositories would show them): everyone may see a registry's status.
+    let identity = call.caller()?.identity.clone();
+    let readable = match &repository {
+        Some(_) => None,
+        None => match state
+            .authz
+            .scope(&identity, "ListRepositories", [&registry.reference])
+            .access(&registry.reference.alias)
+        {
+            Some(crate::auth::authz::Access::All) => None,
+            Some(crate::auth::authz::Access::Namespaces(set)) => {
+                Some(set.iter().cloned().collect::<Vec<_>>())
+            }
+            None => Some(Vec::new()),
+        },
+    };
     let pool = state.store.pool();
     let name = repository.as_ref().map(|r| r.as_str());
-    let runs = sync::recent_runs(pool, &registry.reference, name, limit).await?;
+    let runs = sync::recent_visible_runs(pool, &registry.reference, name, readable.as_deref(), limit).await?;
     let last = match name {
         Some(name) => sync::last_synced_at(pool, &registry.reference, name).await?,
         None => None,

@@ -74,12 +74,44 @@ pub struct AppState {
     pub cleanup_wake: Arc<tokio::sync::Notify>,
     /// The public key of the audit chain's signed digests, when one is configured.
     pub audit_key: Option<ed25519_dalek::VerifyingKey>,
+    /// The key that seals page tokens and stream cursors.
+    pub page_keys: page_token::PageKeys,
 }
 
 /// Shared handle to the state.
 pub type Shared = Arc<AppState>;
 
+/// The store's form of what `scope` lets the caller read in `registries`
+/// (a registry the scope does not mention shows nothing).
+pub fn visibility<'a>(
+    scope: &crate::auth::authz::Scope,
+    registries: impl IntoIterator<Item = &'a crate::domain::RegistryRef>,
+) -> crate::store::Visibility {
+    use crate::auth::authz::Access;
+    crate::store::Visibility {
+        registries: registries
+            .into_iter()
+            .map(|r| crate::store::VisibleRegistry {
+                alias: r.alias.clone(),
+                account_id: r.account_id.clone(),
+                region: r.region.clone(),
+                namespaces: match scope.access(&r.alias) {
+                    Some(Access::All) => None,
+                    Some(Access::Namespaces(set)) => Some(set.iter().cloned().collect()),
+                    None => Some(Vec::new()),
+                },
+            })
+            .collect(),
+    }
+}
+
 impl AppState {
+    /// The key that seals page tokens and stream cursors (read from Postgres
+    /// on first use when none is configured).
+    pub async fn page_key(&self) -> Result<Arc<page_token::PageKey>, error::ApiError> {
+        Ok(self.page_keys.get(&self.store).await?)
+    }
+
     /// Authorizes `call` on one repository, with its tags as the inventory knows them.
     pub async fn authorize_repository(
         &self,

@@ -352,13 +352,11 @@ async fn list(
     }
     let limit = limit?;
     let scope = call.authorize_list(&state.authz, registries.iter().map(|r| &r.reference))?;
+    let key = state.page_key().await?;
     let fingerprint = page_token::fingerprint(&(&request.registry, &request.prefix, &tags));
-    let after: Option<(String, String, String)> = page_token::decode(&request.page_token, &fingerprint)?;
+    let after: Option<(String, String, String)> = key.decode(&request.page_token, &fingerprint)?;
     let filter = RepositoryFilter {
-        registries: registries
-            .iter()
-            .map(|r| (r.reference.account_id.clone(), r.reference.region.clone()))
-            .collect(),
+        visibility: super::visibility(&scope, registries.iter().map(|r| &r.reference)),
         prefix: request.prefix.clone(),
         tags,
         after: after.map(|(account_id, region, name)| RepositoryKey {
@@ -373,7 +371,7 @@ async fn list(
         rows.truncate(limit as usize);
         rows.last()
             .map(|last| {
-                page_token::encode(
+                key.encode(
                     &fingerprint,
                     &(&last.account_id, &last.region, last.state.name.as_str()),
                 )
@@ -388,9 +386,6 @@ async fn list(
             let registry = registries
                 .iter()
                 .find(|r| r.reference.account_id == row.account_id && r.reference.region == row.region)?;
-            if !scope.allows(&registry.reference.alias, row.state.name.as_str()) {
-                return None;
-            }
             Some(convert::repository(
                 &registry.reference,
                 &row.state,

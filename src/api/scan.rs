@@ -17,7 +17,7 @@ use super::image::{decode_reference, image_selector, resolved_tag_is_immutable, 
 use super::mutation::{self, CacheChange, Done, check_request_id};
 use super::page_token::{self, next_token};
 use super::{AppState, Shared, repository_filter};
-use crate::auth::authz::{Resource, Scope};
+use crate::auth::authz::Resource;
 use crate::domain::{Digest, ImageSelector, RegistryRef, RepositoryName, Violation, pinned_uri};
 use crate::ecr::{CallLog, Registry, ScanReport, ScanStart, ScanningSettings};
 use crate::pb;
@@ -411,7 +411,8 @@ async fn get_scan_findings(
         digest.as_str(),
         request.minimum_severity,
     ));
-    let after: Option<FindingPosition> = page_token::decode(&request.page_token, &fingerprint)?;
+    let key = state.page_key().await?;
+    let after: Option<FindingPosition> = key.decode(&request.page_token, &fingerprint)?;
     let pool = state.store.pool();
     let cached = if request.refresh {
         None
@@ -434,7 +435,7 @@ async fn get_scan_findings(
     )
     .await?;
     let next_page_token = next_token(&mut findings, limit, |f| {
-        page_token::encode(&fingerprint, &FindingPosition(scans::rank(f.severity), f.ordinal))
+        key.encode(&fingerprint, &FindingPosition(scans::rank(f.severity), f.ordinal))
     });
     let covering = scans::covering(pool, &registry.reference, repository.as_str(), digest.as_str()).await?;
     let now = Utc::now();
@@ -1089,11 +1090,13 @@ async fn list_exceptions(
     let Some(limit) = limit.filter(|_| violations.is_empty()) else {
         return Err(invalid(violations));
     };
+    let scope = call.authorize_list(&state.authz, state.registries.all().map(|r| &r.reference))?;
     let filter = ExceptionFilter {
         cve_id,
         registry: registry.map(|r| (r.reference.account_id.clone(), r.reference.region.clone())),
         repository: repository.map(|r| r.to_string()),
         include_inactive: request.include_inactive,
+        visibility: super::visibility(&scope, state.registries.all().map(|r| &r.reference)),
     };
     let fingerprint = page_token::fingerprint(&(
         &filter.cve_id,
@@ -1101,7 +1104,8 @@ async fn list_exceptions(
         &filter.repository,
         filter.include_inactive,
     ));
-    let after: Option<ExceptionPosition> = page_token::decode(&request.page_token, &fingerprint)?;
+    let key = state.page_key().await?;
+    let after: Option<ExceptionPosition> = key.decode(&request.page_token, &fingerprint)?;
     let now = Utc::now();
     let mut rows = scans::list_exceptions(
         state.store.pool(),
@@ -1112,15 +1116,10 @@ async fn list_exceptions(
     )
     .await?;
     let next_page_token = next_token(&mut rows, limit, |r| {
-        page_token::encode(&fingerprint, &ExceptionPosition(r.created_at, r.id))
+        key.encode(&fingerprint, &ExceptionPosition(r.created_at, r.id))
     });
-    let scope = call.authorize_list(&state.authz, state.registries.all().map(|r| &r.reference))?;
     let response = pb::ListVulnerabilityExceptionsResponse {
-        exceptions: rows
-            .iter()
-            .filter(|r| exception_visible(state, &scope, r))
-            .map(|r| exception_message(state, r, now))
-            .collect(),
+        exceptions: rows.iter().map(|r| exception_message(state, r, now)).collect(),
         next_page_token,
     };
     let elements = json!({"count": response.exceptions.len()});
@@ -1164,14 +1163,22 @@ async fn revoke_exception(
             .map(|r| r.reference.clone()),
         _ => None,
     };
-    authorize_exception(
+    match authorize_exception(
         state,
         call,
         registry.as_ref(),
         existing.namespace.as_deref(),
         existing.repository.as_deref(),
     )
-    .await?;
+    .await
+    {
+        // To a caller who may not even list it, the denial names it by its id
+        // only (the usual one names its repository or namespace).
+        Err(ApiError::PermissionDenied { .. }) if !exception_readable(state, call, &existing)? => {
+            return Err(call.denied_by_id(&format!("vulnerability exception `{id}`")));
+        }
+        other => other?,
+    }
     let now = Utc::now();
     let mut revoked = existing.clone();
     let change = if existing.revoked_at.is_some() {
@@ -1253,11 +1260,13 @@ async fn list_vulnerable_images(
         .map(|r| (r.reference.account_id.clone(), r.reference.region.clone()))
         .collect();
     let fingerprint = page_token::fingerprint(&(format!("{query:?}"), &keys));
-    let after: Option<VulnerablePosition> = page_token::decode(&request.page_token, &fingerprint)?;
+    let key = state.page_key().await?;
+    let after: Option<VulnerablePosition> = key.decode(&request.page_token, &fingerprint)?;
+    let visibility = super::visibility(&scope, registries.iter().map(|r| &r.reference));
     let mut rows =
-        scans::vulnerable_images(state.store.pool(), &keys, &query, after.as_ref(), limit + 1).await?;
+        scans::vulnerable_images(state.store.pool(), &visibility, &query, after.as_ref(), limit + 1).await?;
     let next_page_token = next_token(&mut rows, limit, |r| {
-        page_token::encode(
+        key.encode(
             &fingerprint,
             &(
                 r.account_id.clone(),
@@ -1270,12 +1279,6 @@ async fn list_vulnerable_images(
     let response = pb::ListVulnerableImagesResponse {
         images: rows
             .into_iter()
-            .filter(|r| {
-                state
-                    .registries
-                    .alias_of(&r.account_id, &r.region)
-                    .is_some_and(|alias| scope.allows(alias, &r.repository))
-            })
             .map(|r| pb::VulnerableImage {
                 registry: state
                     .registries
@@ -1332,18 +1335,24 @@ async fn authorize_exception(
     }
 }
 
-/// Whether a listed exception is shown: org-wide ones to everyone (they
-/// apply to everyone), the others where the caller may read their scope.
-fn exception_visible(state: &AppState, scope: &Scope, row: &ExceptionRow) -> bool {
+/// Whether the caller may see `row` where ListVulnerabilityExceptions lists
+/// it: org-wide exceptions everyone (they apply to everyone), the others
+/// where the caller may read their repository, namespace or registry.
+fn exception_readable(state: &AppState, call: &Call, row: &ExceptionRow) -> Result<bool, ApiError> {
     let (Some(account), Some(region)) = (&row.account_id, &row.region) else {
-        return true;
+        return Ok(true);
     };
-    let Some(alias) = state.registries.alias_of(account, region) else {
-        return false;
+    let Some(registry) = state.registries.at(account, region) else {
+        return Ok(false);
     };
-    match (&row.repository, &row.namespace) {
+    let identity = &call.caller()?.identity;
+    let scope = state
+        .authz
+        .scope(identity, "ListVulnerabilityExceptions", [&registry.reference]);
+    let alias = registry.reference.alias.as_str();
+    Ok(match (&row.repository, &row.namespace) {
         (Some(repository), _) => scope.allows(alias, repository),
         (None, Some(namespace)) => scope.allows(alias, &format!("{namespace}/")),
         (None, None) => scope.allows_all(alias),
-    }
+    })
 }

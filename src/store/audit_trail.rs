@@ -161,6 +161,7 @@ fn escape_like(prefix: &str) -> String {
 pub async fn lookup(
     pool: &PgPool,
     filter: &AuditFilter,
+    visibility: &super::Visibility,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<AuditRow>, StoreError> {
@@ -171,6 +172,15 @@ pub async fn lookup(
           WHERE e.status <> 'pending'"
     ));
     filter.push(&mut query);
+    // An event about a repository is shown where the caller may read it; one
+    // about no repository where they may read its whole registry (or, with
+    // no registry, every registry).
+    visibility.push_alias_condition(
+        &mut query,
+        "e.registry_alias",
+        "CASE WHEN strpos(e.resource_arn, ':repository/') > 0 \
+              THEN split_part(split_part(e.resource_arn, ':repository/', 2), '/', 1) END",
+    );
     if let Some((at, id)) = after {
         query
             .push(" AND (e.event_time, e.event_id) < (")

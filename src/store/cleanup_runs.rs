@@ -156,8 +156,8 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<RunRow>, StoreError> 
 /// What ListCleanupRuns filters on.
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
-    /// Only these registries (account, region).
-    pub registries: Vec<(String, String)>,
+    /// Only these registries, and in them the runs the caller may read.
+    pub visibility: super::Visibility,
     /// Only runs over this repository or a prefix of it.
     pub repository: Option<String>,
     /// Only runs in this state.
@@ -176,15 +176,16 @@ pub async fn list(
         run_columns!(),
         " FROM cleanup_runs WHERE true"
     ));
-    if !filter.registries.is_empty() {
-        let (accounts, regions): (Vec<String>, Vec<String>) = filter.registries.iter().cloned().unzip();
-        query
-            .push(" AND (account_id, region) IN (SELECT * FROM UNNEST(")
-            .push_bind(accounts)
-            .push("::text[], ")
-            .push_bind(regions)
-            .push("::text[]))");
-    }
+    // A run's namespace: its repository's, or its prefix's when the prefix
+    // stays inside one; a shorter prefix could span namespaces (NULL: only a
+    // caller who may read the whole registry sees it).
+    filter.visibility.push_condition(
+        &mut query,
+        "account_id",
+        "region",
+        "CASE WHEN repository <> '' THEN split_part(repository, '/', 1) \
+              WHEN strpos(repository_prefix, '/') > 0 THEN split_part(repository_prefix, '/', 1) END",
+    );
     if let Some(repository) = &filter.repository {
         query
             .push(" AND (repository = ")

@@ -286,15 +286,14 @@ pub enum SearchQuery {
 /// Keyset position of SearchImages: (account, region, repository, digest).
 pub type SearchPosition = (String, String, String, String);
 
-/// A page of images across `registries` matching `search`.
+/// A page of images matching `search`, of the repositories `visibility` lets the caller read.
 pub async fn search(
     pool: &PgPool,
-    registries: &[(String, String)],
+    visibility: &super::Visibility,
     search: &SearchQuery,
     after: Option<&SearchPosition>,
     limit: i64,
 ) -> Result<Vec<ImageRow>, StoreError> {
-    let (accounts, regions): (Vec<String>, Vec<String>) = registries.iter().cloned().unzip();
     let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM images i WHERE "));
     match search {
         SearchQuery::Digest(digest) => {
@@ -309,12 +308,12 @@ pub async fn search(
             query.push("i.repository LIKE ").push_bind(pattern.clone());
         }
     }
-    query.push(" AND (i.account_id, i.region) IN (SELECT * FROM UNNEST(");
-    query
-        .push_bind(accounts)
-        .push("::text[], ")
-        .push_bind(regions)
-        .push("::text[]))");
+    visibility.push_condition(
+        &mut query,
+        "i.account_id",
+        "i.region",
+        &super::visibility::namespace_of("i.repository"),
+    );
     if let Some((account, region, repository, digest)) = after {
         query.push(" AND (i.account_id, i.region, i.repository, i.digest) > (");
         query

@@ -12,7 +12,9 @@ pub mod operations;
 pub mod pins;
 pub mod repositories;
 pub mod scans;
+pub mod secrets;
 pub mod sync;
+pub mod visibility;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 pub use audit_events::insert_final_batch;
 pub use operations::{Claim, StoredOperation};
 pub use repositories::{CachedRepository, RepositoryFilter, RepositoryKey};
+pub use visibility::{Visibility, VisibleRegistry};
 
 use crate::config::DatabaseConfig;
 use crate::domain::RegistryRef;

@@ -105,8 +105,8 @@ pub async fn active(
 /// What ListPins filters on.
 #[derive(Debug, Clone, Default)]
 pub struct PinFilter {
-    /// Only these registries (account, region).
-    pub registries: Vec<(String, String)>,
+    /// Only these registries, and in them what the caller may read.
+    pub visibility: super::Visibility,
     /// Only this repository.
     pub repository: Option<String>,
     /// Only this holder.
@@ -122,16 +122,16 @@ pub async fn list(
     after: Option<&(String, String, String, String, String)>,
     limit: i64,
 ) -> Result<Vec<PinRow>, StoreError> {
-    let (accounts, regions): (Vec<String>, Vec<String>) = filter.registries.iter().cloned().unzip();
     let mut query = QueryBuilder::new(
         "SELECT account_id, region, repository, digest, holder, reason, created_by, created_at, expires_at, tags \
-         FROM pins WHERE (account_id, region) IN (SELECT * FROM UNNEST(",
+         FROM pins WHERE true",
     );
-    query
-        .push_bind(accounts)
-        .push("::text[], ")
-        .push_bind(regions)
-        .push("::text[]))");
+    filter.visibility.push_condition(
+        &mut query,
+        "account_id",
+        "region",
+        &super::visibility::namespace_of("repository"),
+    );
     if let Some(repository) = &filter.repository {
         query.push(" AND repository = ").push_bind(repository.clone());
     }

@@ -35,8 +35,8 @@ pub struct CachedRepository {
 /// Filters of a repository listing.
 #[derive(Debug, Clone, Default)]
 pub struct RepositoryFilter {
-    /// (account id, region) of the registries to list.
-    pub registries: Vec<(String, String)>,
+    /// The registries to list and what the caller may read in each.
+    pub visibility: super::Visibility,
     /// Name prefix; empty for all.
     pub prefix: String,
     /// Tags every repository must carry.
@@ -265,41 +265,46 @@ pub async fn get(
     Ok(row.and_then(RepositoryRow::into_cached))
 }
 
-/// A page of cached repositories in (account, region, name) order.
+/// A page of cached repositories in (account, region, name) order, of
+/// those the filter's visibility lets the caller read.
 pub async fn list(
     pool: &sqlx::PgPool,
     filter: &RepositoryFilter,
 ) -> Result<Vec<CachedRepository>, StoreError> {
-    let (accounts, regions): (Vec<String>, Vec<String>) = filter.registries.iter().cloned().unzip();
     let pattern = format!("{}%", escape_like(&filter.prefix));
     let after = filter.after.clone().unwrap_or(RepositoryKey {
         account_id: String::new(),
         region: String::new(),
         name: String::new(),
     });
-    let rows = sqlx::query_as!(
-        RepositoryRow,
-        r#"SELECT r.account_id, r.region, r.name, r.arn, r.uri, r.created_at, r.tag_mutability,
-                  r.exclusion_filters, r.scan_on_push, r.encryption_type, r.kms_key, r.tags,
-                  r.lifecycle_policy, r.repository_policy, r.synced_at
-           FROM repositories r
-           WHERE (r.account_id, r.region) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
-             AND r.name LIKE $3
-             AND r.tags @> $4::jsonb
-             AND (r.account_id, r.region, r.name) > ($5, $6, $7)
-           ORDER BY r.account_id, r.region, r.name
-           LIMIT $8"#,
-        &accounts,
-        &regions,
-        pattern,
-        tags_json(&filter.tags),
-        after.account_id,
-        after.region,
-        after.name,
-        filter.limit,
-    )
-    .fetch_all(pool)
-    .await?;
+    let mut query = sqlx::QueryBuilder::new(
+        "SELECT r.account_id, r.region, r.name, r.arn, r.uri, r.created_at, r.tag_mutability,
+                r.exclusion_filters, r.scan_on_push, r.encryption_type, r.kms_key, r.tags,
+                r.lifecycle_policy, r.repository_policy, r.synced_at
+         FROM repositories r
+         WHERE r.name LIKE ",
+    );
+    query.push_bind(pattern);
+    query
+        .push(" AND r.tags @> ")
+        .push_bind(tags_json(&filter.tags))
+        .push("::jsonb");
+    filter.visibility.push_condition(
+        &mut query,
+        "r.account_id",
+        "r.region",
+        &super::visibility::namespace_of("r.name"),
+    );
+    query
+        .push(" AND (r.account_id, r.region, r.name) > (")
+        .push_bind(after.account_id)
+        .push(", ")
+        .push_bind(after.region)
+        .push(", ")
+        .push_bind(after.name)
+        .push(") ORDER BY r.account_id, r.region, r.name LIMIT ")
+        .push_bind(filter.limit);
+    let rows = query.build_query_as::<RepositoryRow>().fetch_all(pool).await?;
     Ok(rows.into_iter().filter_map(RepositoryRow::into_cached).collect())
 }
 
@@ -315,6 +320,7 @@ fn escape_like(text: &str) -> String {
     escaped
 }
 
+#[derive(sqlx::FromRow)]
 struct RepositoryRow {
     account_id: String,
     region: String,

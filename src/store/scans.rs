@@ -391,6 +391,9 @@ pub struct ExceptionFilter {
     pub repository: Option<String>,
     /// Include expired and revoked ones.
     pub include_inactive: bool,
+    /// What the caller may read: org-wide exceptions (they apply to
+    /// everyone) and those whose repository or namespace it may read.
+    pub visibility: super::Visibility,
 }
 
 /// A page of exceptions, newest first; `after` is the last (created_at, id).
@@ -415,6 +418,16 @@ pub async fn list_exceptions(
     if let Some(repository) = &filter.repository {
         query.push(" AND repository = ").push_bind(repository.clone());
     }
+    // A registry-wide exception (no repository, no namespace) only for a
+    // caller who may read the whole registry.
+    query.push(" AND (account_id IS NULL OR (true");
+    filter.visibility.push_condition(
+        &mut query,
+        "account_id",
+        "region",
+        "COALESCE(split_part(repository, '/', 1), namespace)",
+    );
+    query.push("))");
     if !filter.include_inactive {
         query
             .push(" AND revoked_at IS NULL AND expires_at > ")
@@ -500,16 +513,15 @@ pub enum VulnerableQuery {
     Severities(Vec<i16>),
 }
 
-/// A page of affected images across `registries`, ordered by key; `after`
+/// A page of affected images that `visibility` lets the caller read, ordered by key; `after`
 /// is the last (account, region, repository, digest).
 pub async fn vulnerable_images(
     pool: &PgPool,
-    registries: &[(String, String)],
+    visibility: &super::Visibility,
     query_for: &VulnerableQuery,
     after: Option<&(String, String, String, String)>,
     limit: i64,
 ) -> Result<Vec<VulnerableRow>, StoreError> {
-    let (accounts, regions): (Vec<String>, Vec<String>) = registries.iter().cloned().unzip();
     let mut query = QueryBuilder::new(
         "SELECT s.account_id, s.region, s.repository, s.digest, i.tags, i.pushed_at, s.critical, s.high, s.medium, \
          s.low, s.informational, s.undefined, ARRAY(SELECT f.name || ' (' || (ARRAY['INFORMATIONAL','LOW','MEDIUM',\
@@ -554,12 +566,12 @@ pub async fn vulnerable_images(
             query.push(format!("({})", columns.join(" OR ")));
         }
     }
-    query.push(" AND (s.account_id, s.region) IN (SELECT * FROM UNNEST(");
-    query
-        .push_bind(accounts)
-        .push("::text[], ")
-        .push_bind(regions)
-        .push("::text[]))");
+    visibility.push_condition(
+        &mut query,
+        "s.account_id",
+        "s.region",
+        &super::visibility::namespace_of("s.repository"),
+    );
     if let Some((account, region, repository, digest)) = after {
         query.push(" AND (s.account_id, s.region, s.repository, s.digest) > (");
         query

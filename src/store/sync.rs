@@ -172,17 +172,31 @@ pub async fn recent_runs(
     repository: Option<&str>,
     limit: i64,
 ) -> Result<Vec<SyncRun>, StoreError> {
-    let rows = sqlx::query!(
+    recent_visible_runs(pool, registry, repository, None, limit).await
+}
+
+/// The most recent runs of a registry (optionally one repository), newest
+/// first, of the repositories in `namespaces` only (None: of every one).
+pub async fn recent_visible_runs(
+    pool: &sqlx::PgPool,
+    registry: &RegistryRef,
+    repository: Option<&str>,
+    namespaces: Option<&[String]>,
+    limit: i64,
+) -> Result<Vec<SyncRun>, StoreError> {
+    let rows = sqlx::query_as::<_, SyncRunRow>(
         r#"SELECT run_id, repository, trigger, holder, started_at, finished_at, status, pages, images_seen,
                   images_added, images_changed, images_removed, ecr_calls, error
            FROM sync_runs
            WHERE account_id = $1 AND region = $2 AND ($3::text IS NULL OR repository = $3)
-           ORDER BY started_at DESC LIMIT $4"#,
-        registry.account_id,
-        registry.region,
-        repository,
-        limit,
+             AND ($4::text[] IS NULL OR repository IS NULL OR split_part(repository, '/', 1) = ANY($4))
+           ORDER BY started_at DESC LIMIT $5"#,
     )
+    .bind(&registry.account_id)
+    .bind(&registry.region)
+    .bind(repository)
+    .bind(namespaces)
+    .bind(limit)
     .fetch_all(pool)
     .await?;
     Ok(rows
@@ -206,4 +220,22 @@ pub async fn recent_runs(
             error: r.error,
         })
         .collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct SyncRunRow {
+    run_id: Uuid,
+    repository: Option<String>,
+    trigger: String,
+    holder: String,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    status: String,
+    pages: i32,
+    images_seen: i32,
+    images_added: i32,
+    images_changed: i32,
+    images_removed: i32,
+    ecr_calls: i32,
+    error: Option<String>,
 }
