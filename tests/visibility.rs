@@ -492,7 +492,6 @@ async fn another_teams_data_reaches_no_page_token_message_or_page_count() {
                 .revoke_vulnerability_exception(alice(pb::RevokeVulnerabilityExceptionRequest {
                     id: exception.clone(),
                     reason: "not ours".into(),
-                    ..Default::default()
                 }))
                 .await
                 .expect_err("revoke a hidden exception"),
