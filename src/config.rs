@@ -212,6 +212,8 @@ impl RegistryConfig {
             ("DescribeImages", 10.0),
             ("ListTagsForResource", 10.0),
             ("BatchGetImage", 100.0),
+            // ECR allows 10/s; PromoteImage is its only caller.
+            ("PutImage", 5.0),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -13,6 +13,9 @@
 //!   their change with the record, so a pending one was **not made**;
 //! - `CreateRepository` was made if ECR has the repository, `DeleteRepository`
 //!   if it does not; the cached row is set to what ECR has;
+//! - `PromoteImage` was made if the target tag names the source image now;
+//!   by digest, not made if it names another (by tag: not known, the source
+//!   tag may have moved);
 //! - for the rest (settings, lifecycle policies, image deletions, scans) the
 //!   repository is re-read from ECR into the inventory, and the record says
 //!   that the outcome is not known from the record alone.
@@ -45,7 +48,7 @@ use uuid::Uuid;
 
 use crate::api::AppState;
 use crate::api::convert;
-use crate::domain::{AuditOutcome, AuditStatus, RepositoryName};
+use crate::domain::{AuditOutcome, AuditStatus, Digest, ImageSelector, ImageTag, RepositoryName, pinned_uri};
 use crate::ecr::{CallLog, Registry};
 use crate::inventory::Trigger;
 use crate::pb;
@@ -356,6 +359,9 @@ async fn judge(state: &AppState, row: &Interrupted, log: &CallLog) -> Result<Ver
         .and_then(|alias| state.registries.get(alias))
         .or_else(|| state.registries.all().next())
         .ok_or("no registry is configured")?;
+    if row.event_name == "PromoteImage" {
+        return judge_promotion(state, registry, &row.request_parameters, log).await;
+    }
     let Some(name) = row
         .request_parameters
         .get("repositoryName")
@@ -385,6 +391,65 @@ async fn judge(state: &AppState, row: &Interrupted, log: &CallLog) -> Result<Ver
             )),
         ),
         ("DeleteRepository", Some(_)) => Verdict::NotMade("ECR still has the repository".into()),
+        _ => Verdict::Unknown(ecr_state),
+    })
+}
+
+/// PromoteImage was made if the target tag names the source image now. By
+/// digest, a target tag elsewhere means not made; by tag, the source tag may
+/// have moved since, so that is not known.
+async fn judge_promotion(
+    state: &AppState,
+    registry: &Registry,
+    parameters: &Value,
+    log: &CallLog,
+) -> Result<Verdict, String> {
+    let text = |key: &str| parameters.get(key).and_then(Value::as_str).unwrap_or_default();
+    let parsed = (
+        RepositoryName::parse(text("repositoryName")),
+        ImageTag::parse(text("targetImageTag")),
+        match text("imageDigest") {
+            "" => ImageTag::parse(text("imageTag")).map(ImageSelector::Tag),
+            digest => Digest::parse(digest).map(ImageSelector::Digest),
+        },
+    );
+    let (Ok(source), Ok(tag), Ok(selector)) = parsed else {
+        return Ok(Verdict::NotMade(
+            "the request did not name a valid source and target tag".into(),
+        ));
+    };
+    let target = match text("targetRepositoryName") {
+        "" => source.clone(),
+        name => RepositoryName::parse(name).map_err(|v| v.description)?,
+    };
+    let found = registry
+        .describe_image(log, &source, &selector)
+        .await
+        .map_err(|e| e.to_string())?;
+    let current = registry
+        .describe_image(log, &target, &ImageSelector::Tag(tag.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let ecr_state = json!({"repositoryName": target.as_str(), "imageTag": tag.as_str(),
+                           "imageDigest": current.as_ref().map(|c| c.digest.to_string())});
+    Ok(match (found, current) {
+        (Some(image), Some(current)) if image.digest == current.digest => {
+            let digest = ImageSelector::Digest(image.digest.clone());
+            if let Err(error) = state.syncer.refresh_image(registry, &target, &digest, log).await {
+                tracing::warn!(repository = %target, "recovery: re-reading the promoted image failed: {error}");
+            }
+            let reference = &registry.reference;
+            let response = pb::PromoteImageResponse {
+                pinned_uri: pinned_uri(&reference.account_id, &reference.region, &target, &image.digest),
+                digest: image.digest.to_string(),
+                changed: true,
+                ..Default::default()
+            };
+            Verdict::Made(ecr_state, Some(prost::Message::encode_to_vec(&response)))
+        }
+        _ if matches!(selector, ImageSelector::Digest(_)) => {
+            Verdict::NotMade("ECR's target tag does not name the image".into())
+        }
         _ => Verdict::Unknown(ecr_state),
     })
 }

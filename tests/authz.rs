@@ -320,6 +320,21 @@ fn table(f: &Fixture) -> Vec<Rpc> {
             ..Default::default()
         }
     );
+    // PromoteImage is authorized as PullImages on the source and PushImages
+    // on the target (here the same repository): a write.
+    rpc!(
+        t,
+        f,
+        "PromoteImage",
+        Kind::Write,
+        ImageServiceClient.promote_image,
+        |r: &S, _: &S, _: &S| pb::PromoteImageRequest {
+            repository: r.into(),
+            tag: "v1".into(),
+            target_tag: "v1-promoted".into(),
+            ..Default::default()
+        }
+    );
     // ScanService
     rpc!(
         t,
@@ -663,9 +678,15 @@ async fn run_matrix(callers: &[(Role, Caller)]) -> Vec<String> {
     let table = table(&fixture);
     let names: BTreeSet<&str> = table.iter().map(|rpc| rpc.name).collect();
     let actions = ecr_gateway::auth::authz::schema_actions().expect("schema");
+    // RPCs authorized as other actions rather than as themselves.
+    let authorized_as_others = BTreeSet::from(["PromoteImage"]);
     assert_eq!(
         names,
-        actions.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+        actions
+            .iter()
+            .map(String::as_str)
+            .chain(authorized_as_others)
+            .collect::<BTreeSet<_>>(),
         "the matrix covers every RPC"
     );
 

@@ -1448,6 +1448,68 @@ async fn image_service_refuses_bad_input_cleanly() {
             pb::GetSyncStatusRequest { registry, ..status.clone() });
     }
 
+    // PromoteImage
+    let promote = pb::PromoteImageRequest {
+        repository: f.repo_a.clone(),
+        tag: "v1".into(),
+        target_tag: "v1-promoted".into(),
+        validate_only: true,
+        ..Default::default()
+    };
+    identity_cases!(cat, images, promote_image, promote.clone());
+    for (what, name) in bad_names() {
+        case!(cat, images.promote_image, format!("repository {what}") => invalid("repository"),
+            pb::PromoteImageRequest { repository: name, ..promote.clone() });
+    }
+    for (what, name) in bad_names().into_iter().filter(|(what, _)| *what != "empty") {
+        case!(cat, images.promote_image, format!("target_repository {what}") => invalid("target_repository"),
+            pb::PromoteImageRequest { target_repository: name, ..promote.clone() });
+    }
+    for (what, registry) in bad_registries() {
+        case!(cat, images.promote_image, format!("registry {what}") => invalid("registry"),
+            pb::PromoteImageRequest { registry, ..promote.clone() });
+    }
+    for (what, tag) in bad_tags() {
+        case!(cat, images.promote_image, format!("tag {what}") => invalid("tag"),
+            pb::PromoteImageRequest { tag: tag.clone(), ..promote.clone() });
+        case!(cat, images.promote_image, format!("target_tag {what}") => invalid("target_tag"),
+            pb::PromoteImageRequest { target_tag: tag, ..promote.clone() });
+    }
+    for (what, digest) in bad_digests() {
+        case!(cat, images.promote_image, format!("digest {what}") => invalid("digest"),
+            pb::PromoteImageRequest { tag: String::new(), digest, ..promote.clone() });
+    }
+    case!(cat, images.promote_image, "no target_tag" => invalid("target_tag"),
+        pb::PromoteImageRequest { target_tag: String::new(), ..promote.clone() });
+    case!(cat, images.promote_image, "both tag and digest" => invalid("tag"),
+        pb::PromoteImageRequest { digest: f.digest_v1.clone(), ..promote.clone() });
+    case!(cat, images.promote_image, "neither tag nor digest" => invalid("tag"),
+        pb::PromoteImageRequest { tag: String::new(), ..promote.clone() });
+    for (what, request_id) in bad_request_ids() {
+        case!(cat, images.promote_image, format!("request_id {what}") => invalid("request_id"),
+            pb::PromoteImageRequest { request_id, validate_only: false, ..promote.clone() });
+    }
+    for (what, environment) in [
+        ("unknown", "moon".to_owned()),
+        ("SQL injection", SQL.into()),
+        ("with NUL", "prod\0".into()),
+    ] {
+        case!(cat, images.promote_image, format!("environment {what}") => invalid("environment"),
+            pb::PromoteImageRequest { environment, validate_only: false, ..promote.clone() });
+    }
+    case!(cat, images.promote_image, "an unknown source tag" => Expect::Code(Code::NotFound),
+        pb::PromoteImageRequest { tag: "no-such-tag".into(), validate_only: false, ..promote.clone() });
+    case!(cat, images.promote_image, "an unknown source digest" => Expect::Code(Code::NotFound),
+        pb::PromoteImageRequest { tag: String::new(), digest: UNKNOWN_DIGEST.into(), validate_only: false, ..promote.clone() });
+    case!(cat, images.promote_image, "an unknown source repository" => Expect::Code(Code::NotFound),
+        pb::PromoteImageRequest { repository: unknown.clone(), validate_only: false, ..promote.clone() });
+    case!(cat, images.promote_image, "an unknown target repository" => Expect::Code(Code::NotFound),
+        pb::PromoteImageRequest { target_repository: unknown.clone(), validate_only: false, ..promote.clone() });
+    case!(cat, images.promote_image, "an immutable tag that names another image" => Expect::Code(Code::FailedPrecondition),
+        pb::PromoteImageRequest { target_tag: "v2".into(), validate_only: false, ..promote.clone() });
+    case!(cat, images.promote_image, "validate_only: an immutable tag that names another image" => Expect::Code(Code::FailedPrecondition),
+        pb::PromoteImageRequest { target_tag: "v2".into(), ..promote.clone() });
+
     let channel = &f.gateway.channel;
     for method in [
         "ListImages",
@@ -1456,6 +1518,7 @@ async fn image_service_refuses_bad_input_cleanly() {
         "SearchImages",
         "RefreshInventory",
         "GetSyncStatus",
+        "PromoteImage",
     ] {
         for (what, body) in garbage_bodies() {
             raw_case(

@@ -44,6 +44,12 @@ enum Op {
     Create(String),
     Delete(String),
     Cleanup(String),
+    /// Promote `repository:source` to `target` (a new immutable tag).
+    Promote {
+        repository: String,
+        source: String,
+        target: String,
+    },
 }
 
 impl Op {
@@ -52,6 +58,7 @@ impl Op {
             Op::Create(_) => format!("create-{n}"),
             Op::Delete(_) => format!("delete-{n}"),
             Op::Cleanup(_) => format!("cleanup-{n}"),
+            Op::Promote { .. } => format!("promote-{n}"),
         }
     }
 
@@ -82,6 +89,20 @@ impl Op {
                 }))
                 .await
                 .map(|r| Some(r.into_inner().id)),
+            Op::Promote {
+                repository,
+                source,
+                target,
+            } => ImageServiceClient::new(channel.clone())
+                .promote_image(ops(pb::PromoteImageRequest {
+                    repository: repository.clone(),
+                    tag: source.clone(),
+                    target_tag: target.clone(),
+                    request_id,
+                    ..Default::default()
+                }))
+                .await
+                .map(|r| Some(r.into_inner().digest)),
         }
     }
 }
@@ -236,6 +257,14 @@ async fn killed_again_and_again_the_gateway_loses_nothing_and_does_nothing_twice
         }
         if i == 4 {
             stream.push(Op::Cleanup(images_repo.clone()));
+        }
+        // The newest build (the cleanup keeps it) gets release tags.
+        if i % 10 == 7 {
+            stream.push(Op::Promote {
+                repository: images_repo.clone(),
+                source: "dev-11".into(),
+                target: format!("rel-{i}"),
+            });
         }
     }
     let mut answered = BTreeMap::new();
@@ -393,6 +422,33 @@ async fn killed_again_and_again_the_gateway_loses_nothing_and_does_nothing_twice
     .await;
     assert!(recovered >= 1, "no interrupted call was resolved by recovery");
 
+    // Each promotion's tag names the newest build in ECR, with one succeeded record.
+    for op in &stream {
+        let Op::Promote { target, .. } = op else { continue };
+        let output = ecr
+            .describe_images()
+            .repository_name(&images_repo)
+            .image_ids(
+                aws_sdk_ecr::types::ImageIdentifier::builder()
+                    .image_tag(target)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{target} is not in ECR: {e:?}"));
+        let digest = output.image_details()[0].image_digest().unwrap_or_default();
+        assert_eq!(digest, builds[11], "{target}");
+        let records: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM audit_events WHERE event_name = 'PromoteImage' AND status = 'succeeded' \
+             AND request_parameters ->> 'targetImageTag' = $1",
+        )
+        .bind(target)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(records, 1, "{target}: one succeeded PromoteImage");
+    }
+
     // The cleanup deleted exactly the unpinned selection, each image once.
     let left: BTreeSet<String> = digests_in_ecr(&ecr, &images_repo).await.into_iter().collect();
     for digest in &pinned {
@@ -431,16 +487,21 @@ async fn killed_again_and_again_the_gateway_loses_nothing_and_does_nothing_twice
 
 /// Writes a pending record as an interrupted call leaves it, an hour old.
 async fn interrupted(pool: &sqlx::PgPool, event: &str, repository: &str) -> uuid::Uuid {
+    interrupted_with(pool, event, serde_json::json!({"repositoryName": repository})).await
+}
+
+/// [`interrupted`] with these request parameters.
+async fn interrupted_with(pool: &sqlx::PgPool, event: &str, parameters: serde_json::Value) -> uuid::Uuid {
     let id = uuid::Uuid::now_v7();
     sqlx::query(
         "INSERT INTO audit_events (event_id, event_time, event_name, event_source, read_only, status, principal, \
          principal_type, auth_method, registry_alias, gateway_request_id, request_parameters) \
          VALUES ($1, now() - interval '1 hour', $2, 'ecr-gateway', false, 'pending', 'platform-ops', 'User', \
-                 'insecure-dev', 'main', $1, jsonb_build_object('repositoryName', $3::text))",
+                 'insecure-dev', 'main', $1, $3)",
     )
     .bind(id)
     .bind(event)
-    .bind(repository)
+    .bind(parameters)
     .execute(pool)
     .await
     .expect("insert a pending record");
@@ -492,6 +553,52 @@ async fn recovery_resolves_each_kind_of_interrupted_call_against_ecr() {
     for (event, repository, _, _) in &cases {
         ids.push(interrupted(&pool, event, repository).await);
     }
+    // PromoteImage: made when the target tag names the source image now.
+    let digest = push(&ecr, &existing, "build-1", &format!("{existing}-1")).await;
+    let other = push(&ecr, &existing, "build-2", &format!("{existing}-2")).await;
+    ecr.put_image()
+        .repository_name(&existing)
+        .image_manifest(common::images::docker_manifest(&format!("{existing}-1")))
+        .image_digest(&digest)
+        .image_tag("v1")
+        .send()
+        .await
+        .expect("the promoted tag");
+    let promotion = |source: serde_json::Value, target: &str| {
+        let mut parameters = serde_json::json!({"repositoryName": existing, "targetRepositoryName": "",
+                                                "targetImageTag": target, "imageTag": "", "imageDigest": ""});
+        parameters
+            .as_object_mut()
+            .unwrap()
+            .extend(source.as_object().unwrap().clone());
+        parameters
+    };
+    let promotions = [
+        (
+            promotion(serde_json::json!({"imageDigest": digest}), "v1"),
+            "succeeded",
+            None,
+        ),
+        (
+            promotion(serde_json::json!({"imageDigest": other}), "v1"),
+            "failed",
+            Some("does not name the image"),
+        ),
+        (
+            promotion(serde_json::json!({"imageDigest": digest}), "v9"),
+            "failed",
+            Some("does not name the image"),
+        ),
+        (
+            promotion(serde_json::json!({"imageTag": "build-2"}), "v1"),
+            "failed",
+            Some("not known"),
+        ),
+    ];
+    let mut promotion_ids = Vec::new();
+    for (parameters, _, _) in &promotions {
+        promotion_ids.push(interrupted_with(&pool, "PromoteImage", parameters.clone()).await);
+    }
     // A fresh call's pending record (its call may still be running) is left alone.
     let fresh = uuid::Uuid::now_v7();
     sqlx::query(
@@ -538,6 +645,21 @@ async fn recovery_resolves_each_kind_of_interrupted_call_against_ecr() {
                 );
             }
             None => assert_eq!(code, None),
+        }
+    }
+    for ((parameters, status, message), id) in promotions.iter().zip(&promotion_ids) {
+        let (got, text): (String, Option<String>) =
+            sqlx::query_as("SELECT status, error_message FROM audit_events WHERE event_id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(&got, status, "PromoteImage {parameters}: {text:?}");
+        if let Some(message) = message {
+            assert!(
+                text.as_deref().is_some_and(|t| t.contains(message)),
+                "{parameters}: {text:?}"
+            );
         }
     }
     let fresh_status: String = sqlx::query_scalar("SELECT status FROM audit_events WHERE event_id = $1")

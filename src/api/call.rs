@@ -208,33 +208,66 @@ impl Call {
         action: &str,
         resources: &[Resource],
     ) -> Result<(), ApiError> {
+        let pairs: Vec<(&str, &Resource)> = resources.iter().map(|r| (action, r)).collect();
+        self.authorize_all(authz, action, &pairs)
+    }
+
+    /// Asks the policies about every `(action, resource)` pair (e.g.
+    /// PromoteImage: `PullImages` on the source, `PushImages` on the target)
+    /// and records every decision under `summary` (the audit event's
+    /// `action`). Any refusal refuses the call: PERMISSION_DENIED naming each
+    /// action and resource refused, and the RPC.
+    pub fn authorize_all(
+        &mut self,
+        authz: &Authorizer,
+        summary: &str,
+        pairs: &[(&str, &Resource)],
+    ) -> Result<(), ApiError> {
         let identity = self.caller()?.identity.clone();
-        let mut decisions = Vec::with_capacity(resources.len());
-        let mut refused = Vec::new();
-        for resource in resources {
+        let mut decisions = Vec::with_capacity(pairs.len());
+        let mut refused: Vec<(&str, String)> = Vec::new();
+        for (action, resource) in pairs {
             let decision = authz.decide(&identity, action, resource);
             decisions.push(crate::auth::authz::decision_json(action, resource, &decision));
             if !decision.allowed {
-                refused.push(resource.describe());
+                refused.push((action, resource.describe()));
             }
         }
         let allowed = refused.is_empty();
         self.record.authorization = Some(serde_json::json!({
             "decision": if allowed { "allow" } else { "deny" },
-            "action": action,
+            "action": summary,
             "decisions": decisions,
         }));
         if allowed {
             return Ok(());
         }
+        // "PullImages on a, b or PushImages on c", in the order asked.
+        let mut groups: Vec<(&str, Vec<String>)> = Vec::new();
+        for (action, resource) in refused {
+            match groups.last_mut() {
+                Some((last, names)) if *last == action => names.push(resource),
+                _ => groups.push((action, vec![resource])),
+            }
+        }
+        let what: Vec<String> = groups
+            .iter()
+            .map(|(action, names)| format!("{action} on {}", names.join(", ")))
+            .collect();
+        let rpc = &self.record.event_name;
         Err(ApiError::PermissionDenied {
             reason: "ACCESS_DENIED",
             description: format!(
-                "{} `{}` may not {action} on {}: no authorization policy permits it; ask the owners of the \
+                "{} `{}` may not {}{}: no authorization policy permits it; ask the owners of the \
                  namespace or a platform admin for access (docs/security.md)",
                 identity.principal_type.to_lowercase(),
                 identity.principal,
-                refused.join(", "),
+                what.join(" or "),
+                if groups.iter().all(|(action, _)| action == rpc) {
+                    String::new()
+                } else {
+                    format!(" (needed by {rpc})")
+                },
             ),
         })
     }

@@ -116,6 +116,23 @@ impl ImageService for ImageApi {
         let result = get_sync_status(&self.state, &mut call, &request).await;
         call.finish(&self.state.audit, result).await
     }
+
+    async fn promote_image(
+        &self,
+        request: Request<pb::PromoteImageRequest>,
+    ) -> Result<Response<pb::PromoteImageResponse>, Status> {
+        let mut call = Call::start(&request, "PromoteImage", false);
+        let request = request.into_inner();
+        call.record.read_only = request.validate_only;
+        call.set_parameters(json!({
+            "registry": request.registry, "repositoryName": request.repository, "imageTag": request.tag,
+            "imageDigest": request.digest, "targetRepositoryName": request.target_repository,
+            "targetImageTag": request.target_tag, "environment": request.environment,
+            "requestId": request.request_id, "validateOnly": request.validate_only,
+        }));
+        let result = super::promote::promote_image(&self.state, &mut call, &request).await;
+        call.finish(&self.state.audit, result).await
+    }
 }
 
 fn image_not_found(registry: &RegistryRef, repository: &RepositoryName, what: &str) -> ApiError {
@@ -455,7 +472,7 @@ pub(super) fn repository_not_found(registry: &RegistryRef, repository: &Reposito
     }
 }
 
-fn sync_error(error: crate::inventory::SyncError) -> ApiError {
+pub(super) fn sync_error(error: crate::inventory::SyncError) -> ApiError {
     match error {
         crate::inventory::SyncError::Ecr(e) => e.into(),
         crate::inventory::SyncError::Store(e) => e.into(),
@@ -537,7 +554,7 @@ async fn find_image(
 }
 
 /// An image as callers see it.
-fn image_message(
+pub(super) fn image_message(
     registry: &RegistryRef,
     row: &ImageRow,
     synced_at: Option<DateTime<Utc>>,

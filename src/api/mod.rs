@@ -11,6 +11,7 @@ pub mod error;
 pub mod image;
 pub mod mutation;
 pub mod page_token;
+mod promote;
 pub mod repository;
 pub mod scan;
 

@@ -16,10 +16,11 @@ use tracing::Instrument as _;
 
 use super::call::{Call, failed, succeeded};
 use super::error::ApiError;
-use crate::domain::{RegistryRef, RepositoryName, RepositoryState, Violation};
+use crate::domain::{ImageRecord, RegistryRef, RepositoryName, RepositoryState, Violation};
 use crate::ecr::CallLog;
 use crate::ecr::ScanReport;
 use crate::store::cleanup_runs::NewRun;
+use crate::store::images::ManifestFacts;
 use crate::store::operations::{self, Claim};
 use crate::store::pins::{self, PinRow};
 use crate::store::scans::{self, ExceptionRow};
@@ -73,6 +74,18 @@ pub enum CacheChange {
         digests: Vec<String>,
         /// Tags gone from images that remain.
         untagged: Vec<String>,
+    },
+    /// An image as ECR describes it after a PutImage (its tags moved to it),
+    /// with what its manifest says.
+    ImagePut {
+        /// The registry.
+        registry: RegistryRef,
+        /// The repository.
+        repository: RepositoryName,
+        /// The image and all its tags.
+        image: Box<ImageRecord>,
+        /// Its manifest's facts.
+        facts: ManifestFacts,
     },
     /// A cleanup run was started (the worker carries it out).
     StartCleanupRun(Box<NewRun>),
@@ -311,6 +324,15 @@ async fn apply_change(tx: &mut Tx, change: &CacheChange) -> Result<(), crate::st
             }
             Ok(())
         }
+        CacheChange::ImagePut {
+            registry,
+            repository,
+            image,
+            facts,
+        } => {
+            images::upsert_one(tx, registry, repository, image, Utc::now()).await?;
+            images::store_manifest_facts(tx, registry, repository, std::slice::from_ref(facts)).await
+        }
         CacheChange::StartCleanupRun(run) => cleanup_runs::insert(tx, run).await,
         CacheChange::Nothing => Ok(()),
     }
@@ -323,6 +345,11 @@ fn invalidate_changed(store: &Store, change: &CacheChange) {
         CacheChange::Delete(registry, name)
         | CacheChange::Scan(registry, name, _)
         | CacheChange::ImagesDeleted {
+            registry,
+            repository: name,
+            ..
+        }
+        | CacheChange::ImagePut {
             registry,
             repository: name,
             ..

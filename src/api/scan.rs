@@ -622,7 +622,7 @@ async fn update_scanning_configuration(
 }
 
 /// The environment's rules, or INVALID_ARGUMENT naming the known ones.
-fn environment_rules<'a>(
+pub(super) fn environment_rules<'a>(
     state: &'a AppState,
     environment: &str,
 ) -> Result<&'a gate::EnvironmentRules, Violation> {
@@ -701,8 +701,46 @@ async fn check_deployment(
     state
         .authorize_repository(call, &registry.reference, repository.as_str())
         .await?;
-    let facts = cached_deploy_facts(state, &registry.reference, repository, &reference.selector).await?;
-    let reference_kind = match &reference.selector {
+    let (verdict, facts) = gate_verdict(
+        state,
+        &registry.reference,
+        repository,
+        &reference.selector,
+        &request.environment,
+        rules,
+        now,
+    )
+    .await?;
+    let found = facts.map(|f| found_image(&registry.reference, repository, f));
+    Ok(decision(request, verdict, found, now))
+}
+
+/// What a decision reports of the image it judged: digest, pinned URI and scan.
+pub(super) fn found_image(
+    registry: &RegistryRef,
+    repository: &RepositoryName,
+    facts: DeployFacts,
+) -> (String, String, Option<pb::ScanSummary>) {
+    let pinned = Digest::parse(&facts.digest)
+        .map(|d| pinned_uri(&registry.account_id, &registry.region, repository, &d))
+        .unwrap_or_default();
+    let scan = facts.scan.as_ref().map(|s| summary_message(registry, s));
+    (facts.digest, pinned, scan)
+}
+
+/// The deploy gate's verdict on an image (from the cache, no ECR call) and
+/// the facts it used: CheckDeployment's decision, and PromoteImage's gate.
+pub(super) async fn gate_verdict(
+    state: &AppState,
+    registry: &RegistryRef,
+    repository: &RepositoryName,
+    selector: &ImageSelector,
+    environment: &str,
+    rules: &gate::EnvironmentRules,
+    now: DateTime<Utc>,
+) -> Result<(gate::Verdict, Option<DeployFacts>), ApiError> {
+    let facts = cached_deploy_facts(state, registry, repository, selector).await?;
+    let reference_kind = match selector {
         ImageSelector::Digest(_) => Reference::Digest,
         ImageSelector::Tag(tag) if facts.as_ref().is_some_and(|f| f.tag_immutable) => {
             Reference::ImmutableTag(tag.to_string())
@@ -737,31 +775,17 @@ async fn check_deployment(
         })
         .unwrap_or_default();
     let verdict = gate::decide(
-        &request.environment,
+        environment,
         rules,
         &reference_kind,
         image.as_ref(),
         &excepted,
         now,
     );
-    let found = facts.map(|f| {
-        let pinned = Digest::parse(&f.digest)
-            .map(|d| {
-                pinned_uri(
-                    &registry.reference.account_id,
-                    &registry.reference.region,
-                    repository,
-                    &d,
-                )
-            })
-            .unwrap_or_default();
-        let scan = f.scan.as_ref().map(|s| summary_message(&registry.reference, s));
-        (f.digest, pinned, scan)
-    });
-    Ok(decision(request, verdict, found, now))
+    Ok((verdict, facts))
 }
 
-fn decision(
+pub(super) fn decision(
     request: &pb::CheckDeploymentRequest,
     verdict: gate::Verdict,
     found: Option<(String, String, Option<pb::ScanSummary>)>,

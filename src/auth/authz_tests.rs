@@ -68,9 +68,11 @@ fn the_schema_compiles_and_names_every_rpc_of_the_api() {
         .flat_map(|s| s.method.iter().map(|m| m.name().to_owned()))
         .collect();
     assert!(rpcs.len() >= 35, "{rpcs:?}");
-    // GetRegistryCredentials is authorized per scope entry as PullImages or PushImages.
+    // GetRegistryCredentials is authorized per scope entry as PullImages or
+    // PushImages; PromoteImage as PullImages on its source and PushImages on its target.
     let mut rpcs = rpcs;
     assert!(rpcs.remove("GetRegistryCredentials"), "{rpcs:?}");
+    assert!(rpcs.remove("PromoteImage"), "{rpcs:?}");
     rpcs.extend(["PullImages".to_owned(), "PushImages".to_owned()]);
     assert_eq!(
         actions, rpcs,

@@ -126,6 +126,10 @@ const CONFLICT: &[&str] = &[
     "RepositoryNotEmptyException",
     "ReferencedImagesNotFoundException",
     "LifecyclePolicyPreviewInProgressException",
+    // PutImage: the repository lacks the manifest's layers, or the digest
+    // given does not match the manifest.
+    "LayersNotFoundException",
+    "ImageDigestDoesNotMatchException",
 ];
 const THROTTLED: &[&str] = &[
     "ThrottlingException",

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use super::error::{EcrError, classify};
 use super::repositories::collect_pages;
 use super::{CallLog, Registry};
-use crate::domain::{Digest, ImageRecord, ImageSelector, RepositoryName};
+use crate::domain::{Digest, ImageRecord, ImageSelector, ImageTag, RepositoryName};
 
 /// ECR's largest page for DescribeImages.
 const PAGE_SIZE: i32 = 1000;
@@ -309,6 +309,90 @@ fn not_found(requested: &[Digest], found: &[String], unsure: &[String]) -> Vec<D
         .collect()
 }
 
+/// What PutImage did with a manifest under a tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The tag names the image now.
+    Tagged,
+    /// ECR already had this image under this tag (`ImageAlreadyExistsException`).
+    AlreadyTagged,
+    /// The tag is immutable and names another image (`ImageTagAlreadyExistsException`); ECR's message.
+    TagImmutable(String),
+    /// The repository lacks layers of the image (`LayersNotFoundException`); ECR's message.
+    LayersMissing(String),
+    /// An index's child manifests are not in the repository (`ReferencedImagesNotFoundException`).
+    ReferencesMissing(String),
+}
+
+impl PutOutcome {
+    /// The refusals of PutImage that are answers about the image, not failures of the call.
+    fn of_error(error: &EcrError) -> Option<PutOutcome> {
+        let (code, message) = match error {
+            EcrError::AlreadyExists { code, message, .. } | EcrError::Conflict { code, message, .. } => {
+                (code.as_str(), message.clone())
+            }
+            _ => return None,
+        };
+        Some(match code {
+            "ImageAlreadyExistsException" => PutOutcome::AlreadyTagged,
+            "ImageTagAlreadyExistsException" => PutOutcome::TagImmutable(message),
+            "LayersNotFoundException" => PutOutcome::LayersMissing(message),
+            "ReferencedImagesNotFoundException" => PutOutcome::ReferencesMissing(message),
+            _ => return None,
+        })
+    }
+}
+
+impl Registry {
+    /// One image's manifest by digest (BatchGetImage), or `None` when the repository lacks it.
+    pub async fn get_manifest(
+        &self,
+        log: &CallLog,
+        repository: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<RawManifest>, EcrError> {
+        let mut manifests = self
+            .batch_get_manifests(log, repository, std::slice::from_ref(digest))
+            .await?;
+        Ok(manifests.pop().filter(|m| &m.digest == digest))
+    }
+
+    /// PutImage of the exact manifest bytes under `tag`, with the digest it
+    /// must have (ECR checks it), in the registry's budget. ECR's refusals
+    /// about the image come back as outcomes; other failures as errors.
+    pub async fn put_image(
+        &self,
+        log: &CallLog,
+        repository: &RepositoryName,
+        manifest: &RawManifest,
+        tag: &ImageTag,
+    ) -> Result<PutOutcome, EcrError> {
+        self.budget.acquire("PutImage").await;
+        let result = self
+            .client
+            .put_image()
+            .registry_id(&self.reference.account_id)
+            .repository_name(repository.as_str())
+            .image_manifest(&manifest.manifest)
+            .set_image_manifest_media_type(manifest.media_type.clone())
+            .image_digest(manifest.digest.as_str())
+            .image_tag(tag.as_str())
+            .send()
+            .await;
+        match result {
+            Ok(output) => {
+                log.record(output.request_id());
+                Ok(PutOutcome::Tagged)
+            }
+            Err(error) => {
+                log.record(error.request_id());
+                let error = classify("PutImage", error);
+                PutOutcome::of_error(&error).ok_or(error)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,5 +412,44 @@ mod tests {
             &[b.to_string()],
         );
         assert_eq!(gone, vec![c, d]);
+    }
+
+    fn put_refusal(code: &str) -> Option<PutOutcome> {
+        PutOutcome::of_error(&super::super::error::classify_code(
+            "PutImage",
+            code.into(),
+            format!("recorded {code}"),
+        ))
+    }
+
+    #[test]
+    fn put_image_refusals_about_the_image_are_outcomes() {
+        // The codes and messages as ECR returns them (recorded from its API model).
+        assert_eq!(
+            put_refusal("ImageAlreadyExistsException"),
+            Some(PutOutcome::AlreadyTagged)
+        );
+        assert_eq!(
+            put_refusal("ImageTagAlreadyExistsException"),
+            Some(PutOutcome::TagImmutable(
+                "recorded ImageTagAlreadyExistsException".into()
+            ))
+        );
+        assert_eq!(
+            put_refusal("LayersNotFoundException"),
+            Some(PutOutcome::LayersMissing(
+                "recorded LayersNotFoundException".into()
+            ))
+        );
+        assert_eq!(
+            put_refusal("ReferencedImagesNotFoundException"),
+            Some(PutOutcome::ReferencesMissing(
+                "recorded ReferencedImagesNotFoundException".into()
+            ))
+        );
+        // Anything else stays an error of the call.
+        assert_eq!(put_refusal("RepositoryNotFoundException"), None);
+        assert_eq!(put_refusal("ImageDigestDoesNotMatchException"), None);
+        assert_eq!(put_refusal("ThrottlingException"), None);
     }
 }

@@ -29,7 +29,7 @@ pub use breaker::{Breaker, BreakerOpen, BreakerStatus, Phase};
 pub use budget::Budget;
 pub use credentials::{DockerLogin, SessionRequest};
 pub use error::{EcrError, classify, classify_code};
-pub use images::{DeleteOutcome, RawManifest, image_from_detail};
+pub use images::{DeleteOutcome, PutOutcome, RawManifest, image_from_detail};
 pub use repositories::{collect_pages, state_from_detail};
 pub use scans::{ScanFinding, ScanReport, ScanStart, ScanningSettings};
 pub use telemetry::{EcrCallOutcome, EcrObserver};

@@ -28,6 +28,7 @@ pub mod lifecycle_eval;
 pub mod lifecycle_model;
 mod naming;
 mod org_policy;
+pub mod promotion;
 pub mod protection;
 mod repository_policy;
 mod request;
