@@ -12,12 +12,11 @@ use chrono::{DateTime, Utc};
 use governor::clock::Clock as _;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use serde_json::{Value, json};
-use tonic::{Request, Response, Status};
 
 use super::Shared;
 use super::call::Call;
 use super::convert;
-use super::error::{ApiError, Precondition, invalid};
+use super::error::{ApiError, OrRecord as _, Precondition, invalid};
 use crate::auth::authz::Resource;
 use crate::config::{AccessConfig, MIN_CREDENTIAL_SECONDS};
 use crate::domain::{RegistryRef, Violation};
@@ -88,15 +87,9 @@ impl AccessApi {
     /// The registry, the checked scope and the access, or every violation at once.
     fn decode<'a>(&'a self, request: &pb::GetRegistryCredentialsRequest) -> Result<Grant<'a>, ApiError> {
         let mut violations = Vec::new();
-        let registry = self
-            .state
-            .registry(&request.registry)
-            .map_err(|v| violations.push(v))
-            .ok();
-        let access = decode_access(request.access).map_err(|v| violations.push(v)).ok();
-        let duration = decode_duration(request.duration.as_ref())
-            .map_err(|v| violations.push(v))
-            .ok();
+        let registry = self.state.registry(&request.registry).or_record(&mut violations);
+        let access = decode_access(request.access).or_record(&mut violations);
+        let duration = decode_duration(request.duration.as_ref()).or_record(&mut violations);
         let limits = CredentialLimits {
             namespaces: &self.state.policy.config().naming.namespaces,
             default_duration: Duration::from_secs(self.settings.default_duration_seconds),
@@ -194,23 +187,9 @@ impl AccessApi {
     }
 }
 
-#[tonic::async_trait]
-impl RegistryAccessService for AccessApi {
-    async fn get_registry_credentials(
-        &self,
-        request: Request<pb::GetRegistryCredentialsRequest>,
-    ) -> Result<Response<pb::GetRegistryCredentialsResponse>, Status> {
-        let mut call = Call::start(&request, "GetRegistryCredentials", true);
-        let request = request.into_inner();
-        call.set_parameters(json!({
-            "registry": request.registry,
-            "repositories": request.repositories,
-            "repositoryPrefixes": request.repository_prefixes,
-            "access": request.access,
-            "durationSeconds": request.duration.as_ref().map(|d| d.seconds),
-        }));
-        let result = self.issue(&mut call, &request).await;
-        call.finish(&self.state.audit, result).await
+super::rpc::unary_rpcs! {
+    RegistryAccessService, AccessApi, this {
+        get_registry_credentials(GetRegistryCredentialsRequest) -> GetRegistryCredentialsResponse = "GetRegistryCredentials", Read, AccessApi::issue;
     }
 }
 

@@ -10,9 +10,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::call::Call;
+use super::call::{AuditParameters as _, Call};
 use super::convert::{time_of, timestamp};
-use super::error::{ApiError, Precondition, invalid, violations_of};
+use super::error::{ApiError, OrRecord as _, Precondition, invalid};
 use super::page_token::{self, next_token};
 use super::{AppState, Shared};
 use crate::audit::chain::{self, Link};
@@ -33,78 +33,36 @@ const STREAM_BATCH: i64 = 500;
 const MAX_VERIFY: i64 = 1_000_000;
 
 /// The AuditService implementation.
-#[derive(Debug, Clone)]
-pub struct AuditApi {
-    state: Shared,
-}
-
-impl AuditApi {
-    /// A service over the shared state.
-    pub fn new(state: Shared) -> Self {
-        Self { state }
-    }
-}
+pub type AuditApi = super::Api;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::StreamAuditEventsResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl AuditService for AuditApi {
-    async fn lookup_audit_events(
-        &self,
-        request: Request<pb::LookupAuditEventsRequest>,
-    ) -> Result<Response<pb::LookupAuditEventsResponse>, Status> {
-        let mut call = Call::start(&request, "LookupAuditEvents", true);
-        let request = request.into_inner();
-        call.set_parameters(json!({
-            "eventName": request.event_name, "principal": request.principal, "resourceArn": request.resource_arn,
-            "resourcePrefix": request.resource_prefix, "registry": request.registry, "readOnly": request.read_only,
-            "errorCode": request.error_code, "startTime": request.start_time.as_ref().map(|t| t.seconds),
-            "endTime": request.end_time.as_ref().map(|t| t.seconds), "pageSize": request.page_size,
-            "pageToken": request.page_token,
-        }));
-        let result = lookup(&self.state, &mut call, &request).await;
-        call.finish(&self.state.audit, result).await
+super::rpc::unary_rpcs! {
+    AuditService, AuditApi, state {
+        lookup_audit_events(LookupAuditEventsRequest) -> LookupAuditEventsResponse = "LookupAuditEvents", Read, lookup;
+        verify_audit_log(VerifyAuditLogRequest) -> VerifyAuditLogResponse = "VerifyAuditLog", Read, verify;
     }
+type StreamAuditEventsStream = EventStream;
 
-    type StreamAuditEventsStream = EventStream;
-
-    async fn stream_audit_events(
-        &self,
-        request: Request<pb::StreamAuditEventsRequest>,
-    ) -> Result<Response<EventStream>, Status> {
-        let mut call = Call::start(&request, "StreamAuditEvents", true);
-        let request = request.into_inner();
-        call.set_parameters(json!({
-            "eventName": request.event_name, "principal": request.principal, "resourceArn": request.resource_arn,
-            "resourcePrefix": request.resource_prefix, "registry": request.registry, "readOnly": request.read_only,
-            "errorCode": request.error_code, "cursor": request.cursor, "startEventId": request.start_event_id,
-            "startTime": request.start_time.as_ref().map(|t| t.seconds),
-        }));
-        match start_stream(&self.state, &mut call, &request).await {
-            Ok((stream, from)) => {
-                call.finish(&self.state.audit, Ok(((), json!({"fromSequence": from}))))
-                    .await?;
-                Ok(Response::new(stream))
-            }
-            Err(error) => call
-                .finish::<()>(&self.state.audit, Err(error))
-                .await
-                .map(|_| unreachable_stream()),
+async fn stream_audit_events(
+    &self,
+    request: Request<pb::StreamAuditEventsRequest>,
+) -> Result<Response<EventStream>, Status> {
+    let mut call = Call::start(&request, "StreamAuditEvents", true);
+    let request = request.into_inner();
+    call.set_parameters(request.audit_parameters());
+    match start_stream(&self.state, &mut call, &request).await {
+        Ok((stream, from)) => {
+            call.finish(&self.state.audit, Ok(((), json!({"fromSequence": from}))))
+                .await?;
+            Ok(Response::new(stream))
         }
+        Err(error) => call
+            .finish::<()>(&self.state.audit, Err(error))
+            .await
+            .map(|_| unreachable_stream()),
     }
-
-    async fn verify_audit_log(
-        &self,
-        request: Request<pb::VerifyAuditLogRequest>,
-    ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
-        let mut call = Call::start(&request, "VerifyAuditLog", true);
-        let request = request.into_inner();
-        call.set_parameters(
-            json!({"fromSequence": request.from_sequence, "toSequence": request.to_sequence}),
-        );
-        let result = verify(&self.state, &mut call, &request).await;
-        call.finish(&self.state.audit, result).await
-    }
+}
 }
 
 /// Never built: `Call::finish` of an error returns the error.
@@ -144,7 +102,7 @@ fn filter_of(
         ));
     }
     if !registry.is_empty() {
-        let _ = state.registry(registry).map_err(|v| violations.push(v));
+        state.registry(registry).or_record(violations);
     }
     let read_only = match pb::ReadOnlyFilter::try_from(read_only) {
         Ok(pb::ReadOnlyFilter::Unspecified) => None,
@@ -254,12 +212,10 @@ async fn lookup(
         &mut violations,
     );
     filter.start = time_of("start_time", request.start_time.as_ref())
-        .map_err(|v| violations.push(v))
-        .ok()
+        .or_record(&mut violations)
         .flatten();
     filter.end = time_of("end_time", request.end_time.as_ref())
-        .map_err(|v| violations.push(v))
-        .ok()
+        .or_record(&mut violations)
         .flatten();
     if let (Some(start), Some(end)) = (filter.start, filter.end)
         && start >= end
@@ -270,9 +226,7 @@ async fn lookup(
             "end_time must be after start_time",
         ));
     }
-    let limit = page_token::page_size(request.page_size)
-        .map_err(|e| violations.extend(violations_of(e)))
-        .ok();
+    let limit = page_token::page_size(request.page_size).or_record(&mut violations);
     let Some(limit) = limit.filter(|_| violations.is_empty()) else {
         return Err(invalid(violations));
     };
@@ -336,8 +290,7 @@ async fn start_stream(
     let cursor = (!request.cursor.is_empty())
         .then(|| key.decode_cursor(&request.cursor))
         .transpose()
-        .map_err(|e| violations.extend(violations_of(e)))
-        .ok()
+        .or_record(&mut violations)
         .flatten();
     let start_event = (!request.start_event_id.is_empty())
         .then(|| {
@@ -350,12 +303,10 @@ async fn start_stream(
             })
         })
         .transpose()
-        .map_err(|v| violations.push(v))
-        .ok()
+        .or_record(&mut violations)
         .flatten();
     let start_time = time_of("start_time", request.start_time.as_ref())
-        .map_err(|v| violations.push(v))
-        .ok()
+        .or_record(&mut violations)
         .flatten();
     if !violations.is_empty() {
         return Err(invalid(violations));

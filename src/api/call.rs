@@ -14,16 +14,35 @@ use crate::auth::authz::{Authorizer, Resource, Scope};
 use crate::auth::{Caller, MissingIdentity};
 use crate::domain::{AuditOutcome, AuditRecord, AuditResource, AuditStatus, Identity, RegistryRef};
 
-/// The caller's idempotency key (`request_id`) of an RPC's request message,
-/// empty when it has none; recorded, as sent, as the audit record's
-/// `clientRequestID` when the call starts (it is checked later). build.rs
-/// implements it for every RPC's request from the descriptors.
-pub trait ClientRequestId {
-    /// The `request_id` field, or empty.
+/// What the generic adapter ([`super::rpc`]) needs of an RPC's request
+/// message. build.rs implements it for every RPC's request from the
+/// descriptors, so a new RPC needs no line of its own.
+pub trait RequestMessage: AuditParameters {
+    /// The caller's idempotency key (`request_id`), empty when the message
+    /// has none; recorded, as sent, as the audit record's `clientRequestID`
+    /// when the call starts (it is checked later).
     fn client_request_id(&self) -> &str;
+    /// True when the message asks only to validate (`validate_only`): the
+    /// call is then recorded as a read.
+    fn validate_only(&self) -> bool;
 }
 
-include!(concat!(env!("OUT_DIR"), "/client_request_ids.rs"));
+/// A message's form in the audit record's `requestParameters`: every field,
+/// in ECR's parameter names where there is one (build.rs, `audit_key`).
+pub trait AuditParameters {
+    /// The JSON object.
+    fn audit_parameters(&self) -> Value;
+}
+
+/// An enum field's audit form: its name, or the number when it names no value.
+fn enum_name<E>(name: Result<&str, E>, number: i32) -> Value {
+    match name {
+        Ok(name) => Value::String(name.to_owned()),
+        Err(_) => Value::from(number),
+    }
+}
+
+include!(concat!(env!("OUT_DIR"), "/request_messages.rs"));
 
 /// One call in progress.
 #[derive(Debug)]
@@ -41,7 +60,7 @@ pub struct Call {
 impl Call {
     /// Starts a call: identity, source, user agent, the caller's idempotency
     /// key and the audit record's skeleton.
-    pub fn start<T: ClientRequestId>(request: &tonic::Request<T>, event_name: &str, read_only: bool) -> Call {
+    pub fn start<T: RequestMessage>(request: &tonic::Request<T>, event_name: &str, read_only: bool) -> Call {
         let caller = Caller::from_request(request);
         if let Ok(caller) = &caller {
             // The call's span (telemetry on; a no-op otherwise).

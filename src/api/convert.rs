@@ -207,20 +207,6 @@ pub fn planned_repository(registry: &RegistryRef, spec: &RepositorySpec) -> pb::
     }
 }
 
-/// Audit parameters of a repository request (policies are kept; nothing here is secret).
-pub fn settings_json(settings: Option<&pb::RepositorySettings>) -> Value {
-    let Some(s) = settings else { return Value::Null };
-    json!({
-        "imageTagMutability": pb::ImageTagMutability::try_from(s.image_tag_mutability).map(|m| m.as_str_name()).unwrap_or("INVALID"),
-        "imageTagMutabilityExclusionFilters": s.image_tag_mutability_exclusion_filters,
-        "scanOnPush": s.scan_on_push,
-        "encryption": s.encryption.as_ref().map(|e| json!({"encryptionType": e.encryption_type, "kmsKey": e.kms_key})),
-        "tags": s.tags.iter().collect::<std::collections::BTreeMap<_, _>>(),
-        "lifecyclePolicy": s.lifecycle_policy,
-        "repositoryPolicy": s.repository_policy,
-    })
-}
-
 /// Audit response elements of a repository.
 pub fn repository_json(repository: &pb::Repository) -> Value {
     json!({

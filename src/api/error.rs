@@ -152,6 +152,26 @@ pub fn violations_of(error: ApiError) -> Vec<Violation> {
     }
 }
 
+/// Decoding a request collects every problem before it answers: a field's
+/// decode either gives its value or records why not (`violations` then end
+/// in one INVALID_ARGUMENT, see [`invalid`]).
+pub trait OrRecord<T> {
+    /// The value, or `None` with the violations recorded.
+    fn or_record(self, violations: &mut Vec<Violation>) -> Option<T>;
+}
+
+impl<T> OrRecord<T> for Result<T, Violation> {
+    fn or_record(self, violations: &mut Vec<Violation>) -> Option<T> {
+        self.map_err(|v| violations.push(v)).ok()
+    }
+}
+
+impl<T> OrRecord<T> for Result<T, ApiError> {
+    fn or_record(self, violations: &mut Vec<Violation>) -> Option<T> {
+        self.map_err(|e| violations.extend(violations_of(e))).ok()
+    }
+}
+
 impl ApiError {
     /// One field violation.
     pub fn invalid(field: impl Into<String>, rule: &'static str, description: impl Into<String>) -> Self {

@@ -5,7 +5,6 @@ pub mod access;
 pub mod audit;
 pub mod call;
 pub mod cleanup;
-pub mod cleanup_runs;
 pub mod convert;
 pub mod error;
 pub mod image;
@@ -13,6 +12,7 @@ pub mod mutation;
 pub mod page_token;
 mod promote;
 pub mod repository;
+pub mod rpc;
 pub mod scan;
 
 use std::sync::Arc;
@@ -81,6 +81,20 @@ pub struct AppState {
 
 /// Shared handle to the state.
 pub type Shared = Arc<AppState>;
+
+/// A gRPC service over the shared state: each service's file implements its
+/// tonic trait for it ([`rpc::unary_rpcs!`]) and names it (`RepositoryApi`, …).
+#[derive(Debug, Clone)]
+pub struct Api {
+    state: Shared,
+}
+
+impl Api {
+    /// A service over the shared state.
+    pub fn new(state: Shared) -> Self {
+        Self { state }
+    }
+}
 
 /// The store's form of what `scope` lets the caller read in `registries`
 /// (a registry the scope does not mention shows nothing).

@@ -9,10 +9,10 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::call::Call;
-use super::error::{ApiError, Precondition, invalid, violations_of};
+use super::error::{ApiError, OrRecord as _, Precondition, invalid};
 use super::image::{image_message, image_selector, tag_is_immutable};
 use super::mutation::{self, Attempt, CacheChange, Done, check_request_id};
-use super::scan::{decision, environment_rules, found_image, gate_verdict};
+use super::scan::deploy_gate::{decision, environment_rules, found_image, gate_verdict};
 use crate::auth::authz::Resource;
 use crate::domain::{
     AuditResource, Digest, ImageRecord, ImageSelector, ImageTag, RepositoryName, Violation, pinned_uri,
@@ -81,11 +81,8 @@ fn decode<'a>(state: &'a AppState, request: &'a pb::PromoteImageRequest) -> Resu
     let mut violations = Vec::new();
     let located = state
         .locate(&request.registry, &request.repository)
-        .map_err(|e| violations.extend(violations_of(e)))
-        .ok();
-    let selector = image_selector(&request.tag, &request.digest)
-        .map_err(|e| violations.extend(violations_of(e)))
-        .ok();
+        .or_record(&mut violations);
+    let selector = image_selector(&request.tag, &request.digest).or_record(&mut violations);
     let target = match request.target_repository.as_str() {
         "" => None,
         name => RepositoryName::parse(name)
@@ -109,7 +106,7 @@ fn decode<'a>(state: &'a AppState, request: &'a pb::PromoteImageRequest) -> Resu
         "" => None,
         environment => environment_rules(state, environment)
             .map(|rules| Some((environment, rules)))
-            .map_err(|v| violations.push(v))
+            .or_record(&mut violations)
             .unwrap_or_default(),
     };
     violations.extend(check_request_id(&request.request_id));

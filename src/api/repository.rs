@@ -2,14 +2,13 @@
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use tonic::{Request, Response, Status};
 
+use super::AppState;
 use super::call::Call;
 use super::convert;
-use super::error::{ApiError, Precondition};
+use super::error::{ApiError, OrRecord as _, Precondition};
 use super::mutation::{self, Attempt, CacheChange, Done, check_request_id};
 use super::page_token;
-use super::{AppState, Shared};
 use crate::auth::authz::Resource;
 use crate::domain::{RegistryRef, RepositoryName, RepositoryState, Violation};
 use crate::ecr::{CallLog, Registry};
@@ -32,102 +31,15 @@ const UPDATABLE: &[&str] = &[
 ];
 
 /// The RepositoryService implementation.
-#[derive(Debug, Clone)]
-pub struct RepositoryApi {
-    state: Shared,
-}
+pub type RepositoryApi = super::Api;
 
-impl RepositoryApi {
-    /// A service over the shared state.
-    pub fn new(state: Shared) -> Self {
-        Self { state }
-    }
-}
-
-#[tonic::async_trait]
-impl RepositoryService for RepositoryApi {
-    async fn create_repository(
-        &self,
-        request: Request<pb::CreateRepositoryRequest>,
-    ) -> Result<Response<pb::CreateRepositoryResponse>, Status> {
-        let mut call = Call::start(&request, "CreateRepository", false);
-        let request = request.into_inner();
-        call.record.read_only = request.validate_only;
-        call.set_parameters(json!({
-            "registry": request.registry,
-            "repositoryName": request.repository,
-            "settings": convert::settings_json(request.settings.as_ref()),
-            "validateOnly": request.validate_only,
-        }));
-        let result = create(&self.state, &mut call, &request).await;
-        call.finish(&self.state.audit, result).await
-    }
-
-    async fn get_repository(
-        &self,
-        request: Request<pb::GetRepositoryRequest>,
-    ) -> Result<Response<pb::Repository>, Status> {
-        let mut call = Call::start(&request, "GetRepository", true);
-        let request = request.into_inner();
-        call.set_parameters(json!({
-            "registry": request.registry,
-            "repositoryName": request.repository,
-            "consistency": request.consistency,
-        }));
-        let result = get(&self.state, &mut call, &request).await;
-        call.finish(&self.state.audit, result).await
-    }
-
-    async fn list_repositories(
-        &self,
-        request: Request<pb::ListRepositoriesRequest>,
-    ) -> Result<Response<pb::ListRepositoriesResponse>, Status> {
-        let mut call = Call::start(&request, "ListRepositories", true);
-        let request = request.into_inner();
-        call.set_parameters(json!({
-            "registry": request.registry,
-            "prefix": request.prefix,
-            "tagFilter": request.tag_filter.iter().collect::<std::collections::BTreeMap<_, _>>(),
-            "pageSize": request.page_size,
-            "pageToken": request.page_token,
-        }));
-        let result = list(&self.state, &mut call, &request).await;
-        call.finish(&self.state.audit, result).await
-    }
-
-    async fn update_repository(
-        &self,
-        request: Request<pb::UpdateRepositoryRequest>,
-    ) -> Result<Response<pb::UpdateRepositoryResponse>, Status> {
-        let mut call = Call::start(&request, "UpdateRepository", false);
-        let request = request.into_inner();
-        call.record.read_only = request.validate_only;
-        call.set_parameters(json!({
-            "registry": request.registry,
-            "repositoryName": request.repository,
-            "settings": convert::settings_json(request.settings.as_ref()),
-            "updateMask": request.update_mask.as_ref().map(|m| m.paths.clone()),
-            "validateOnly": request.validate_only,
-        }));
-        let result = update(&self.state, &mut call, &request).await;
-        call.finish(&self.state.audit, result).await
-    }
-
-    async fn delete_repository(
-        &self,
-        request: Request<pb::DeleteRepositoryRequest>,
-    ) -> Result<Response<pb::DeleteRepositoryResponse>, Status> {
-        let mut call = Call::start(&request, "DeleteRepository", false);
-        let request = request.into_inner();
-        call.record.read_only = request.validate_only;
-        call.set_parameters(json!({
-            "registry": request.registry,
-            "repositoryName": request.repository,
-            "force": request.force,
-            "validateOnly": request.validate_only,
-        }));
-        let result = delete(&self.state, &mut call, &request).await;
-        call.finish(&self.state.audit, result).await
+super::rpc::unary_rpcs! {
+    RepositoryService, RepositoryApi, state {
+        create_repository(CreateRepositoryRequest) -> CreateRepositoryResponse = "CreateRepository", Write, create;
+        get_repository(GetRepositoryRequest) -> Repository = "GetRepository", Read, get;
+        list_repositories(ListRepositoriesRequest) -> ListRepositoriesResponse = "ListRepositories", Read, list;
+        update_repository(UpdateRepositoryRequest) -> UpdateRepositoryResponse = "UpdateRepository", Write, update;
+        delete_repository(DeleteRepositoryRequest) -> DeleteRepositoryResponse = "DeleteRepository", Write, delete;
     }
 }
 
@@ -178,10 +90,7 @@ fn plan_create<'a>(
     request: &pb::CreateRepositoryRequest,
 ) -> Result<(&'a Registry, RepositorySpec), ApiError> {
     let mut violations = Vec::new();
-    let registry = state
-        .registry(&request.registry)
-        .map_err(|v| violations.push(v))
-        .ok();
+    let registry = state.registry(&request.registry).or_record(&mut violations);
     violations.extend(check_request_id(&request.request_id));
     let (repository_request, decode_violations) =
         convert::repository_request(&request.repository, request.settings.as_ref());
@@ -335,7 +244,7 @@ async fn list(
     let mut violations = Vec::new();
     let registries = state
         .registries_named(&request.registry)
-        .map_err(|v| violations.push(v))
+        .or_record(&mut violations)
         .unwrap_or_default();
     violations.extend(super::check_prefix("prefix", &request.prefix));
     let tags: std::collections::BTreeMap<String, String> = request.tag_filter.clone().into_iter().collect();

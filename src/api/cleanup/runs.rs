@@ -8,13 +8,13 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::call::Call;
-use super::cleanup::{action_message, no_lifecycle_policy, repository_not_found};
-use super::convert::timestamp;
-use super::error::{ApiError, Precondition, invalid, violations_of};
-use super::mutation::{self, CacheChange, Done, check_request_id};
-use super::page_token::{self, next_token};
-use super::{AppState, Shared, check_prefix, repository_filter};
+use crate::api::call::Call;
+use crate::api::cleanup::{action_message, no_lifecycle_policy, repository_not_found};
+use crate::api::convert::timestamp;
+use crate::api::error::{ApiError, OrRecord as _, Precondition, invalid};
+use crate::api::mutation::{self, CacheChange, Done, check_request_id};
+use crate::api::page_token::{self, next_token};
+use crate::api::{AppState, Shared, check_prefix, repository_filter};
 use crate::auth::authz::Resource;
 use crate::domain::{RegistryRef, RepositoryName, Violation};
 use crate::pb;
@@ -30,10 +30,7 @@ pub async fn run_cleanup(
 ) -> Result<(pb::CleanupRun, Value), ApiError> {
     let identity = call.caller()?.identity.clone();
     let mut violations = Vec::new();
-    let registry = state
-        .registry(&request.registry)
-        .map_err(|v| violations.push(v))
-        .ok();
+    let registry = state.registry(&request.registry).or_record(&mut violations);
     let repository = match (
         request.repository.is_empty(),
         request.repository_prefix.is_empty(),
@@ -54,9 +51,7 @@ pub async fn run_cleanup(
             ));
             None
         }
-        (false, true) => RepositoryName::parse(&request.repository)
-            .map_err(|v| violations.push(v))
-            .ok(),
+        (false, true) => RepositoryName::parse(&request.repository).or_record(&mut violations),
         (true, false) => {
             violations.extend(check_prefix("repository_prefix", &request.repository_prefix));
             None
@@ -174,12 +169,8 @@ pub async fn get_cleanup_run(
 ) -> Result<(pb::GetCleanupRunResponse, Value), ApiError> {
     call.caller()?;
     let mut violations = Vec::new();
-    let id = run_id(&request.id)
-        .map_err(|e| violations.extend(violations_of(e)))
-        .ok();
-    let limit = page_token::page_size(request.page_size)
-        .map_err(|e| violations.extend(violations_of(e)))
-        .ok();
+    let id = run_id(&request.id).or_record(&mut violations);
+    let limit = page_token::page_size(request.page_size).or_record(&mut violations);
     let outcome = match pb::CleanupItemOutcome::try_from(request.outcome) {
         Ok(pb::CleanupItemOutcome::Unspecified) => None,
         Ok(outcome) => Some(outcome_name(outcome)),
@@ -233,11 +224,10 @@ pub async fn list_cleanup_runs(
     let mut violations = Vec::new();
     let registries = state
         .registries_named(&request.registry)
-        .map_err(|v| violations.push(v))
+        .or_record(&mut violations)
         .unwrap_or_default();
     let repository = repository_filter(&request.repository)
-        .map_err(|v| violations.push(v))
-        .ok()
+        .or_record(&mut violations)
         .flatten();
     let run_state = match pb::CleanupRunState::try_from(request.state) {
         Ok(pb::CleanupRunState::Unspecified) => None,
@@ -251,9 +241,7 @@ pub async fn list_cleanup_runs(
             None
         }
     };
-    let limit = page_token::page_size(request.page_size)
-        .map_err(|e| violations.extend(violations_of(e)))
-        .ok();
+    let limit = page_token::page_size(request.page_size).or_record(&mut violations);
     let Some(limit) = limit.filter(|_| violations.is_empty()) else {
         return Err(invalid(violations));
     };
@@ -263,7 +251,7 @@ pub async fn list_cleanup_runs(
         .map(|r| (r.reference.account_id.clone(), r.reference.region.clone()))
         .collect();
     let filter = RunFilter {
-        visibility: super::visibility(&scope, registries.iter().map(|r| &r.reference)),
+        visibility: crate::api::visibility(&scope, registries.iter().map(|r| &r.reference)),
         repository: repository.map(|r| r.to_string()),
         state: run_state,
     };
