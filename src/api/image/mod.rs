@@ -34,7 +34,7 @@ use refresh::*;
 pub(in crate::api) use refresh::{read_through_unknown, repository_not_found, sync_error};
 use resolve::*;
 pub(in crate::api) use resolve::{
-    decode_reference, image_selector, resolved_tag_is_immutable, selector_suffix, tag_is_immutable,
+    Located, image_selector, locate_reference, resolved_tag_is_immutable, selector_suffix, tag_is_immutable,
 };
 
 /// The ImageService implementation.

@@ -153,6 +153,14 @@ pub(super) async fn cached_resolution(
     Ok(resolution)
 }
 
+/// Where a reference points.
+pub(in crate::api) enum Located<'a> {
+    /// A registry this gateway manages, and the parsed reference.
+    Managed(&'a Registry, ImageRef),
+    /// A full ECR URI of a registry the gateway does not manage: why not.
+    Unmanaged(Violation),
+}
+
 /// Parses a reference and finds its registry: the one a full ECR URI names
 /// (it must be configured), else `registry` (empty: the default).
 pub(in crate::api) fn decode_reference<'a>(
@@ -160,33 +168,47 @@ pub(in crate::api) fn decode_reference<'a>(
     alias: &str,
     reference: &str,
 ) -> Result<(&'a Registry, ImageRef), ApiError> {
+    match locate_reference(state, alias, reference)? {
+        Located::Managed(registry, parsed) => Ok((registry, parsed)),
+        Located::Unmanaged(violation) => Err(invalid(vec![violation])),
+    }
+}
+
+/// [`decode_reference`], telling a registry the gateway does not manage
+/// apart from a malformed request (CheckDeployment answers it with DENY).
+pub(in crate::api) fn locate_reference<'a>(
+    state: &'a AppState,
+    alias: &str,
+    reference: &str,
+) -> Result<Located<'a>, ApiError> {
     let parsed = ImageRef::parse(reference).map_err(invalid)?;
-    let registry = match &parsed.registry {
-        Some(host) => state
-            .registries
-            .all()
-            .find(|r| r.reference.account_id == host.account_id.as_str() && r.reference.region == host.region)
-            .filter(|r| alias.is_empty() || r.reference.alias == alias)
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "reference",
-                    "reference.unmanaged-registry",
-                    format!(
-                        "account {} in {} is not a registry this gateway manages{}; configured: {}",
-                        host.account_id.as_str(),
-                        host.region,
-                        if alias.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" under alias `{alias}`")
-                        },
-                        state.registries.aliases().join(", ")
-                    ),
-                )
-            })?,
-        None => state.registry(alias).map_err(|v| invalid(vec![v]))?,
+    let Some(host) = &parsed.registry else {
+        let registry = state.registry(alias).map_err(|v| invalid(vec![v]))?;
+        return Ok(Located::Managed(registry, parsed));
     };
-    Ok((registry, parsed))
+    let managed = state
+        .registries
+        .all()
+        .find(|r| r.reference.account_id == host.account_id.as_str() && r.reference.region == host.region)
+        .filter(|r| alias.is_empty() || r.reference.alias == alias);
+    Ok(match managed {
+        Some(registry) => Located::Managed(registry, parsed),
+        None => Located::Unmanaged(Violation::new(
+            "reference",
+            "reference.unmanaged-registry",
+            format!(
+                "account {} in {} is not a registry this gateway manages{}; configured: {}",
+                host.account_id.as_str(),
+                host.region,
+                if alias.is_empty() {
+                    String::new()
+                } else {
+                    format!(" under alias `{alias}`")
+                },
+                state.registries.aliases().join(", ")
+            ),
+        )),
+    })
 }
 
 /// ECR semantics: IMMUTABLE tags never move; *_WITH_EXCLUSION flips the rule for tags matching a filter.

@@ -32,40 +32,32 @@ pub(super) async fn check_deployment(
 ) -> Result<(pb::CheckDeploymentResponse, Value), ApiError> {
     call.caller()?;
     let rules = environment_rules(state, &request.environment);
-    let decoded = decode_reference(state, &request.registry, &request.reference);
-    let (rules, decoded) = match (rules, decoded) {
-        (Ok(rules), Ok(decoded)) => (rules, Ok(decoded)),
-        (Ok(rules), Err(ApiError::InvalidArgument { violations, .. }))
-            if violations
-                .iter()
-                .all(|v| v.rule == "reference.unmanaged-registry") =>
-        {
-            (rules, Err(violations))
-        }
+    let located = locate_reference(state, &request.registry, &request.reference);
+    let (rules, located) = match (rules, located) {
+        (Ok(rules), Ok(located)) => (rules, located),
         (Ok(_), Err(error)) => return Err(error),
-        (Err(violation), decoded) => {
+        (Err(violation), located) => {
             let mut violations = vec![violation];
-            if let Err(error) = decoded {
-                violations.extend(violations_of(error));
+            match located {
+                Err(error) => violations.extend(violations_of(error)),
+                Ok(Located::Unmanaged(unmanaged)) => violations.push(unmanaged),
+                Ok(Located::Managed(..)) => {}
             }
             return Err(invalid(violations));
         }
     };
     let now = Utc::now();
-    let (registry, reference) = match decoded {
-        Ok(decoded) => decoded,
-        Err(violations) => {
+    let (registry, reference) = match located {
+        Located::Managed(registry, reference) => (registry, reference),
+        Located::Unmanaged(violation) => {
             // Not an error: the answer to "may this be deployed?" is no,
             // and it tells nothing about any repository the gateway manages.
             call.allow_unscoped("the reference names a registry the gateway does not manage");
-            let reasons = violations
-                .into_iter()
-                .map(|v| gate::Reason {
-                    rule_id: "deploy.registry-unmanaged",
-                    message: v.description,
-                    findings: Vec::new(),
-                })
-                .collect();
+            let reasons = vec![gate::Reason {
+                rule_id: "deploy.registry-unmanaged",
+                message: violation.description,
+                findings: Vec::new(),
+            }];
             return Ok(decision(
                 request,
                 gate::Verdict {

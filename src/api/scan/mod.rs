@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::call::Call;
 use super::convert::{time_of, timestamp};
 use super::error::{ApiError, OrRecord as _, invalid, violations_of};
-use super::image::{decode_reference, image_selector, resolved_tag_is_immutable, selector_suffix};
+use super::image::{Located, image_selector, locate_reference, resolved_tag_is_immutable, selector_suffix};
 use super::mutation::{self, CacheChange, Done, check_request_id};
 use super::page_token::{self, next_token};
 use super::{AppState, repository_filter};
