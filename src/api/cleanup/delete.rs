@@ -65,88 +65,122 @@ pub(super) async fn delete_images(
     state
         .authorize_repository(call, &registry.reference, repository.as_str())
         .await?;
-    let store = state.store.clone();
-    let cleanup = state.policy.config().cleanup.clone();
     let (mut response, replayed) = mutation::run(
         &state.store,
         call,
         &request.request_id,
         request,
         state.mutation_lease,
-        |attempt| async move {
-            // ECR's state now, not the cache's: the decision must hold for what ECR will delete.
-            let mut targets = Vec::with_capacity(selectors.len());
-            for selector in selectors {
-                let image = registry
-                    .describe_image(&attempt.log, &repository, &selector)
-                    .await?
-                    .map(|i| (i.digest.to_string(), i.tags.clone()));
-                targets.push(Target { selector, image });
-            }
-            let doomed = doomed_images(&targets);
-            refuse_protected(&cleanup, &registry.reference, &repository, &targets, &doomed)?;
-            // Re-checked right before the delete: a pin taken meanwhile wins.
-            let doomed_digests: Vec<String> = doomed.keys().cloned().collect();
-            refuse_pinned(&store, &registry.reference, repository.as_str(), Some(&doomed_digests)).await?;
-            let ids: Vec<ImageSelector> = targets.iter().map(|t| t.selector.clone()).collect();
-            let outcomes = registry.batch_delete_images(&attempt.log, &repository, &ids).await?;
-            let mut results = Vec::with_capacity(targets.len());
-            let (mut deleted, mut untagged) = (BTreeSet::new(), Vec::new());
-            for (target, outcome) in targets.iter().zip(outcomes) {
-                let reference = match &target.selector {
-                    ImageSelector::Tag(tag) => tag.to_string(),
-                    ImageSelector::Digest(digest) => digest.to_string(),
-                };
-                let result = match outcome {
-                    DeleteOutcome::Deleted(digest) => {
-                        let digest = if digest.is_empty() {
-                            target.image.as_ref().map(|i| i.0.clone()).unwrap_or_default()
-                        } else {
-                            digest
-                        };
-                        let whole = doomed.contains_key(&digest);
-                        if whole {
-                            deleted.insert(digest.clone());
-                        } else if let ImageSelector::Tag(tag) = &target.selector {
-                            untagged.push(tag.to_string());
-                        }
-                        pb::DeleteImageResult {
-                            reference,
-                            digest,
-                            outcome: if whole { "DELETED" } else { "UNTAGGED" }.into(),
-                            message: String::new(),
-                        }
-                    }
-                    DeleteOutcome::Failed(code, message) => pb::DeleteImageResult {
-                        reference,
-                        digest: target.image.as_ref().map(|i| i.0.clone()).unwrap_or_default(),
-                        outcome: if code == "ImageNotFound" { "NOT_FOUND".into() } else { code },
-                        message,
-                    },
-                };
-                results.push(result);
-            }
-            let elements = json!({"results": results.iter().map(|r| json!({
-                "reference": r.reference, "imageDigest": r.digest, "outcome": r.outcome})).collect::<Vec<_>>()});
-            Ok(Done {
-                response: pb::DeleteImagesResponse {
-                    results,
-                    replayed: false,
-                },
-                change: CacheChange::ImagesDeleted {
-                    registry: registry.reference.clone(),
-                    repository: repository.clone(),
-                    digests: deleted.into_iter().collect(),
-                    untagged,
-                },
-                elements,
-            })
-        },
+        |attempt| delete_in_ecr(state, registry, repository, selectors, attempt),
     )
     .await?;
     response.replayed = replayed;
     let elements = json!({"replayed": replayed, "results": response.results.len()});
     Ok((response, elements))
+}
+
+/// The mutation's work: ECR's state now (not the cache's: the decision must
+/// hold for what ECR will delete), the protection and pin checks on it, then
+/// BatchDeleteImage, and what it did per id.
+async fn delete_in_ecr(
+    state: &AppState,
+    registry: &Registry,
+    repository: RepositoryName,
+    selectors: Vec<ImageSelector>,
+    attempt: Attempt,
+) -> Result<Done<pb::DeleteImagesResponse>, ApiError> {
+    let store = &state.store;
+    let cleanup = &state.policy.config().cleanup;
+    // ECR's state now, not the cache's: the decision must hold for what ECR will delete.
+    let mut targets = Vec::with_capacity(selectors.len());
+    for selector in selectors {
+        let image = registry
+            .describe_image(&attempt.log, &repository, &selector)
+            .await?
+            .map(|i| (i.digest.to_string(), i.tags.clone()));
+        targets.push(Target { selector, image });
+    }
+    let doomed = doomed_images(&targets);
+    refuse_protected(cleanup, &registry.reference, &repository, &targets, &doomed)?;
+    // Re-checked right before the delete: a pin taken meanwhile wins.
+    let doomed_digests: Vec<String> = doomed.keys().cloned().collect();
+    refuse_pinned(
+        store,
+        &registry.reference,
+        repository.as_str(),
+        Some(&doomed_digests),
+    )
+    .await?;
+    let ids: Vec<ImageSelector> = targets.iter().map(|t| t.selector.clone()).collect();
+    let outcomes = registry
+        .batch_delete_images(&attempt.log, &repository, &ids)
+        .await?;
+    let (results, deleted, untagged) = results_of(&targets, outcomes, &doomed);
+    let elements = json!({"results": results.iter().map(|r| json!({
+        "reference": r.reference, "imageDigest": r.digest, "outcome": r.outcome})).collect::<Vec<_>>()});
+    Ok(Done {
+        response: pb::DeleteImagesResponse {
+            results,
+            replayed: false,
+        },
+        change: CacheChange::ImagesDeleted {
+            registry: registry.reference.clone(),
+            repository: repository.clone(),
+            digests: deleted.into_iter().collect(),
+            untagged,
+        },
+        elements,
+    })
+}
+
+/// What BatchDeleteImage did per requested id: the results, the images gone
+/// whole, and the tags gone from images that remain.
+fn results_of(
+    targets: &[Target],
+    outcomes: Vec<DeleteOutcome>,
+    doomed: &BTreeMap<String, Vec<String>>,
+) -> (Vec<pb::DeleteImageResult>, BTreeSet<String>, Vec<String>) {
+    let mut results = Vec::with_capacity(targets.len());
+    let (mut deleted, mut untagged) = (BTreeSet::new(), Vec::new());
+    for (target, outcome) in targets.iter().zip(outcomes) {
+        let reference = match &target.selector {
+            ImageSelector::Tag(tag) => tag.to_string(),
+            ImageSelector::Digest(digest) => digest.to_string(),
+        };
+        let result = match outcome {
+            DeleteOutcome::Deleted(digest) => {
+                let digest = if digest.is_empty() {
+                    target.image.as_ref().map(|i| i.0.clone()).unwrap_or_default()
+                } else {
+                    digest
+                };
+                let whole = doomed.contains_key(&digest);
+                if whole {
+                    deleted.insert(digest.clone());
+                } else if let ImageSelector::Tag(tag) = &target.selector {
+                    untagged.push(tag.to_string());
+                }
+                pb::DeleteImageResult {
+                    reference,
+                    digest,
+                    outcome: if whole { "DELETED" } else { "UNTAGGED" }.into(),
+                    message: String::new(),
+                }
+            }
+            DeleteOutcome::Failed(code, message) => pb::DeleteImageResult {
+                reference,
+                digest: target.image.as_ref().map(|i| i.0.clone()).unwrap_or_default(),
+                outcome: if code == "ImageNotFound" {
+                    "NOT_FOUND".into()
+                } else {
+                    code
+                },
+                message,
+            },
+        };
+        results.push(result);
+    }
+    (results, deleted, untagged)
 }
 
 /// A violation for each entry of `list` that repeats an earlier one (ECR's

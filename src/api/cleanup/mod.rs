@@ -12,7 +12,7 @@ use super::call::Call;
 use super::convert::{time_of, timestamp};
 use super::error::{ApiError, OrRecord as _, Precondition, invalid};
 use super::image::image_selector;
-use super::mutation::{self, CacheChange, Done, check_request_id};
+use super::mutation::{self, Attempt, CacheChange, Done, check_request_id};
 use super::page_token::{self, next_token};
 use super::{AppState, repository_filter};
 use crate::cleanup::plan::{self, Floors, Preview, Verdict};
