@@ -27,7 +27,7 @@ const MAX_LENGTH: usize = 30_720;
 /// ECR's most rules in one policy.
 const MAX_RULES: usize = 50;
 /// ECR's limit of `*` wildcards in one `tagPatternList` entry.
-pub const MAX_PATTERN_WILDCARDS: usize = 4;
+const MAX_PATTERN_WILDCARDS: usize = 4;
 /// Largest `rulePriority` or `countNumber`: ECR's integers are 32-bit.
 const MAX_INTEGER: u64 = i32::MAX as u64;
 /// Days an image must stay archived before a lifecycle rule may expire it.
