@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::call::Call;
 use super::error::{ApiError, OrRecord as _, Precondition, invalid};
-use super::image::{image_message, image_selector, tag_is_immutable};
+use super::image::{image_message, image_selector};
 use super::mutation::{self, Attempt, CacheChange, Done, check_request_id};
 use super::scan::deploy_gate::{decision, environment_rules, found_image, gate_verdict};
 use crate::auth::authz::Resource;
@@ -262,11 +262,9 @@ async fn target_tag_immutable(promotion: &Promotion<'_>, log: &CallLog) -> Resul
         .ok_or_else(|| {
             super::image::repository_not_found(&promotion.registry.reference, &promotion.target)
         })?;
-    Ok(tag_is_immutable(
-        Some(repository.tag_mutability.as_ecr_str()),
-        &json!(repository.exclusion_filters),
-        promotion.tag.as_str(),
-    ))
+    Ok(repository
+        .tag_mutability
+        .is_immutable(promotion.tag.as_str(), &repository.exclusion_filters))
 }
 
 /// The mutation's work: read, tag, read the result back for the cache.

@@ -6,9 +6,10 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_rustls::HttpsConnector;
@@ -56,9 +57,10 @@ pub enum KeyLookupError {
     Unavailable(String),
 }
 
+/// One snapshot of the keys; replaced whole, never changed in place.
 #[derive(Default)]
 struct KeySet {
-    keys: HashMap<String, Arc<Key>>,
+    keys: Arc<HashMap<String, Arc<Key>>>,
     /// Bumped by every successful load, so waiting callers see a refresh happened.
     generation: u64,
     last_error: Option<String>,
@@ -69,8 +71,9 @@ pub struct Jwks {
     fetcher: Option<Box<dyn Fetch>>,
     /// Shown in reasons and logs: the URL or file.
     origin: String,
-    set: RwLock<KeySet>,
-    /// Held during a fetch; the time of the last fetch attempt.
+    /// Read without locking; only `fetch_and_store` replaces it, under `last_fetch`.
+    set: ArcSwap<KeySet>,
+    /// Held during a fetch (so there is one writer of `set`); the time of the last fetch attempt.
     last_fetch: Mutex<Option<Instant>>,
     min_refresh_interval: Duration,
     refresh_interval: Duration,
@@ -91,8 +94,8 @@ impl Jwks {
         Ok(Jwks {
             fetcher: None,
             origin: origin.to_owned(),
-            set: RwLock::new(KeySet {
-                keys,
+            set: ArcSwap::from_pointee(KeySet {
+                keys: Arc::new(keys),
                 generation: 1,
                 last_error: None,
             }),
@@ -112,7 +115,7 @@ impl Jwks {
         Jwks {
             fetcher: Some(fetcher),
             origin: origin.to_owned(),
-            set: RwLock::new(KeySet {
+            set: ArcSwap::from_pointee(KeySet {
                 last_error: Some("not fetched yet".into()),
                 ..KeySet::default()
             }),
@@ -140,7 +143,7 @@ impl Jwks {
     /// The key with id `kid`; an unknown id triggers a (rate-limited) refresh.
     pub async fn key(&self, kid: &str) -> Result<Arc<Key>, KeyLookupError> {
         let generation = {
-            let set = self.set.read().expect("jwks lock");
+            let set = self.set.load();
             if let Some(key) = set.keys.get(kid) {
                 return Ok(key.clone());
             }
@@ -149,7 +152,7 @@ impl Jwks {
         if self.fetcher.is_some() {
             self.refresh_for_unknown_kid(generation).await;
         }
-        let set = self.set.read().expect("jwks lock");
+        let set = self.set.load();
         match (set.keys.get(kid), &set.last_error) {
             (Some(key), _) => Ok(key.clone()),
             (None, Some(error)) if set.generation == 0 => Err(KeyLookupError::Unavailable(format!(
@@ -180,7 +183,7 @@ impl Jwks {
     }
 
     fn generation(&self) -> u64 {
-        self.set.read().expect("jwks lock").generation
+        self.set.load().generation
     }
 
     async fn fetch_and_store(&self) -> bool {
@@ -188,18 +191,25 @@ impl Jwks {
             return false;
         };
         let result = fetcher.fetch().await.and_then(|document| parse_jwks(&document));
-        let mut set = self.set.write().expect("jwks lock");
+        // The caller holds `last_fetch`, so nothing replaces `set` between this load and the store.
+        let held = self.set.load_full();
         match result {
             Ok(keys) => {
                 tracing::info!(origin = %self.origin, keys = keys.len(), "loaded the OIDC issuer's signing keys");
-                set.keys = keys;
-                set.generation += 1;
-                set.last_error = None;
+                self.set.store(Arc::new(KeySet {
+                    keys: Arc::new(keys),
+                    generation: held.generation + 1,
+                    last_error: None,
+                }));
                 true
             }
             Err(error) => {
                 tracing::warn!(origin = %self.origin, %error, "fetching the OIDC issuer's signing keys failed; keeping the keys held");
-                set.last_error = Some(error);
+                self.set.store(Arc::new(KeySet {
+                    keys: held.keys.clone(),
+                    generation: held.generation,
+                    last_error: Some(error),
+                }));
                 false
             }
         }
@@ -212,7 +222,10 @@ impl Jwks {
             return;
         }
         loop {
-            let loaded = self.generation() > 0 && self.set.read().expect("jwks lock").last_error.is_none();
+            let loaded = {
+                let set = self.set.load();
+                set.generation > 0 && set.last_error.is_none()
+            };
             let wait = if loaded {
                 self.refresh_interval
             } else {
@@ -427,6 +440,34 @@ mod tests {
             }
             other => panic!("expected Unavailable, got {:?}", other.map(|_| ())),
         }
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_the_keys_held() {
+        /// Serves the document once, then fails.
+        struct Once(AtomicUsize);
+        #[async_trait::async_trait]
+        impl Fetch for Once {
+            async fn fetch(&self) -> Result<Vec<u8>, String> {
+                match self.0.fetch_add(1, Ordering::SeqCst) {
+                    0 => Ok(EC_JWKS.as_bytes().to_vec()),
+                    _ => Err("connection refused".into()),
+                }
+            }
+        }
+        let jwks = Jwks::fetched(
+            "test",
+            Box::new(Once(AtomicUsize::new(0))),
+            Duration::from_secs(3600),
+            Duration::from_millis(1),
+        );
+        assert!(jwks.refresh().await);
+        assert!(!jwks.refresh().await);
+        assert!(jwks.key("k1").await.is_ok());
+        // Keys were loaded once, so an unknown id is unknown, not unavailable.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(jwks.key("other").await.err(), Some(KeyLookupError::UnknownKid));
+        assert_eq!(jwks.generation(), 1);
     }
 
     #[test]

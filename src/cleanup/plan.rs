@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use chrono::Utc;
 use sqlx::PgPool;
 
-use crate::domain::{Digest, RegistryRef};
+use crate::domain::{Digest, RegistryRef, TagPattern};
 use crate::policy::lifecycle_eval::{self, LifecycleImage};
 use crate::policy::lifecycle_model::{LifecyclePolicy, RuleAction, StorageClass};
 use crate::policy::protection::{self, CleanupConfig};
@@ -154,7 +154,7 @@ pub fn floor_keeps<'a>(
                     images[i]
                         .tags
                         .iter()
-                        .any(|t| protection::glob_matches(&floor.tags, t))
+                        .any(|t| TagPattern::text_matches(&floor.tags, t))
                 })
                 .collect();
             matching.sort_by(|&a, &b| {

@@ -4,6 +4,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::TagPattern;
+
 /// Whether tags in a repository can be moved to another image, as ECR names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum TagMutability {
@@ -51,6 +53,24 @@ impl TagMutability {
             self,
             TagMutability::ImmutableWithExclusion | TagMutability::MutableWithExclusion
         )
+    }
+
+    /// Whether `tag` is immutable under this setting, with ECR's semantics:
+    /// `IMMUTABLE` always, `MUTABLE` never, `IMMUTABLE_WITH_EXCLUSION` unless
+    /// one of `exclusion_filters` matches the tag, `MUTABLE_WITH_EXCLUSION`
+    /// only if one matches. The filters are [`TagPattern`]s or their text.
+    pub fn is_immutable<F: AsRef<str>>(self, tag: &str, exclusion_filters: &[F]) -> bool {
+        let excluded = || {
+            exclusion_filters
+                .iter()
+                .any(|filter| TagPattern::text_matches(filter.as_ref(), tag))
+        };
+        match self {
+            TagMutability::Immutable => true,
+            TagMutability::Mutable => false,
+            TagMutability::ImmutableWithExclusion => !excluded(),
+            TagMutability::MutableWithExclusion => excluded(),
+        }
     }
 }
 
@@ -137,6 +157,48 @@ mod tests {
                 TagMutability::MutableWithExclusion
             ]
         );
+    }
+
+    #[test]
+    fn immutable_and_mutable_ignore_the_filters() {
+        let filters = [TagPattern::parse("dev-*").expect("valid pattern")];
+        for tag in ["dev-1", "v1.0.0", ""] {
+            assert!(TagMutability::Immutable.is_immutable(tag, &filters), "{tag}");
+            assert!(TagMutability::Immutable.is_immutable::<&str>(tag, &[]), "{tag}");
+            assert!(!TagMutability::Mutable.is_immutable(tag, &filters), "{tag}");
+            assert!(!TagMutability::Mutable.is_immutable::<&str>(tag, &[]), "{tag}");
+        }
+    }
+
+    #[test]
+    fn exclusion_filters_flip_the_rule_for_matching_tags() {
+        let filters = vec!["dev-*".to_owned(), "*-rc*".to_owned()];
+        for (tag, excluded) in [
+            ("dev-", true),
+            ("v1-rc2", true),
+            ("prod-1", false),
+            ("latest", false),
+        ] {
+            assert_eq!(
+                TagMutability::ImmutableWithExclusion.is_immutable(tag, &filters),
+                !excluded,
+                "{tag}"
+            );
+            assert_eq!(
+                TagMutability::MutableWithExclusion.is_immutable(tag, &filters),
+                excluded,
+                "{tag}"
+            );
+        }
+        let patterns: Vec<TagPattern> = filters
+            .iter()
+            .map(|f| TagPattern::parse(f).expect("valid pattern"))
+            .collect();
+        assert!(!TagMutability::ImmutableWithExclusion.is_immutable("dev-7", &patterns));
+        assert!(TagMutability::MutableWithExclusion.is_immutable("dev-7", &patterns));
+        // No filter: nothing is excluded.
+        assert!(TagMutability::ImmutableWithExclusion.is_immutable::<String>("dev-7", &[]));
+        assert!(!TagMutability::MutableWithExclusion.is_immutable::<String>("dev-7", &[]));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 /// Calls per second allowed when an action has no configured rate.
-pub const DEFAULT_RATE: f64 = 20.0;
+pub(crate) const DEFAULT_RATE: f64 = 20.0;
 
 /// Token buckets by ECR action.
 #[derive(Debug)]

@@ -26,6 +26,8 @@ const MIN_LENGTH: usize = 100;
 const MAX_LENGTH: usize = 30_720;
 /// ECR's most rules in one policy.
 const MAX_RULES: usize = 50;
+/// ECR's limit of `*` wildcards in one `tagPatternList` entry.
+const MAX_PATTERN_WILDCARDS: usize = 4;
 /// Largest `rulePriority` or `countNumber`: ECR's integers are 32-bit.
 const MAX_INTEGER: u64 = i32::MAX as u64;
 /// Days an image must stay archived before a lifecycle rule may expire it.
@@ -428,15 +430,13 @@ fn read_patterns(object: &Map<String, Value>, path: &str, problems: &mut Problem
     };
     let mut patterns = Vec::with_capacity(texts.len());
     for (index, text) in texts.iter().enumerate() {
-        match TagPattern::parse(text) {
-            Ok(pattern) => patterns.push(pattern),
-            Err(wildcards) => problems.add(
+        let pattern = TagPattern::new(text.as_str());
+        match pattern.wildcards() {
+            wildcards if wildcards <= MAX_PATTERN_WILDCARDS => patterns.push(pattern),
+            wildcards => problems.add(
                 format!("{path}.tagPatternList[{index}]"),
                 "lifecycle-policy.pattern-wildcards",
-                format!(
-                    "`{text}` has {wildcards} `*` wildcards; ECR allows at most {}",
-                    TagPattern::MAX_WILDCARDS
-                ),
+                format!("`{text}` has {wildcards} `*` wildcards; ECR allows at most {MAX_PATTERN_WILDCARDS}"),
             ),
         }
     }

@@ -60,9 +60,9 @@ pub enum TagFilter {
     Patterns(Vec<TagPattern>),
 }
 
-/// A `tagPatternList` entry: literal text with at most [`TagPattern::MAX_WILDCARDS`] `*`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TagPattern(String);
+/// A `tagPatternList` entry: literal text with at most four `*` (ECR's limit,
+/// checked when a policy is read).
+pub use crate::domain::TagPattern;
 
 /// ECR's storage classes for images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -146,57 +146,6 @@ impl TagFilter {
                 .all(|pattern| tags.iter().any(|tag| pattern.matches(tag))),
         }
     }
-}
-
-impl TagPattern {
-    /// ECR's limit of `*` wildcards in one pattern.
-    pub const MAX_WILDCARDS: usize = 4;
-
-    /// `text` as a pattern, or the number of wildcards when there are more than ECR allows.
-    pub fn parse(text: &str) -> Result<Self, usize> {
-        match text.matches('*').count() {
-            wildcards if wildcards > Self::MAX_WILDCARDS => Err(wildcards),
-            _ => Ok(Self(text.to_owned())),
-        }
-    }
-
-    /// The pattern as written.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether `tag` matches the whole pattern, each `*` standing for any run of characters.
-    pub fn matches(&self, tag: &str) -> bool {
-        wildcard_match(self.0.as_bytes(), tag.as_bytes())
-    }
-}
-
-/// Greedy matching that backtracks only to the last `*`: linear for ECR's short tags.
-/// Bytes are safe here: `*` never occurs inside a multi-byte UTF-8 character.
-fn wildcard_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut last_star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                last_star = Some((p + 1, t));
-                p += 1;
-            }
-            Some(&byte) if byte == text[t] => {
-                p += 1;
-                t += 1;
-            }
-            _ => match last_star {
-                Some((after_star, matched_from)) => {
-                    last_star = Some((after_star, matched_from + 1));
-                    p = after_star;
-                    t = matched_from + 1;
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&byte| byte == b'*')
 }
 
 impl StorageClass {

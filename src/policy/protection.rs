@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::TagPattern;
+
 /// `[policy.cleanup]`
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -44,12 +46,7 @@ pub fn config_problems(config: &CleanupConfig) -> Vec<String> {
         patterns
             .iter()
             .enumerate()
-            .filter(|(_, p)| {
-                !(1..=128).contains(&p.len())
-                    || !p
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._-*".contains(&b))
-            })
+            .filter(|(_, p)| !TagPattern::is_valid(p))
             .map(|(i, p)| {
                 format!("{key}[{i}]: `{p}` is not a tag pattern (1-128 of A-Z a-z 0-9 . _ - and * wildcards)")
             })
@@ -111,28 +108,8 @@ pub fn protecting_pattern<'a>(config: &'a CleanupConfig, repository: &str, tag: 
                 .into_iter()
                 .flat_map(|n| &n.protected_tags),
         )
-        .find(|pattern| glob_matches(pattern, tag))
+        .find(|pattern| TagPattern::text_matches(pattern, tag))
         .map(String::as_str)
-}
-
-/// `*` matches any run of characters (none included); everything else is literal.
-pub fn glob_matches(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if text.len() < first.len() + last.len() || !text.starts_with(first) || !text.ends_with(last) {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for middle in &parts[1..parts.len() - 1] {
-        match rest.find(middle) {
-            Some(at) => rest = &rest[at + middle.len()..],
-            None => return false,
-        }
-    }
-    true
 }
 
 #[cfg(test)]
@@ -154,7 +131,11 @@ mod tests {
             ("exact", "exactly", false),
             ("*", "", true),
         ] {
-            assert_eq!(glob_matches(pattern, text), want, "{pattern} ~ {text}");
+            assert_eq!(
+                TagPattern::text_matches(pattern, text),
+                want,
+                "{pattern} ~ {text}"
+            );
         }
     }
 

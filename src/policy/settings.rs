@@ -1,12 +1,8 @@
 //! Repository setting rules: tag mutability and its exclusion filters, scan on push.
 
-use std::sync::LazyLock;
-
-use regex::Regex;
-
 use super::config::SettingsConfig;
 use super::naming::backticked;
-use crate::domain::{TagMutability, Violation};
+use crate::domain::{TagMutability, TagPattern, Violation};
 
 /// Field of the mutability setting.
 const MUTABILITY_FIELD: &str = "settings.image_tag_mutability";
@@ -14,9 +10,6 @@ const MUTABILITY_FIELD: &str = "settings.image_tag_mutability";
 const FILTERS_FIELD: &str = "settings.image_tag_mutability_exclusion_filters";
 /// ECR's maximum number of exclusion filters.
 pub(super) const ECR_MAX_EXCLUSION_FILTERS: usize = 5;
-
-static EXCLUSION_FILTER: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new("^[0-9a-zA-Z._*-]{1,128}$").expect("literal regex"));
 
 /// The mutability a request gets: its own, else the configured default.
 pub(super) fn effective_mutability(
@@ -111,7 +104,7 @@ fn filter_violation(config: &SettingsConfig, index: usize, filter: &str) -> Opti
 
 /// True when ECR accepts `filter` as a `WILDCARD` exclusion filter.
 pub(super) fn is_valid_exclusion_filter(filter: &str) -> bool {
-    EXCLUSION_FILTER.is_match(filter)
+    TagPattern::is_valid(filter)
 }
 
 /// `settings.scan-on-push`: the value to apply, or why the request's is refused.

@@ -23,10 +23,12 @@ pub async fn insert(tx: &mut Tx, record: &AuditRecord) -> Result<(), StoreError>
 
 /// Puts a finalised event in the chain queue (same transaction as the finalisation).
 async fn enqueue(tx: &mut Tx, event_id: Uuid) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO audit_chain_queue (event_id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(event_id)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO audit_chain_queue (event_id) VALUES ($1) ON CONFLICT DO NOTHING",
+        event_id,
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

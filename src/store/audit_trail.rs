@@ -85,6 +85,25 @@ macro_rules! audit_columns {
 }
 pub(crate) use audit_columns;
 
+/// `query_as!(AuditRow, …)` over [`audit_columns!`]: `$head` and `$tail` are
+/// the SQL before and after the column list (the link columns are nullable:
+/// a left join's, or `ON false`'s).
+macro_rules! audit_rows {
+    ($head:literal, $tail:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            AuditRow,
+            $head
+                + r#"e.event_id, e.event_time, e.event_name, e.event_source, e.read_only, e.status, e.principal,
+         e.principal_type, e.groups, e.auth_method, e.source_ip, e.user_agent, e.registry_alias, e.account_id,
+         e.region, e.gateway_request_id, e.client_request_id, e.request_parameters, e.response_elements,
+         e.error_code, e.error_message, e.ecr_request_ids, e.resources, e.finalized_at, e.authz_decision,
+         l.seq AS "seq?", l.prev_hash AS "prev_hash?", l.hash AS "hash?""#
+                + $tail
+            $(, $arg)*
+        )
+    };
+}
+
 /// What LookupAuditEvents and StreamAuditEvents filter on (every one given must match).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct AuditFilter {
@@ -197,7 +216,7 @@ pub async fn lookup(
     // prefix; a rare principal wants its own index, a common one the time
     // index). The pool's generic plans suit the hot key reads, not this.
     let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
+    sqlx::query!("SET LOCAL plan_cache_mode = force_custom_plan")
         .execute(&mut *tx)
         .await?;
     let rows = query.build_query_as::<AuditRow>().fetch_all(&mut *tx).await?;
@@ -214,11 +233,11 @@ pub async fn chained_after(
     after: i64,
     limit: i64,
 ) -> Result<(Vec<AuditRow>, i64), StoreError> {
-    let scanned: Option<i64> = sqlx::query_scalar(
+    let scanned: Option<i64> = sqlx::query_scalar!(
         "SELECT max(seq) FROM (SELECT seq FROM audit_chain_links WHERE seq > $1 ORDER BY seq LIMIT $2) s",
+        after,
+        limit,
     )
-    .bind(after)
-    .bind(limit)
     .fetch_one(pool)
     .await?;
     let Some(upto) = scanned else {
@@ -246,18 +265,18 @@ pub async fn sequence_before(
 ) -> Result<Option<i64>, StoreError> {
     if let Some(id) = event_id {
         return Ok(
-            sqlx::query_scalar::<_, i64>("SELECT seq FROM audit_chain_links WHERE event_id = $1")
-                .bind(id)
+            sqlx::query_scalar!("SELECT seq FROM audit_chain_links WHERE event_id = $1", id)
                 .fetch_optional(pool)
                 .await?,
         );
     }
     if let Some(time) = time {
-        let first: Option<i64> =
-            sqlx::query_scalar("SELECT min(seq) FROM audit_chain_links WHERE chained_at >= $1")
-                .bind(time)
-                .fetch_one(pool)
-                .await?;
+        let first: Option<i64> = sqlx::query_scalar!(
+            "SELECT min(seq) FROM audit_chain_links WHERE chained_at >= $1",
+            time
+        )
+        .fetch_one(pool)
+        .await?;
         return Ok(Some(match first {
             Some(seq) => seq - 1,
             None => head(pool).await?,
@@ -268,21 +287,20 @@ pub async fn sequence_before(
 
 /// The newest sequence number (0 before the first link).
 pub async fn head(pool: &PgPool) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("SELECT last_seq FROM audit_chain")
+    Ok(sqlx::query_scalar!("SELECT last_seq FROM audit_chain")
         .fetch_one(pool)
         .await?)
 }
 
 /// The links of `from..=to` with their events, in sequence order.
 pub async fn chain_range(pool: &PgPool, from: i64, to: i64) -> Result<Vec<AuditRow>, StoreError> {
-    Ok(sqlx::query_as::<_, AuditRow>(concat!(
+    Ok(audit_rows!(
         "SELECT ",
-        audit_columns!(),
         " FROM audit_chain_links l JOIN audit_events e ON e.event_id = l.event_id \
-          WHERE l.seq BETWEEN $1 AND $2 ORDER BY l.seq"
-    ))
-    .bind(from)
-    .bind(to)
+          WHERE l.seq BETWEEN $1 AND $2 ORDER BY l.seq",
+        from,
+        to,
+    )
     .fetch_all(pool)
     .await?)
 }
@@ -293,11 +311,11 @@ pub async fn hash_at(pool: &PgPool, seq: i64) -> Result<Option<Vec<u8>>, StoreEr
     if seq == 0 {
         return Ok(Some(vec![0; 32]));
     }
-    Ok(sqlx::query_scalar(
-        "SELECT hash FROM audit_chain_links WHERE seq = $1 \
-         UNION ALL SELECT through_hash FROM audit_purges WHERE through_seq = $1 LIMIT 1",
+    Ok(sqlx::query_scalar!(
+        r#"SELECT hash AS "hash!" FROM audit_chain_links WHERE seq = $1
+           UNION ALL SELECT through_hash FROM audit_purges WHERE through_seq = $1 LIMIT 1"#,
+        seq,
     )
-    .bind(seq)
     .fetch_optional(pool)
     .await?)
 }
@@ -308,14 +326,13 @@ pub async fn chained_between(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<AuditRow>, StoreError> {
-    Ok(sqlx::query_as::<_, AuditRow>(concat!(
+    Ok(audit_rows!(
         "SELECT ",
-        audit_columns!(),
         " FROM audit_chain_links l JOIN audit_events e ON e.event_id = l.event_id \
-          WHERE l.chained_at >= $1 AND l.chained_at < $2 ORDER BY l.seq"
-    ))
-    .bind(from)
-    .bind(to)
+          WHERE l.chained_at >= $1 AND l.chained_at < $2 ORDER BY l.seq",
+        from,
+        to,
+    )
     .fetch_all(pool)
     .await?)
 }
@@ -342,22 +359,21 @@ pub struct Linker {
 /// replica is chaining right now.
 pub async fn chain_step(pool: &PgPool, limit: i64, linker: Linker) -> Result<usize, StoreError> {
     let mut tx = pool.begin().await?;
-    let head: Option<(i64,)> = sqlx::query_as("SELECT last_seq FROM audit_chain FOR UPDATE SKIP LOCKED")
+    let head: Option<i64> = sqlx::query_scalar!("SELECT last_seq FROM audit_chain FOR UPDATE SKIP LOCKED")
         .fetch_optional(&mut *tx)
         .await?;
     if head.is_none() {
         return Ok(0);
     }
-    let rows = sqlx::query_as::<_, AuditRow>(concat!(
+    let rows = audit_rows!(
         "WITH taken AS (DELETE FROM audit_chain_queue WHERE event_id IN \
            (SELECT event_id FROM audit_chain_queue ORDER BY event_id LIMIT $1) RETURNING event_id) \
          SELECT ",
-        audit_columns!(),
         " FROM taken t JOIN audit_events e ON e.event_id = t.event_id \
           LEFT JOIN audit_chain_links l ON false \
-          ORDER BY e.finalized_at, e.event_id"
-    ))
-    .bind(limit)
+          ORDER BY e.finalized_at, e.event_id",
+        limit,
+    )
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
@@ -377,26 +393,25 @@ pub async fn chain_step(pool: &PgPool, limit: i64, linker: Linker) -> Result<usi
 pub async fn append_links(tx: &mut Tx, rows: &[AuditRow], linker: Linker) -> Result<(), StoreError> {
     let ids: Vec<Uuid> = rows.iter().map(|row| row.event_id).collect();
     let canonical: Vec<Vec<u8>> = rows.iter().map(linker.canonical).collect();
-    sqlx::query("SELECT audit_append_links($1, $2, $3)")
-        .bind(&ids)
-        .bind(&canonical)
-        .bind(CHANNEL)
-        .execute(&mut **tx)
+    // One row: the new head's sequence, which the caller does not need.
+    sqlx::query_scalar!("SELECT audit_append_links($1, $2, $3)", &ids, &canonical, CHANNEL)
+        .fetch_one(&mut **tx)
         .await?;
     Ok(())
 }
 
 /// The chain's head: last sequence and its hash.
 pub async fn head_with_hash(pool: &PgPool) -> Result<(i64, Vec<u8>), StoreError> {
-    Ok(sqlx::query_as("SELECT last_seq, last_hash FROM audit_chain")
+    let head = sqlx::query!("SELECT last_seq, last_hash FROM audit_chain")
         .fetch_one(pool)
-        .await?)
+        .await?;
+    Ok((head.last_seq, head.last_hash))
 }
 
 /// The newest signed digest's sequence (0: none yet).
 pub async fn last_digest(pool: &PgPool) -> Result<i64, StoreError> {
     Ok(
-        sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM audit_digests")
+        sqlx::query_scalar!(r#"SELECT coalesce(max(seq), 0) AS "seq!" FROM audit_digests"#)
             .fetch_one(pool)
             .await?,
     )
@@ -407,15 +422,15 @@ pub async fn insert_digest(
     pool: &PgPool,
     digest: &crate::audit::digest::SignedDigest,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO audit_digests (seq, hash, signed_at, public_key, signature) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT DO NOTHING",
+        digest.sequence,
+        &digest.hash,
+        digest.signed_at,
+        &digest.public_key,
+        &digest.signature,
     )
-    .bind(digest.sequence)
-    .bind(&digest.hash)
-    .bind(digest.signed_at)
-    .bind(&digest.public_key)
-    .bind(&digest.signature)
     .execute(pool)
     .await?;
     Ok(())
@@ -427,52 +442,43 @@ pub async fn digests_between(
     from: i64,
     to: i64,
 ) -> Result<Vec<crate::audit::digest::SignedDigest>, StoreError> {
-    type DigestRow = (i64, Vec<u8>, DateTime<Utc>, Vec<u8>, Vec<u8>);
-    let rows: Vec<DigestRow> = sqlx::query_as(
-        "SELECT seq, hash, signed_at, public_key, signature FROM audit_digests WHERE seq BETWEEN $1 AND $2 ORDER BY seq",
+    Ok(sqlx::query_as!(
+        crate::audit::digest::SignedDigest,
+        r#"SELECT seq AS sequence, hash, signed_at, public_key, signature FROM audit_digests
+           WHERE seq BETWEEN $1 AND $2 ORDER BY seq"#,
+        from,
+        to,
     )
-    .bind(from)
-    .bind(to)
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(sequence, hash, signed_at, public_key, signature)| crate::audit::digest::SignedDigest {
-                sequence,
-                hash,
-                signed_at,
-                public_key,
-                signature,
-            },
-        )
-        .collect())
+    .await?)
 }
 
 /// Takes a sink's cursor for this transaction (created at 0 the first time);
 /// None while another replica holds it.
 pub async fn lock_sink(tx: &mut super::Tx, sink: &str) -> Result<Option<i64>, StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO audit_sink_cursors (sink, seq, updated_at) VALUES ($1, 0, now()) ON CONFLICT DO NOTHING",
+        sink,
     )
-    .bind(sink)
     .execute(&mut **tx)
     .await?;
-    Ok(
-        sqlx::query_scalar("SELECT seq FROM audit_sink_cursors WHERE sink = $1 FOR UPDATE SKIP LOCKED")
-            .bind(sink)
-            .fetch_optional(&mut **tx)
-            .await?,
+    Ok(sqlx::query_scalar!(
+        "SELECT seq FROM audit_sink_cursors WHERE sink = $1 FOR UPDATE SKIP LOCKED",
+        sink,
     )
+    .fetch_optional(&mut **tx)
+    .await?)
 }
 
 /// Moves a sink's cursor (inside the transaction of [`lock_sink`]).
 pub async fn advance_sink(tx: &mut super::Tx, sink: &str, seq: i64) -> Result<(), StoreError> {
-    sqlx::query("UPDATE audit_sink_cursors SET seq = $2, updated_at = now() WHERE sink = $1")
-        .bind(sink)
-        .bind(seq)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE audit_sink_cursors SET seq = $2, updated_at = now() WHERE sink = $1",
+        sink,
+        seq,
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -497,7 +503,8 @@ pub struct Purge {
 
 /// The newest retention purge, if any.
 pub async fn last_purge(pool: &PgPool) -> Result<Option<Purge>, StoreError> {
-    Ok(sqlx::query_as::<_, Purge>(
+    Ok(sqlx::query_as!(
+        Purge,
         "SELECT from_seq, through_seq, through_hash, cutoff, archive, archive_sha256, purged_at \
          FROM audit_purges ORDER BY through_seq DESC LIMIT 1",
     )
@@ -515,22 +522,22 @@ pub async fn purgeable_through(
     sinks: &[String],
     limit: i64,
 ) -> Result<Option<i64>, StoreError> {
-    let delivered: i64 = sqlx::query_scalar(
-        "SELECT coalesce(min(coalesce(c.seq, 0)), 9223372036854775807) \
-         FROM UNNEST($1::text[]) s(name) LEFT JOIN audit_sink_cursors c ON c.sink = s.name",
+    let delivered: i64 = sqlx::query_scalar!(
+        r#"SELECT coalesce(min(coalesce(c.seq, 0)), 9223372036854775807) AS "delivered!"
+           FROM UNNEST($1::text[]) s(name) LEFT JOIN audit_sink_cursors c ON c.sink = s.name"#,
+        sinks,
     )
-    .bind(sinks)
     .fetch_one(pool)
     .await?;
-    let through: Option<i64> = sqlx::query_scalar(
+    let through: Option<i64> = sqlx::query_scalar!(
         "SELECT max(seq) FROM ( \
            SELECT seq, bool_and(chained_at < $2) OVER (ORDER BY seq) AS old_so_far \
            FROM (SELECT seq, chained_at FROM audit_chain_links WHERE seq > $1 ORDER BY seq LIMIT $3) r \
          ) w WHERE old_so_far",
+        after,
+        cutoff,
+        limit,
     )
-    .bind(after)
-    .bind(cutoff)
-    .bind(limit)
     .fetch_one(pool)
     .await?;
     Ok(through.map(|t| t.min(delivered)).filter(|t| *t > after))
@@ -542,32 +549,34 @@ pub async fn purgeable_through(
 /// Returns the number of events removed.
 pub async fn purge(pool: &PgPool, purge: &Purge) -> Result<u64, StoreError> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO audit_purges (from_seq, through_seq, through_hash, cutoff, archive, archive_sha256) \
          VALUES ($1, $2, $3, $4, $5, $6)",
+        purge.from_seq,
+        purge.through_seq,
+        &purge.through_hash,
+        purge.cutoff,
+        &purge.archive,
+        &purge.archive_sha256,
     )
-    .bind(purge.from_seq)
-    .bind(purge.through_seq)
-    .bind(&purge.through_hash)
-    .bind(purge.cutoff)
-    .bind(&purge.archive)
-    .bind(&purge.archive_sha256)
     .execute(&mut *tx)
     .await?;
-    let removed = sqlx::query(
+    let removed = sqlx::query!(
         "DELETE FROM audit_events WHERE event_id IN \
            (SELECT event_id FROM audit_chain_links WHERE seq BETWEEN $1 AND $2)",
+        purge.from_seq,
+        purge.through_seq,
     )
-    .bind(purge.from_seq)
-    .bind(purge.through_seq)
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    sqlx::query("DELETE FROM audit_chain_links WHERE seq BETWEEN $1 AND $2")
-        .bind(purge.from_seq)
-        .bind(purge.through_seq)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM audit_chain_links WHERE seq BETWEEN $1 AND $2",
+        purge.from_seq,
+        purge.through_seq,
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(removed)
 }
@@ -575,7 +584,9 @@ pub async fn purge(pool: &PgPool, purge: &Purge) -> Result<u64, StoreError> {
 /// How many events wait to be linked into the chain (the metric
 /// `ecr_gateway_audit_events_pending`).
 pub async fn chain_queue_length(pool: &PgPool) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM audit_chain_queue")
-        .fetch_one(pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM audit_chain_queue"#)
+            .fetch_one(pool)
+            .await?,
+    )
 }

@@ -96,6 +96,22 @@ macro_rules! run_columns {
     };
 }
 
+/// `query_as!(RunRow, …)`: `$head` and `$tail` are the SQL before and after
+/// [`run_columns!`]'s list (the same, with the state typed).
+macro_rules! run_rows {
+    ($head:literal, $tail:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            RunRow,
+            $head
+                + r#"id, account_id, region, repository, repository_prefix, policy_text, dry_run,
+         state AS "state: RunState", cancel_requested, planned, principal, principal_type, groups, auth_method,
+         created_at, updated_at, finished_at, attempts, batches, error, skipped"#
+                + $tail
+            $(, $arg)*
+        )
+    };
+}
+
 /// A run to insert.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -119,23 +135,23 @@ pub struct NewRun {
 
 /// Inserts a pending run.
 pub async fn insert(tx: &mut Tx, run: &NewRun) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO cleanup_runs (id, account_id, region, repository, repository_prefix, policy_text, dry_run, \
          state, principal, principal_type, groups, auth_method, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11, $12, $12)",
+        run.id,
+        run.registry.account_id,
+        run.registry.region,
+        run.repository,
+        run.repository_prefix,
+        run.policy_text,
+        run.dry_run,
+        run.identity.principal,
+        run.identity.principal_type,
+        &run.identity.groups,
+        run.identity.auth_method,
+        run.created_at,
     )
-    .bind(run.id)
-    .bind(&run.registry.account_id)
-    .bind(&run.registry.region)
-    .bind(&run.repository)
-    .bind(&run.repository_prefix)
-    .bind(&run.policy_text)
-    .bind(run.dry_run)
-    .bind(&run.identity.principal)
-    .bind(&run.identity.principal_type)
-    .bind(&run.identity.groups)
-    .bind(&run.identity.auth_method)
-    .bind(run.created_at)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -143,14 +159,9 @@ pub async fn insert(tx: &mut Tx, run: &NewRun) -> Result<(), StoreError> {
 
 /// A run by id.
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<RunRow>, StoreError> {
-    Ok(sqlx::query_as::<_, RunRow>(concat!(
-        "SELECT ",
-        run_columns!(),
-        " FROM cleanup_runs WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(pool)
-    .await?)
+    Ok(run_rows!("SELECT ", " FROM cleanup_runs WHERE id = $1", id)
+        .fetch_optional(pool)
+        .await?)
 }
 
 /// What ListCleanupRuns filters on.
@@ -213,15 +224,19 @@ pub async fn list(
 
 /// Item counts by outcome, per run.
 pub async fn counts(pool: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, HashMap<String, i64>>, StoreError> {
-    let rows: Vec<(Uuid, String, i64)> = sqlx::query_as(
-        "SELECT run_id, outcome, count(*) FROM cleanup_run_items WHERE run_id = ANY($1) GROUP BY run_id, outcome",
+    let rows = sqlx::query!(
+        r#"SELECT run_id, outcome, count(*) AS "count!" FROM cleanup_run_items WHERE run_id = ANY($1)
+           GROUP BY run_id, outcome"#,
+        ids,
     )
-    .bind(ids)
     .fetch_all(pool)
     .await?;
     let mut counts: HashMap<Uuid, HashMap<String, i64>> = HashMap::new();
-    for (id, outcome, n) in rows {
-        counts.entry(id).or_default().insert(outcome, n);
+    for row in rows {
+        counts
+            .entry(row.run_id)
+            .or_default()
+            .insert(row.outcome, row.count);
     }
     Ok(counts)
 }
@@ -240,15 +255,14 @@ pub enum Cancel {
 /// Asks a run to stop: a pending run is cancelled at once, a running one
 /// before its worker's next batch.
 pub async fn request_cancel(pool: &PgPool, id: Uuid) -> Result<Cancel, StoreError> {
-    let updated = sqlx::query_as::<_, RunRow>(concat!(
+    let updated = run_rows!(
         "UPDATE cleanup_runs SET cancel_requested = true, updated_at = now(), \
          state = CASE WHEN state = 'pending' THEN 'cancelled' ELSE state END, \
          finished_at = CASE WHEN state = 'pending' THEN now() ELSE finished_at END \
          WHERE id = $1 AND state IN ('pending', 'running') RETURNING ",
-        run_columns!(),
-        ""
-    ))
-    .bind(id)
+        "",
+        id,
+    )
     .fetch_optional(pool)
     .await?;
     if let Some(run) = updated {
@@ -264,14 +278,17 @@ pub async fn request_cancel(pool: &PgPool, id: Uuid) -> Result<Cancel, StoreErro
 /// Takes the oldest unfinished run nobody holds (never started, or its
 /// worker's lease ran out) for `holder`.
 pub async fn claim_next(pool: &PgPool, holder: &str, lease: Duration) -> Result<Option<RunRow>, StoreError> {
-    Ok(sqlx::query_as::<_, RunRow>(concat!("UPDATE cleanup_runs SET state = 'running', holder = $1, lease_until = now() + make_interval(secs => $2), \
+    Ok(run_rows!(
+        "UPDATE cleanup_runs SET state = 'running', holder = $1, lease_until = now() + make_interval(secs => $2), \
          attempts = attempts + 1, started_at = coalesce(started_at, now()), updated_at = now() \
          WHERE id = (SELECT id FROM cleanup_runs WHERE state IN ('pending', 'running') \
                      AND (lease_until IS NULL OR lease_until < now()) \
                      ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
-         RETURNING ", run_columns!(), ""))
-    .bind(holder)
-    .bind(lease.as_secs_f64())
+         RETURNING ",
+        "",
+        holder,
+        lease.as_secs_f64(),
+    )
     .fetch_optional(pool)
     .await?)
 }
@@ -293,24 +310,25 @@ pub async fn renew(
     holder: &str,
     lease: Duration,
 ) -> Result<Option<Renewed>, StoreError> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as!(
+        Renewed,
         "UPDATE cleanup_runs SET lease_until = now() + make_interval(secs => $3) \
          WHERE id = $1 AND holder = $2 AND state = 'running' RETURNING cancel_requested, planned",
+        id,
+        holder,
+        lease.as_secs_f64(),
     )
-    .bind(id)
-    .bind(holder)
-    .bind(lease.as_secs_f64())
     .fetch_optional(pool)
     .await?)
 }
 
 /// Locks the run for `holder` inside `tx`; false when it is no longer theirs.
 pub async fn hold(tx: &mut Tx, id: Uuid, holder: &str) -> Result<bool, StoreError> {
-    Ok(sqlx::query_scalar::<_, i32>(
-        "SELECT 1 FROM cleanup_runs WHERE id = $1 AND holder = $2 AND state = 'running' FOR UPDATE",
+    Ok(sqlx::query_scalar!(
+        r#"SELECT 1 AS "held!" FROM cleanup_runs WHERE id = $1 AND holder = $2 AND state = 'running' FOR UPDATE"#,
+        id,
+        holder,
     )
-    .bind(id)
-    .bind(holder)
     .fetch_optional(&mut **tx)
     .await?
     .is_some())
@@ -318,13 +336,13 @@ pub async fn hold(tx: &mut Tx, id: Uuid, holder: &str) -> Result<bool, StoreErro
 
 /// Ends a run.
 pub async fn finish(tx: &mut Tx, id: Uuid, state: RunState, error: &str) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE cleanup_runs SET state = $2, error = $3, finished_at = now(), updated_at = now(), \
          holder = NULL, lease_until = NULL WHERE id = $1",
+        id,
+        state as RunState,
+        error,
     )
-    .bind(id)
-    .bind(state)
-    .bind(error)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -332,11 +350,13 @@ pub async fn finish(tx: &mut Tx, id: Uuid, state: RunState, error: &str) -> Resu
 
 /// Records an error the worker will retry after (the run keeps running).
 pub async fn note_error(pool: &PgPool, id: Uuid, error: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE cleanup_runs SET error = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(error)
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "UPDATE cleanup_runs SET error = $2, updated_at = now() WHERE id = $1",
+        id,
+        error,
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -372,6 +392,19 @@ macro_rules! item_columns {
     };
 }
 
+/// `query_as!(ItemRow, …)`: `$head` and `$tail` are the SQL before and after [`item_columns!`]'s list.
+macro_rules! item_rows {
+    ($head:literal, $tail:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            ItemRow,
+            $head
+                + "repository, digest, tags, pushed_at, rule_priority, action, outcome, message, batch, audit_event_id"
+                + $tail
+            $(, $arg)*
+        )
+    };
+}
+
 /// Stores the plan: every item, the skipped repositories, `planned = true`.
 pub async fn store_plan(tx: &mut Tx, id: Uuid, items: &[ItemRow], skipped: &Value) -> Result<(), StoreError> {
     for chunk in items.chunks(5_000) {
@@ -394,40 +427,40 @@ pub async fn store_plan(tx: &mut Tx, id: Uuid, items: &[ItemRow], skipped: &Valu
         query.push(" ON CONFLICT DO NOTHING");
         query.build().execute(&mut **tx).await?;
     }
-    sqlx::query("UPDATE cleanup_runs SET planned = true, skipped = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(skipped)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!(
+        "UPDATE cleanup_runs SET planned = true, skipped = $2, updated_at = now() WHERE id = $1",
+        id,
+        skipped,
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
 /// The next up to `limit` pending items of one repository (the first with any), oldest first.
 pub async fn next_batch(pool: &PgPool, id: Uuid, limit: i64) -> Result<Vec<ItemRow>, StoreError> {
-    Ok(sqlx::query_as::<_, ItemRow>(concat!(
+    Ok(item_rows!(
         "SELECT ",
-        item_columns!(),
         " FROM cleanup_run_items \
          WHERE run_id = $1 AND outcome = 'pending' AND repository = \
                (SELECT repository FROM cleanup_run_items WHERE run_id = $1 AND outcome = 'pending' \
                 ORDER BY repository LIMIT 1) \
-         ORDER BY pushed_at, digest LIMIT $2"
-    ))
-    .bind(id)
-    .bind(limit)
+         ORDER BY pushed_at, digest LIMIT $2",
+        id,
+        limit,
+    )
     .fetch_all(pool)
     .await?)
 }
 
 /// Items sent to ECR whose answer was not recorded (a worker died, or the call failed).
 pub async fn submitted(pool: &PgPool, id: Uuid) -> Result<Vec<ItemRow>, StoreError> {
-    Ok(sqlx::query_as::<_, ItemRow>(concat!(
+    Ok(item_rows!(
         "SELECT ",
-        item_columns!(),
         " FROM cleanup_run_items WHERE run_id = $1 AND outcome = 'submitted' \
-         ORDER BY repository, batch, pushed_at, digest"
-    ))
-    .bind(id)
+         ORDER BY repository, batch, pushed_at, digest",
+        id,
+    )
     .fetch_all(pool)
     .await?)
 }
@@ -457,19 +490,19 @@ pub async fn set_outcomes(
     let digests: Vec<&str> = outcomes.iter().map(|o| o.digest.as_str()).collect();
     let values: Vec<&str> = outcomes.iter().map(|o| o.outcome).collect();
     let messages: Vec<&str> = outcomes.iter().map(|o| o.message.as_str()).collect();
-    sqlx::query(
+    sqlx::query!(
         "UPDATE cleanup_run_items AS i SET outcome = u.outcome, message = u.message, updated_at = now(), \
          batch = coalesce($4, i.batch), audit_event_id = coalesce($5, i.audit_event_id) \
          FROM UNNEST($3::text[], $6::text[], $7::text[]) AS u(digest, outcome, message) \
          WHERE i.run_id = $1 AND i.repository = $2 AND i.digest = u.digest",
+        id,
+        repository,
+        &digests as &[&str],
+        batch.map(|b| b.0),
+        batch.map(|b| b.1),
+        &values as &[&str],
+        &messages as &[&str],
     )
-    .bind(id)
-    .bind(repository)
-    .bind(&digests)
-    .bind(batch.map(|b| b.0))
-    .bind(batch.map(|b| b.1))
-    .bind(&values)
-    .bind(&messages)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -477,21 +510,21 @@ pub async fn set_outcomes(
 
 /// Counts a batch sent to ECR; returns its number.
 pub async fn next_batch_number(tx: &mut Tx, id: Uuid) -> Result<i32, StoreError> {
-    Ok(sqlx::query_scalar(
+    Ok(sqlx::query_scalar!(
         "UPDATE cleanup_runs SET batches = batches + 1, updated_at = now() WHERE id = $1 RETURNING batches",
+        id,
     )
-    .bind(id)
     .fetch_one(&mut **tx)
     .await?)
 }
 
 /// Marks every item not yet sent as cancelled.
 pub async fn cancel_pending_items(tx: &mut Tx, id: Uuid) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE cleanup_run_items SET outcome = 'cancelled', message = 'the run was cancelled before its batch', \
          updated_at = now() WHERE run_id = $1 AND outcome = 'pending'",
+        id,
     )
-    .bind(id)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -544,10 +577,12 @@ pub async fn lock_repository(
     region: &str,
     repository: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("cleanup:{account_id}:{region}:{repository}"))
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+        format!("cleanup:{account_id}:{region}:{repository}"),
+    )
+    .fetch_one(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -558,19 +593,19 @@ pub async fn pinned(
     repository: &str,
     digests: &[String],
 ) -> Result<HashMap<String, Vec<String>>, StoreError> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT digest, holder FROM pins WHERE account_id = $1 AND region = $2 AND repository = $3 \
          AND digest = ANY($4) AND (expires_at IS NULL OR expires_at > now()) ORDER BY digest, holder",
+        registry.account_id,
+        registry.region,
+        repository,
+        digests,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(repository)
-    .bind(digests)
     .fetch_all(&mut **tx)
     .await?;
     let mut holders: HashMap<String, Vec<String>> = HashMap::new();
-    for (digest, holder) in rows {
-        holders.entry(digest).or_default().push(holder);
+    for row in rows {
+        holders.entry(row.digest).or_default().push(row.holder);
     }
     Ok(holders)
 }
@@ -582,15 +617,15 @@ pub async fn current_tags(
     repository: &str,
     digests: &[String],
 ) -> Result<HashMap<String, Vec<String>>, StoreError> {
-    let rows: Vec<(String, Vec<String>)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT digest, tags FROM images WHERE account_id = $1 AND region = $2 AND repository = $3 \
          AND digest = ANY($4)",
+        registry.account_id,
+        registry.region,
+        repository,
+        digests,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(repository)
-    .bind(digests)
     .fetch_all(&mut **tx)
     .await?;
-    Ok(rows.into_iter().collect())
+    Ok(rows.into_iter().map(|row| (row.digest, row.tags)).collect())
 }

@@ -50,6 +50,26 @@ const COLUMNS: &str = "i.account_id, i.region, i.repository, i.digest, i.tags, i
      i.last_pulled_at, i.manifest_media_type, i.artifact_media_type, i.status, i.subject_digest, i.kind, \
      i.artifact_type, i.children, i.synced_at";
 
+/// `query_as!(ImageRow, …)` over one repository's images (`$1`..`$3`:
+/// account, region, repository): `$tail` follows the repository condition.
+/// The column list is [`COLUMNS`]'.
+macro_rules! repository_images {
+    ($tail:literal, $registry:expr, $repository:expr $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            ImageRow,
+            "SELECT i.account_id, i.region, i.repository, i.digest, i.tags, i.size_bytes, i.pushed_at, \
+             i.last_pulled_at, i.manifest_media_type, i.artifact_media_type, i.status, i.subject_digest, i.kind, \
+             i.artifact_type, i.children, i.synced_at \
+             FROM images i WHERE i.account_id = $1 AND i.region = $2 AND i.repository = $3"
+                + $tail,
+            $registry.account_id,
+            $registry.region,
+            $repository
+            $(, $arg)*
+        )
+    };
+}
+
 /// What ResolveImage answers about a `:tag` or `@digest`, as cached in-process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolution {
@@ -85,42 +105,30 @@ pub async fn resolve_tag(
     repository: &str,
     tag: &str,
 ) -> Result<Option<ResolvedTag>, StoreError> {
-    type Row = (
-        String,
-        DateTime<Utc>,
-        Option<DateTime<Utc>>,
-        Option<String>,
-        Option<Value>,
-        Option<DateTime<Utc>>,
-    );
-    let row: Option<Row> = sqlx::query_as(
-        r#"SELECT t.digest, i.synced_at, s.last_synced_at, r.tag_mutability, r.exclusion_filters,
-                  r.settings_synced_at
+    let row = sqlx::query!(
+        r#"SELECT t.digest, i.synced_at, s.last_synced_at AS "last_synced_at?", r.tag_mutability AS "tag_mutability?",
+                  r.exclusion_filters AS "exclusion_filters?", r.settings_synced_at AS "settings_synced_at?"
            FROM image_tags t
            JOIN images i ON i.account_id = t.account_id AND i.region = t.region
                         AND i.repository = t.repository AND i.digest = t.digest
            LEFT JOIN sync_state s ON s.account_id = t.account_id AND s.region = t.region AND s.repository = t.repository
            LEFT JOIN repositories r ON r.account_id = t.account_id AND r.region = t.region AND r.name = t.repository
            WHERE t.account_id = $1 AND t.region = $2 AND t.repository = $3 AND t.tag = $4"#,
+        registry.account_id,
+        registry.region,
+        repository,
+        tag,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(repository)
-    .bind(tag)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(
-        |(digest, row_synced_at, last_synced_at, tag_mutability, exclusion_filters, settings_synced_at)| {
-            ResolvedTag {
-                digest,
-                last_synced_at,
-                row_synced_at,
-                tag_mutability,
-                exclusion_filters: exclusion_filters.unwrap_or(Value::Null),
-                settings_synced_at,
-            }
-        },
-    ))
+    Ok(row.map(|row| ResolvedTag {
+        digest: row.digest,
+        last_synced_at: row.last_synced_at,
+        row_synced_at: row.synced_at,
+        tag_mutability: row.tag_mutability,
+        exclusion_filters: row.exclusion_filters.unwrap_or(Value::Null),
+        settings_synced_at: row.settings_synced_at,
+    }))
 }
 
 /// `SELECT … FROM images` of one repository, ready for more conditions.
@@ -141,9 +149,11 @@ pub async fn get(
     repository: &str,
     digest: &str,
 ) -> Result<Option<ImageRow>, StoreError> {
-    let mut query = images_of(registry, repository);
-    query.push(" AND i.digest = ").push_bind(digest.to_owned());
-    Ok(query.build_query_as::<ImageRow>().fetch_optional(pool).await?)
+    Ok(
+        repository_images!(" AND i.digest = $4", registry, repository, digest)
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 /// Artifacts whose subject is `digest`.
@@ -153,12 +163,14 @@ pub async fn referrers(
     repository: &str,
     digest: &str,
 ) -> Result<Vec<ImageRow>, StoreError> {
-    let mut query = images_of(registry, repository);
-    query
-        .push(" AND i.subject_digest = ")
-        .push_bind(digest.to_owned());
-    query.push(" ORDER BY i.pushed_at DESC, i.digest DESC LIMIT 100");
-    Ok(query.build_query_as::<ImageRow>().fetch_all(pool).await?)
+    Ok(repository_images!(
+        " AND i.subject_digest = $4 ORDER BY i.pushed_at DESC, i.digest DESC LIMIT 100",
+        registry,
+        repository,
+        digest,
+    )
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Filters of ListImages.
@@ -393,13 +405,14 @@ pub async fn lifecycle_rows(
     registry: &RegistryRef,
     repository: &str,
 ) -> Result<Vec<LifecycleRow>, StoreError> {
-    Ok(sqlx::query_as::<_, LifecycleRow>(
+    Ok(sqlx::query_as!(
+        LifecycleRow,
         "SELECT digest, tags, pushed_at, last_pulled_at, status FROM images \
          WHERE account_id = $1 AND region = $2 AND repository = $3",
+        registry.account_id,
+        registry.region,
+        repository,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(repository)
     .fetch_all(pool)
     .await?)
 }

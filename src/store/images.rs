@@ -96,15 +96,15 @@ pub async fn finish_reconcile(
         .iter()
         .flat_map(|i| i.tags.iter().map(move |t| (t.clone(), i.digest.to_string())))
         .unzip();
-    let removed: Vec<String> = sqlx::query_scalar(
+    let removed: Vec<String> = sqlx::query_scalar!(
         // NOT IN over a subquery is planned as a hashed subplan: linear, not n × m.
         "DELETE FROM images WHERE account_id = $1 AND region = $2 AND repository = $3 \
          AND digest NOT IN (SELECT unnest($4::text[])) RETURNING digest",
+        registry.account_id,
+        registry.region,
+        repository.as_str(),
+        &digests,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(repository.as_str())
-    .bind(&digests)
     .fetch_all(&mut **tx)
     .await?;
     if !removed.is_empty() {
@@ -353,33 +353,68 @@ async fn prune_scans(
     repository: &str,
     which: Option<Option<&str>>,
 ) -> Result<(), StoreError> {
-    let statements: [&'static str; 2] = match which {
-        None => [
-            "DELETE FROM scan_findings t WHERE t.account_id = $1 AND t.region = $2 AND t.repository = $3 \
-             AND NOT EXISTS (SELECT 1 FROM images i WHERE i.account_id = t.account_id AND i.region = t.region \
-             AND i.repository = t.repository AND i.digest = t.digest)",
-            "DELETE FROM image_scans t WHERE t.account_id = $1 AND t.region = $2 AND t.repository = $3 \
-             AND NOT EXISTS (SELECT 1 FROM images i WHERE i.account_id = t.account_id AND i.region = t.region \
-             AND i.repository = t.repository AND i.digest = t.digest)",
-        ],
-        Some(None) => [
-            "DELETE FROM scan_findings WHERE account_id = $1 AND region = $2 AND repository = $3",
-            "DELETE FROM image_scans WHERE account_id = $1 AND region = $2 AND repository = $3",
-        ],
-        Some(Some(_)) => [
-            "DELETE FROM scan_findings WHERE account_id = $1 AND region = $2 AND repository = $3 AND digest = $4",
-            "DELETE FROM image_scans WHERE account_id = $1 AND region = $2 AND repository = $3 AND digest = $4",
-        ],
-    };
-    for sql in statements {
-        let mut query = sqlx::query(sql)
-            .bind(&registry.account_id)
-            .bind(&registry.region)
-            .bind(repository);
-        if let Some(Some(digest)) = which {
-            query = query.bind(digest);
+    let (account, region) = (&registry.account_id, &registry.region);
+    match which {
+        None => {
+            sqlx::query!(
+                "DELETE FROM scan_findings t WHERE t.account_id = $1 AND t.region = $2 AND t.repository = $3 \
+                 AND NOT EXISTS (SELECT 1 FROM images i WHERE i.account_id = t.account_id AND i.region = t.region \
+                 AND i.repository = t.repository AND i.digest = t.digest)",
+                account,
+                region,
+                repository,
+            )
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query!(
+                "DELETE FROM image_scans t WHERE t.account_id = $1 AND t.region = $2 AND t.repository = $3 \
+                 AND NOT EXISTS (SELECT 1 FROM images i WHERE i.account_id = t.account_id AND i.region = t.region \
+                 AND i.repository = t.repository AND i.digest = t.digest)",
+                account,
+                region,
+                repository,
+            )
+            .execute(&mut **tx)
+            .await?;
         }
-        query.execute(&mut **tx).await?;
+        Some(None) => {
+            sqlx::query!(
+                "DELETE FROM scan_findings WHERE account_id = $1 AND region = $2 AND repository = $3",
+                account,
+                region,
+                repository,
+            )
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query!(
+                "DELETE FROM image_scans WHERE account_id = $1 AND region = $2 AND repository = $3",
+                account,
+                region,
+                repository,
+            )
+            .execute(&mut **tx)
+            .await?;
+        }
+        Some(Some(digest)) => {
+            sqlx::query!(
+                "DELETE FROM scan_findings WHERE account_id = $1 AND region = $2 AND repository = $3 AND digest = $4",
+                account,
+                region,
+                repository,
+                digest,
+            )
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query!(
+                "DELETE FROM image_scans WHERE account_id = $1 AND region = $2 AND repository = $3 AND digest = $4",
+                account,
+                region,
+                repository,
+                digest,
+            )
+            .execute(&mut **tx)
+            .await?;
+        }
     }
     Ok(())
 }

@@ -196,12 +196,12 @@ impl Store {
             return Ok(hit);
         }
         let ticket = self.invalidations.ticket();
-        let tags: Option<serde_json::Value> = sqlx::query_scalar(
+        let tags: Option<serde_json::Value> = sqlx::query_scalar!(
             "SELECT tags FROM repositories WHERE account_id = $1 AND region = $2 AND name = $3",
+            registry.account_id,
+            registry.region,
+            repository,
         )
-        .bind(&registry.account_id)
-        .bind(&registry.region)
-        .bind(repository)
         .fetch_optional(&self.pool)
         .await?;
         let tags: Tags = tags
@@ -302,6 +302,8 @@ impl Store {
     /// The versions of the embedded migrations that the database has not
     /// applied successfully (all of them when it has none).
     pub async fn pending_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        // A runtime query: `_sqlx_migrations` is sqlx's own table, which the
+        // database the macros are checked against (scripts/sqlx-prepare) lacks.
         let applied: Vec<i64> = match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
             .fetch_all(&self.pool)
             .await
@@ -321,7 +323,7 @@ impl Store {
 
     /// Checks that Postgres answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query_scalar!("SELECT 1").fetch_one(&self.pool).await?;
         Ok(())
     }
 

@@ -152,18 +152,21 @@ pub async fn lock_standing(
     principal: &str,
     request_id: &str,
 ) -> Result<Option<Standing>, StoreError> {
-    let row: Option<(String, bool)> = sqlx::query_as(
-        "SELECT state, lease_until > now() FROM operations WHERE principal = $1 AND request_id = $2 FOR UPDATE",
+    let row = sqlx::query!(
+        r#"SELECT state, lease_until > now() AS "live!" FROM operations
+           WHERE principal = $1 AND request_id = $2 FOR UPDATE"#,
+        principal,
+        request_id,
     )
-    .bind(principal)
-    .bind(request_id)
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(row.map(|(state, live)| match state.as_str() {
-        "succeeded" => Standing::Succeeded,
-        "pending" if live => Standing::Running,
-        _ => Standing::Unfinished,
-    }))
+    Ok(row
+        .map(|row| (row.state, row.live))
+        .map(|(state, live)| match state.as_str() {
+            "succeeded" => Standing::Succeeded,
+            "pending" if live => Standing::Running,
+            _ => Standing::Unfinished,
+        }))
 }
 
 /// The attempt that finished an operation, as its audit record has it.
@@ -187,22 +190,23 @@ pub async fn finisher(
     event_name: &str,
     attempt: uuid::Uuid,
 ) -> Result<Option<Finisher>, StoreError> {
-    let finisher = sqlx::query_as::<_, Finisher>(
-        "WITH attempts AS ( \
-             SELECT event_id, event_time, status, response_elements FROM audit_events \
-             WHERE principal = $1 AND client_request_id = $2 AND event_name = $3 AND NOT read_only \
-               AND response_elements ->> 'replayed' IS DISTINCT FROM 'true') \
-         SELECT f.event_id, f.response_elements, \
-                EXISTS (SELECT 1 FROM attempts b, attempts a WHERE a.event_id = $4 AND b.event_id <> $4 \
-                          AND b.event_id <> f.event_id AND b.event_time > a.event_time \
-                          AND b.event_time < f.event_time) AS attempts_between \
-         FROM attempts f WHERE f.status = 'succeeded' AND f.event_id <> $4 \
-         ORDER BY f.event_time LIMIT 1",
+    let finisher = sqlx::query_as!(
+        Finisher,
+        r#"WITH attempts AS (
+             SELECT event_id, event_time, status, response_elements FROM audit_events
+             WHERE principal = $1 AND client_request_id = $2 AND event_name = $3 AND NOT read_only
+               AND response_elements ->> 'replayed' IS DISTINCT FROM 'true')
+         SELECT f.event_id, f.response_elements,
+                EXISTS (SELECT 1 FROM attempts b, attempts a WHERE a.event_id = $4 AND b.event_id <> $4
+                          AND b.event_id <> f.event_id AND b.event_time > a.event_time
+                          AND b.event_time < f.event_time) AS "attempts_between!"
+         FROM attempts f WHERE f.status = 'succeeded' AND f.event_id <> $4
+         ORDER BY f.event_time LIMIT 1"#,
+        principal,
+        request_id,
+        event_name,
+        attempt,
     )
-    .bind(principal)
-    .bind(request_id)
-    .bind(event_name)
-    .bind(attempt)
     .fetch_optional(&mut **tx)
     .await?;
     Ok(finisher)
@@ -216,15 +220,15 @@ pub async fn succeed_recovered(
     request_id: &str,
     response: &[u8],
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE operations SET state = 'succeeded', response = $3, error_code = NULL, error_message = NULL, \
                 updated_at = now() \
          WHERE principal = $1 AND request_id = $2 AND state <> 'succeeded' \
            AND NOT (state = 'pending' AND lease_until > now())",
+        principal,
+        request_id,
+        response,
     )
-    .bind(principal)
-    .bind(request_id)
-    .bind(response)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -240,14 +244,14 @@ pub async fn fail_abandoned(
     error_message: &str,
 ) -> Result<(), StoreError> {
     // Only an attempt nobody took over: a retry may have finished it since.
-    sqlx::query(
+    sqlx::query!(
         "UPDATE operations SET state = 'failed', error_code = $3, error_message = $4, updated_at = now() \
          WHERE principal = $1 AND request_id = $2 AND state = 'pending' AND lease_until < now()",
+        principal,
+        request_id,
+        error_code,
+        error_message,
     )
-    .bind(principal)
-    .bind(request_id)
-    .bind(error_code)
-    .bind(error_message)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -262,12 +266,13 @@ pub async fn still_running(
     request_id: &str,
     lease_until: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    let running: Option<bool> = sqlx::query_scalar(
-        "SELECT state = 'pending' AND lease_until = $3 FROM operations WHERE principal = $1 AND request_id = $2",
+    let running: Option<bool> = sqlx::query_scalar!(
+        r#"SELECT state = 'pending' AND lease_until = $3 AS "running!" FROM operations
+           WHERE principal = $1 AND request_id = $2"#,
+        principal,
+        request_id,
+        lease_until,
     )
-    .bind(principal)
-    .bind(request_id)
-    .bind(lease_until)
     .fetch_optional(pool)
     .await?;
     Ok(running.unwrap_or(false))

@@ -33,23 +33,23 @@ pub struct PinRow {
 
 /// Creates or renews a pin (same image and holder: reason, expiry and tags are replaced).
 pub async fn upsert(tx: &mut Tx, pin: &PinRow) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO pins (account_id, region, repository, digest, holder, reason, created_by, created_at, \
          expires_at, tags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
          ON CONFLICT (account_id, region, repository, digest, holder) DO UPDATE SET reason = EXCLUDED.reason, \
          created_by = EXCLUDED.created_by, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at, \
          tags = EXCLUDED.tags",
+        pin.account_id,
+        pin.region,
+        pin.repository,
+        pin.digest,
+        pin.holder,
+        pin.reason,
+        pin.created_by,
+        pin.created_at,
+        pin.expires_at,
+        &pin.tags,
     )
-    .bind(&pin.account_id)
-    .bind(&pin.region)
-    .bind(&pin.repository)
-    .bind(&pin.digest)
-    .bind(&pin.holder)
-    .bind(&pin.reason)
-    .bind(&pin.created_by)
-    .bind(pin.created_at)
-    .bind(pin.expires_at)
-    .bind(&pin.tags)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -63,14 +63,14 @@ pub async fn delete(
     digest: &str,
     holder: &str,
 ) -> Result<bool, StoreError> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "DELETE FROM pins WHERE account_id = $1 AND region = $2 AND repository = $3 AND digest = $4 AND holder = $5",
+        registry.account_id,
+        registry.region,
+        repository,
+        digest,
+        holder,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(repository)
-    .bind(digest)
-    .bind(holder)
     .execute(&mut **tx)
     .await?
     .rows_affected()

@@ -56,7 +56,7 @@ pub async fn upsert(
     synced_at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let (encryption_type, kms_key) = encryption_columns(&state.encryption);
-    sqlx::query(
+    sqlx::query!(
         r#"INSERT INTO repositories (account_id, region, name, arn, uri, created_at, tag_mutability,
                exclusion_filters, scan_on_push, encryption_type, kms_key, tags, lifecycle_policy,
                repository_policy, synced_at, settings_synced_at)
@@ -68,22 +68,22 @@ pub async fn upsert(
                kms_key = EXCLUDED.kms_key, tags = EXCLUDED.tags, lifecycle_policy = EXCLUDED.lifecycle_policy,
                repository_policy = EXCLUDED.repository_policy, synced_at = EXCLUDED.synced_at,
                settings_synced_at = EXCLUDED.settings_synced_at"#,
+        registry.account_id,
+        registry.region,
+        state.name.as_str(),
+        state.arn,
+        state.uri,
+        state.created_at,
+        state.tag_mutability.as_ecr_str(),
+        Value::from(state.exclusion_filters.clone()),
+        state.scan_on_push,
+        encryption_type,
+        kms_key,
+        tags_json(&state.tags),
+        state.lifecycle_policy,
+        state.repository_policy,
+        synced_at,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(state.name.as_str())
-    .bind(&state.arn)
-    .bind(&state.uri)
-    .bind(state.created_at)
-    .bind(state.tag_mutability.as_ecr_str())
-    .bind(Value::from(state.exclusion_filters.clone()))
-    .bind(state.scan_on_push)
-    .bind(encryption_type)
-    .bind(kms_key)
-    .bind(tags_json(&state.tags))
-    .bind(&state.lifecycle_policy)
-    .bind(&state.repository_policy)
-    .bind(synced_at)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -102,7 +102,7 @@ pub async fn refresh_described(
     read_at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let (encryption_type, kms_key) = encryption_columns(&state.encryption);
-    sqlx::query(
+    sqlx::query!(
         r#"INSERT INTO repositories AS r (account_id, region, name, arn, uri, created_at, tag_mutability,
                exclusion_filters, scan_on_push, encryption_type, kms_key, tags, synced_at, settings_synced_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, COALESCE($12, '{}'::jsonb), $13, $13)
@@ -113,20 +113,20 @@ pub async fn refresh_described(
                kms_key = EXCLUDED.kms_key, settings_synced_at = EXCLUDED.settings_synced_at,
                tags = COALESCE($12, r.tags),
                synced_at = CASE WHEN $12 IS NULL THEN r.synced_at ELSE EXCLUDED.synced_at END"#,
+        registry.account_id,
+        registry.region,
+        state.name.as_str(),
+        state.arn,
+        state.uri,
+        state.created_at,
+        state.tag_mutability.as_ecr_str(),
+        Value::from(state.exclusion_filters.clone()),
+        state.scan_on_push,
+        encryption_type,
+        kms_key,
+        tags.map(tags_json),
+        read_at,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(state.name.as_str())
-    .bind(&state.arn)
-    .bind(&state.uri)
-    .bind(state.created_at)
-    .bind(state.tag_mutability.as_ecr_str())
-    .bind(Value::from(state.exclusion_filters.clone()))
-    .bind(state.scan_on_push)
-    .bind(encryption_type)
-    .bind(kms_key)
-    .bind(tags.map(tags_json))
-    .bind(read_at)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -134,12 +134,12 @@ pub async fn refresh_described(
 
 /// Whether the cache has a row for the repository.
 pub async fn exists(pool: &sqlx::PgPool, registry: &RegistryRef, name: &str) -> Result<bool, StoreError> {
-    Ok(sqlx::query_scalar::<_, bool>(
-        "SELECT EXISTS (SELECT 1 FROM repositories WHERE account_id = $1 AND region = $2 AND name = $3)",
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM repositories WHERE account_id = $1 AND region = $2 AND name = $3) AS "exists!""#,
+        registry.account_id,
+        registry.region,
+        name,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(name)
     .fetch_one(pool)
     .await?)
 }
@@ -174,7 +174,7 @@ pub async fn replace_registry(
         })
         .unzip();
     let tags: Vec<Value> = states.iter().map(|s| tags_json(&s.tags)).collect();
-    sqlx::query(
+    sqlx::query!(
         r#"INSERT INTO repositories (account_id, region, name, arn, uri, created_at, tag_mutability,
                exclusion_filters, scan_on_push, encryption_type, kms_key, tags, synced_at, settings_synced_at)
            SELECT $1, $2, u.name, u.arn, u.uri, u.created_at, u.tag_mutability, u.exclusion_filters,
@@ -189,20 +189,20 @@ pub async fn replace_registry(
                scan_on_push = EXCLUDED.scan_on_push, encryption_type = EXCLUDED.encryption_type,
                kms_key = EXCLUDED.kms_key, tags = EXCLUDED.tags, synced_at = EXCLUDED.synced_at,
                settings_synced_at = EXCLUDED.settings_synced_at"#,
+        registry.account_id,
+        registry.region,
+        &names,
+        &arns,
+        &uris,
+        &created as &[Option<DateTime<Utc>>],
+        &mutability,
+        &filters,
+        &scan,
+        &enc_types,
+        &kms_keys as &[Option<String>],
+        &tags,
+        synced_at,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(&names)
-    .bind(&arns)
-    .bind(&uris)
-    .bind(&created)
-    .bind(&mutability)
-    .bind(&filters)
-    .bind(&scan)
-    .bind(&enc_types)
-    .bind(&kms_keys)
-    .bind(&tags)
-    .bind(synced_at)
     .execute(&mut **tx)
     .await?;
     let removed = sqlx::query!(

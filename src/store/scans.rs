@@ -93,7 +93,7 @@ pub async fn store_report(
             .map(|(_, n)| *n)
             .sum::<i32>()
     };
-    sqlx::query(
+    sqlx::query!(
         r#"INSERT INTO image_scans AS s (account_id, region, repository, digest, status, description, completed_at,
                vulnerability_source_updated_at, critical, high, medium, low, informational, undefined, fetched_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
@@ -102,31 +102,31 @@ pub async fn store_report(
                vulnerability_source_updated_at = EXCLUDED.vulnerability_source_updated_at,
                critical = EXCLUDED.critical, high = EXCLUDED.high, medium = EXCLUDED.medium, low = EXCLUDED.low,
                informational = EXCLUDED.informational, undefined = EXCLUDED.undefined, fetched_at = EXCLUDED.fetched_at"#,
+        registry.account_id,
+        registry.region,
+        repository,
+        report.digest,
+        report.status,
+        report.description,
+        report.completed_at,
+        report.vulnerability_source_updated_at,
+        count(Severity::Critical),
+        count(Severity::High),
+        count(Severity::Medium),
+        count(Severity::Low),
+        count(Severity::Informational),
+        count(Severity::Undefined),
+        fetched_at,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(repository)
-    .bind(&report.digest)
-    .bind(&report.status)
-    .bind(&report.description)
-    .bind(report.completed_at)
-    .bind(report.vulnerability_source_updated_at)
-    .bind(count(Severity::Critical))
-    .bind(count(Severity::High))
-    .bind(count(Severity::Medium))
-    .bind(count(Severity::Low))
-    .bind(count(Severity::Informational))
-    .bind(count(Severity::Undefined))
-    .bind(fetched_at)
     .execute(&mut **tx)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "DELETE FROM scan_findings WHERE account_id = $1 AND region = $2 AND repository = $3 AND digest = $4",
+        registry.account_id,
+        registry.region,
+        repository,
+        report.digest,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(repository)
-    .bind(&report.digest)
     .execute(&mut **tx)
     .await?;
     if report.findings.is_empty() {
@@ -142,25 +142,25 @@ pub async fn store_report(
     let versions: Vec<Option<String>> = f.iter().map(|x| x.package_version.clone()).collect();
     let fixed: Vec<Option<String>> = f.iter().map(|x| x.fixed_in_version.clone()).collect();
     let scores: Vec<Option<f64>> = f.iter().map(|x| x.score).collect();
-    sqlx::query(
+    sqlx::query!(
         r#"INSERT INTO scan_findings (account_id, region, repository, digest, ordinal, name, severity, description,
                uri, package_name, package_version, fixed_in_version, score)
            SELECT $1, $2, $3, $4, u.* FROM UNNEST($5::int4[], $6::text[], $7::int2[], $8::text[], $9::text[],
                $10::text[], $11::text[], $12::text[], $13::float8[]) AS u"#,
+        registry.account_id,
+        registry.region,
+        repository,
+        report.digest,
+        &ordinals,
+        &names,
+        &severities,
+        &descriptions as &[Option<String>],
+        &uris as &[Option<String>],
+        &packages as &[Option<String>],
+        &versions as &[Option<String>],
+        &fixed as &[Option<String>],
+        &scores as &[Option<f64>],
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(repository)
-    .bind(&report.digest)
-    .bind(&ordinals)
-    .bind(&names)
-    .bind(&severities)
-    .bind(&descriptions)
-    .bind(&uris)
-    .bind(&packages)
-    .bind(&versions)
-    .bind(&fixed)
-    .bind(&scores)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -173,15 +173,16 @@ pub async fn get(
     repository: &str,
     digest: &str,
 ) -> Result<Option<ScanRow>, StoreError> {
-    Ok(sqlx::query_as::<_, ScanRow>(
+    Ok(sqlx::query_as!(
+        ScanRow,
         "SELECT repository, digest, status, description, completed_at, vulnerability_source_updated_at, critical, \
          high, medium, low, informational, undefined, fetched_at FROM image_scans \
          WHERE account_id = $1 AND region = $2 AND repository = $3 AND digest = $4",
+        registry.account_id,
+        registry.region,
+        repository,
+        digest,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(repository)
-    .bind(digest)
     .fetch_optional(pool)
     .await?)
 }
@@ -197,7 +198,7 @@ pub async fn digests_to_refresh(
     repository: &str,
     limit: i64,
 ) -> Result<Vec<String>, StoreError> {
-    Ok(sqlx::query_scalar::<_, String>(
+    Ok(sqlx::query_scalar!(
         r#"SELECT i.digest FROM images i
            LEFT JOIN image_scans s ON s.account_id = i.account_id AND s.region = i.region
                                   AND s.repository = i.repository AND s.digest = i.digest
@@ -209,11 +210,11 @@ pub async fn digests_to_refresh(
            ORDER BY (CASE WHEN s.digest IS NULL THEN 0 WHEN s.status IN ('IN_PROGRESS', 'PENDING') THEN 1
                           WHEN s.status = 'NOT_SCANNED' THEN 2 ELSE 3 END),
                     i.pushed_at DESC, i.digest DESC LIMIT $4"#,
+        registry.account_id,
+        registry.region,
+        repository,
+        limit,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(repository)
-    .bind(limit)
     .fetch_all(pool)
     .await?)
 }
@@ -267,16 +268,17 @@ pub async fn gate_findings(
     repository: &str,
     digest: &str,
 ) -> Result<Vec<(String, i16)>, StoreError> {
-    Ok(sqlx::query_as::<_, (String, i16)>(
+    let rows = sqlx::query!(
         "SELECT name, severity FROM scan_findings WHERE account_id = $1 AND region = $2 AND repository = $3 \
          AND digest = $4 ORDER BY ordinal",
+        registry.account_id,
+        registry.region,
+        repository,
+        digest,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(repository)
-    .bind(digest)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.name, row.severity)).collect())
 }
 
 /// A stored vulnerability exception.
@@ -316,26 +318,26 @@ pub struct ExceptionRow {
 
 /// Stores a new exception.
 pub async fn insert_exception(tx: &mut Tx, row: &ExceptionRow) -> Result<(), StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO vulnerability_exceptions (id, cve_id, scope, account_id, region, namespace, repository, digest, \
          justification, created_by, created_at, expires_at, revoked_at, revoked_by, revoke_reason) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        row.id,
+        row.cve_id,
+        row.scope,
+        row.account_id,
+        row.region,
+        row.namespace,
+        row.repository,
+        row.digest,
+        row.justification,
+        row.created_by,
+        row.created_at,
+        row.expires_at,
+        row.revoked_at,
+        row.revoked_by,
+        row.revoke_reason,
     )
-    .bind(row.id)
-    .bind(&row.cve_id)
-    .bind(&row.scope)
-    .bind(&row.account_id)
-    .bind(&row.region)
-    .bind(&row.namespace)
-    .bind(&row.repository)
-    .bind(&row.digest)
-    .bind(&row.justification)
-    .bind(&row.created_by)
-    .bind(row.created_at)
-    .bind(row.expires_at)
-    .bind(row.revoked_at)
-    .bind(&row.revoked_by)
-    .bind(&row.revoke_reason)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -343,11 +345,12 @@ pub async fn insert_exception(tx: &mut Tx, row: &ExceptionRow) -> Result<(), Sto
 
 /// One exception.
 pub async fn get_exception(pool: &PgPool, id: Uuid) -> Result<Option<ExceptionRow>, StoreError> {
-    Ok(sqlx::query_as::<_, ExceptionRow>(
+    Ok(sqlx::query_as!(
+        ExceptionRow,
         "SELECT id, cve_id, scope, account_id, region, namespace, repository, digest, justification, created_by, \
          created_at, expires_at, revoked_at, revoked_by, revoke_reason FROM vulnerability_exceptions WHERE id = $1",
+        id,
     )
-    .bind(id)
     .fetch_optional(pool)
     .await?)
 }
@@ -361,21 +364,22 @@ pub async fn revoke_exception(
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<ExceptionRow>, StoreError> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE vulnerability_exceptions SET revoked_at = $2, revoked_by = $3, revoke_reason = $4 \
          WHERE id = $1 AND revoked_at IS NULL",
+        id,
+        now,
+        by,
+        reason,
     )
-    .bind(id)
-    .bind(now)
-    .bind(by)
-    .bind(reason)
     .execute(&mut **tx)
     .await?;
-    Ok(sqlx::query_as::<_, ExceptionRow>(
+    Ok(sqlx::query_as!(
+        ExceptionRow,
         "SELECT id, cve_id, scope, account_id, region, namespace, repository, digest, justification, created_by, \
          created_at, expires_at, revoked_at, revoked_by, revoke_reason FROM vulnerability_exceptions WHERE id = $1",
+        id,
     )
-    .bind(id)
     .fetch_optional(&mut **tx)
     .await?)
 }
@@ -453,7 +457,7 @@ pub async fn covering(
     digest: &str,
 ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
     let namespace = repository.split('/').next().unwrap_or(repository);
-    Ok(sqlx::query_as::<_, (String, DateTime<Utc>)>(
+    let rows = sqlx::query!(
         r#"SELECT cve_id, expires_at FROM vulnerability_exceptions
            WHERE revoked_at IS NULL AND expires_at > now() AND (
                  scope = 'org'
@@ -461,14 +465,15 @@ pub async fn covering(
                      (scope = 'namespace' AND namespace = $3)
                   OR (scope = 'repository' AND repository = $4)
                   OR (scope = 'image' AND repository = $4 AND digest = $5))))"#,
+        registry.account_id,
+        registry.region,
+        namespace,
+        repository,
+        digest,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(namespace)
-    .bind(repository)
-    .bind(digest)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.cve_id, row.expires_at)).collect())
 }
 
 /// An image ListVulnerableImages returns.

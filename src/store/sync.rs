@@ -184,19 +184,20 @@ pub async fn recent_visible_runs(
     namespaces: Option<&[String]>,
     limit: i64,
 ) -> Result<Vec<SyncRun>, StoreError> {
-    let rows = sqlx::query_as::<_, SyncRunRow>(
+    let rows = sqlx::query_as!(
+        SyncRunRow,
         r#"SELECT run_id, repository, trigger, holder, started_at, finished_at, status, pages, images_seen,
                   images_added, images_changed, images_removed, ecr_calls, error
            FROM sync_runs
            WHERE account_id = $1 AND region = $2 AND ($3::text IS NULL OR repository = $3)
              AND ($4::text[] IS NULL OR repository IS NULL OR split_part(repository, '/', 1) = ANY($4))
            ORDER BY started_at DESC LIMIT $5"#,
+        registry.account_id,
+        registry.region,
+        repository,
+        namespaces,
+        limit,
     )
-    .bind(&registry.account_id)
-    .bind(&registry.region)
-    .bind(repository)
-    .bind(namespaces)
-    .bind(limit)
     .fetch_all(pool)
     .await?;
     Ok(rows

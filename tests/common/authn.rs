@@ -27,12 +27,12 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use crate::common::{ServerTask, TestDb, config_text};
 
 /// The issuer the tests' tokens name.
-pub const ISSUER: &str = "https://login.test.example/";
+pub(crate) const ISSUER: &str = "https://login.test.example/";
 /// The audience the gateway is configured with.
-pub const AUDIENCE: &str = "ecr-gateway";
+pub(crate) const AUDIENCE: &str = "ecr-gateway";
 
 /// A key that signs tokens, with its public half as a JWK.
-pub struct SigningKey {
+pub(crate) struct SigningKey {
     /// Its key id.
     pub kid: String,
     /// RS256 or ES256.
@@ -44,7 +44,7 @@ pub struct SigningKey {
 
 impl SigningKey {
     /// A fresh P-256 key.
-    pub fn es256(kid: &str) -> SigningKey {
+    pub(crate) fn es256(kid: &str) -> SigningKey {
         let pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("EC key");
         let point = pair.public_key_raw(); // 0x04 || x || y
         SigningKey {
@@ -60,7 +60,7 @@ impl SigningKey {
     }
 
     /// A fresh 2048-bit RSA key.
-    pub fn rs256(kid: &str) -> SigningKey {
+    pub(crate) fn rs256(kid: &str) -> SigningKey {
         let pair = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
         // PKCS#8 PrivateKeyInfo { version, algorithm, privateKey OCTET STRING (PKCS#1) }.
         let pkcs8 = pair.serialize_der();
@@ -87,14 +87,14 @@ impl SigningKey {
     }
 
     /// A token with `claims`, signed by this key and naming its kid.
-    pub fn mint(&self, claims: &Value) -> String {
+    pub(crate) fn mint(&self, claims: &Value) -> String {
         let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding).expect("sign token")
     }
 
     /// A token signed by this key that names `kid` instead of its own.
-    pub fn mint_as(&self, kid: &str, claims: &Value) -> String {
+    pub(crate) fn mint_as(&self, kid: &str, claims: &Value) -> String {
         let mut header = Header::new(self.algorithm);
         header.kid = Some(kid.into());
         jsonwebtoken::encode(&header, claims, &self.encoding).expect("sign token")
@@ -129,12 +129,12 @@ fn der_children(mut content: &[u8]) -> Vec<&[u8]> {
 }
 
 /// A JWKS document holding `keys`.
-pub fn jwks(keys: &[&SigningKey]) -> Value {
+pub(crate) fn jwks(keys: &[&SigningKey]) -> Value {
     json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() })
 }
 
 /// Claims the gateway accepts: its issuer and audience, valid for ten minutes.
-pub fn claims(subject: &str, groups: &[&str]) -> Value {
+pub(crate) fn claims(subject: &str, groups: &[&str]) -> Value {
     let now = chrono::Utc::now().timestamp();
     json!({
         "iss": ISSUER,
@@ -147,13 +147,13 @@ pub fn claims(subject: &str, groups: &[&str]) -> Value {
 }
 
 /// `claims` with `key` set to `value`.
-pub fn with(mut claims: Value, key: &str, value: Value) -> Value {
+pub(crate) fn with(mut claims: Value, key: &str, value: Value) -> Value {
     claims[key] = value;
     claims
 }
 
 /// A request carrying `authorization: Bearer <token>`.
-pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+pub(crate) fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(
         "authorization",
@@ -163,7 +163,7 @@ pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
 }
 
 /// Writes `text` to `dir/name`.
-pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write test file");
     path
@@ -171,7 +171,7 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 /// The test configuration with `auth` (TOML: `[auth]` and its sub-tables)
 /// instead of insecure-dev, and `extra` appended.
-pub fn config_with_auth(db: &TestDb, endpoint: &str, auth: &str, extra: &str) -> Config {
+pub(crate) fn config_with_auth(db: &TestDb, endpoint: &str, auth: &str, extra: &str) -> Config {
     let text = config_text(db, endpoint, extra);
     let default_auth = "[auth]\nmode = \"insecure-dev\"\n";
     assert!(
@@ -183,7 +183,7 @@ pub fn config_with_auth(db: &TestDb, endpoint: &str, auth: &str, extra: &str) ->
 }
 
 /// `[auth.oidc]` for the tests' issuer with the keys at `source` (`jwks_file = "…"` or `jwks_url = "…"`).
-pub fn oidc_section(source: &str) -> String {
+pub(crate) fn oidc_section(source: &str) -> String {
     format!(
         "[auth.oidc]\nissuer = \"{ISSUER}\"\naudiences = [\"{AUDIENCE}\"]\n{source}\n\
          jwks_min_refresh_interval_seconds = 1\nservice_subject_pattern = \"^svc:\"\n"
@@ -191,7 +191,7 @@ pub fn oidc_section(source: &str) -> String {
 }
 
 /// Serves a JWKS document over HTTP on 127.0.0.1 and counts the fetches.
-pub struct JwksServer {
+pub(crate) struct JwksServer {
     /// `http://127.0.0.1:<port>/jwks.json`
     pub url: String,
     document: Arc<Mutex<Bytes>>,
@@ -201,13 +201,13 @@ pub struct JwksServer {
 
 impl JwksServer {
     /// Serves `document` on a free port.
-    pub async fn start(document: &Value) -> JwksServer {
+    pub(crate) async fn start(document: &Value) -> JwksServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         Self::serve(listener, document)
     }
 
     /// Serves `document` on `port` (which a gateway may already be trying).
-    pub async fn start_on(port: u16, document: &Value) -> JwksServer {
+    pub(crate) async fn start_on(port: u16, document: &Value) -> JwksServer {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         Self::serve(listener, document)
     }
@@ -251,12 +251,12 @@ impl JwksServer {
     }
 
     /// Serves `document` from now on (key rotation).
-    pub fn set(&self, document: &Value) {
+    pub(crate) fn set(&self, document: &Value) {
         *self.document.lock().expect("document") = Bytes::from(document.to_string());
     }
 
     /// How many times the document was fetched.
-    pub fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 }
@@ -268,14 +268,14 @@ impl Drop for JwksServer {
 }
 
 /// A certificate authority for tests.
-pub struct TestCa {
+pub(crate) struct TestCa {
     /// Its certificate, PEM.
     pub cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
 /// A certificate and its key, PEM.
-pub struct Issued {
+pub(crate) struct Issued {
     /// The certificate.
     pub cert_pem: String,
     /// Its private key (PKCS#8).
@@ -284,7 +284,7 @@ pub struct Issued {
 
 impl TestCa {
     /// A fresh self-signed CA named `name`.
-    pub fn new(name: &str) -> TestCa {
+    pub(crate) fn new(name: &str) -> TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -298,7 +298,7 @@ impl TestCa {
     }
 
     /// A server certificate for `localhost` and 127.0.0.1.
-    pub fn server(&self) -> Issued {
+    pub(crate) fn server(&self) -> Issued {
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
         params
             .subject_alt_names
@@ -309,7 +309,7 @@ impl TestCa {
     }
 
     /// A client certificate with common name `cn` and, if given, a SPIFFE URI SAN.
-    pub fn client(&self, cn: &str, spiffe_id: Option<&str>) -> Issued {
+    pub(crate) fn client(&self, cn: &str, spiffe_id: Option<&str>) -> Issued {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.distinguished_name.push(DnType::CommonName, cn);
         if let Some(id) = spiffe_id {
@@ -332,7 +332,7 @@ impl TestCa {
 }
 
 /// A gateway serving TLS in this test's runtime (the harness's `Gateway` speaks plaintext).
-pub struct TlsGateway {
+pub(crate) struct TlsGateway {
     /// Where it listens.
     pub addr: SocketAddr,
     server: ServerTask,
@@ -340,13 +340,13 @@ pub struct TlsGateway {
 
 impl TlsGateway {
     /// Starts the real server on port 0; `config` has `[server.tls]`.
-    pub async fn start(config: Config) -> TlsGateway {
+    pub(crate) async fn start(config: Config) -> TlsGateway {
         let (server, addr, _) = ServerTask::spawn(config).await;
         TlsGateway { addr, server }
     }
 
     /// A TLS channel trusting `server_ca`, presenting `client` when given.
-    pub async fn channel(&self, server_ca: &TestCa, client: Option<&Issued>) -> Channel {
+    pub(crate) async fn channel(&self, server_ca: &TestCa, client: Option<&Issued>) -> Channel {
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&server_ca.cert_pem))
             .domain_name("localhost");
@@ -374,7 +374,7 @@ impl TlsGateway {
     }
 
     /// Stops the server and waits until it has drained.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
         self.server.stop().await
     }
 }

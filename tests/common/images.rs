@@ -5,12 +5,12 @@
 use sha2::{Digest as _, Sha256};
 
 /// The sha256 digest of `bytes` in OCI form.
-pub fn digest_of(bytes: &[u8]) -> String {
+pub(crate) fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// A Docker v2 schema 2 manifest whose config and layer digests derive from `seed`.
-pub fn docker_manifest(seed: &str) -> String {
+pub(crate) fn docker_manifest(seed: &str) -> String {
     let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#);
     let layer = format!("layer-of-{seed}");
     serde_json::json!({
@@ -31,12 +31,12 @@ pub fn docker_manifest(seed: &str) -> String {
 }
 
 /// Pushes an image (PutImage with the manifest) and returns its digest.
-pub async fn push(client: &aws_sdk_ecr::Client, repository: &str, tag: &str, seed: &str) -> String {
+pub(crate) async fn push(client: &aws_sdk_ecr::Client, repository: &str, tag: &str, seed: &str) -> String {
     put_docker_image(client, repository, Some(tag), seed).await
 }
 
 /// Pushes an image without a tag (PutImage with no imageTag) and returns its digest.
-pub async fn push_untagged(client: &aws_sdk_ecr::Client, repository: &str, seed: &str) -> String {
+pub(crate) async fn push_untagged(client: &aws_sdk_ecr::Client, repository: &str, seed: &str) -> String {
     put_docker_image(client, repository, None, seed).await
 }
 
@@ -62,7 +62,11 @@ async fn put_docker_image(
 }
 
 /// An OCI image manifest (optionally an artifact with `artifactType` and a `subject`).
-pub fn oci_manifest(seed: &str, artifact_type: Option<&str>, subject: Option<(&str, usize)>) -> String {
+pub(crate) fn oci_manifest(
+    seed: &str,
+    artifact_type: Option<&str>,
+    subject: Option<(&str, usize)>,
+) -> String {
     let config = format!(r#"{{"seed":"{seed}"}}"#);
     let mut manifest = serde_json::json!({
         "schemaVersion": 2,
@@ -92,7 +96,7 @@ pub fn oci_manifest(seed: &str, artifact_type: Option<&str>, subject: Option<(&s
 }
 
 /// An OCI image index over `children` (digest, size, architecture, variant).
-pub fn oci_index(children: &[(String, usize, &str, Option<&str>)]) -> String {
+pub(crate) fn oci_index(children: &[(String, usize, &str, Option<&str>)]) -> String {
     let manifests: Vec<serde_json::Value> = children
         .iter()
         .map(|(digest, size, arch, variant)| {
@@ -117,7 +121,7 @@ pub fn oci_index(children: &[(String, usize, &str, Option<&str>)]) -> String {
 }
 
 /// Pushes an exact manifest with its media type, tagged or not; returns its digest.
-pub async fn push_manifest(
+pub(crate) async fn push_manifest(
     client: &aws_sdk_ecr::Client,
     repository: &str,
     manifest: &str,

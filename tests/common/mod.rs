@@ -3,9 +3,9 @@
 //! test, the real gateway on port 0, and generated tonic clients.
 #![allow(dead_code)]
 
-pub mod images;
-pub mod process;
-pub mod proxy;
+pub(crate) mod images;
+pub(crate) mod process;
+pub(crate) mod proxy;
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -22,17 +22,17 @@ use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
 /// Account of the default test registry (moto's default account).
-pub const ACCOUNT: &str = "123456789012";
+pub(crate) const ACCOUNT: &str = "123456789012";
 /// Account reached by assuming a role (moto maps the role's account).
-pub const OTHER_ACCOUNT: &str = "222222222222";
+pub(crate) const OTHER_ACCOUNT: &str = "222222222222";
 /// Region of the test registries.
-pub const REGION: &str = "us-east-1";
+pub(crate) const REGION: &str = "us-east-1";
 
 static ENV: Once = Once::new();
 
 /// Sets the fake AWS credentials moto accepts. Runs before any test starts a
 /// thread that reads the environment (every test calls it first).
-pub fn init() {
+pub(crate) fn init() {
     ENV.call_once(|| {
         for (key, value) in [
             ("AWS_ACCESS_KEY_ID", "testing"),
@@ -70,7 +70,7 @@ fn moto_binary() -> PathBuf {
 }
 
 /// Picks a free port on 127.0.0.1.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -78,7 +78,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A moto server process; killed on drop.
-pub struct Moto {
+pub(crate) struct Moto {
     /// Its base URL.
     pub endpoint: String,
     child: Child,
@@ -86,7 +86,7 @@ pub struct Moto {
 
 impl Moto {
     /// Starts a dedicated moto (for tests that stop it or need a clean state).
-    pub fn start() -> Moto {
+    pub(crate) fn start() -> Moto {
         init();
         let port = free_port();
         let mut command = Command::new(moto_binary());
@@ -117,7 +117,7 @@ impl Moto {
 
     /// The moto shared by the tests of this binary. Started from a thread that
     /// lives as long as the process; tests keep their names apart.
-    pub fn shared() -> &'static str {
+    pub(crate) fn shared() -> &'static str {
         static SHARED: OnceLock<String> = OnceLock::new();
         SHARED.get_or_init(|| {
             // Started from a thread that never ends, so the death signal set in
@@ -135,7 +135,7 @@ impl Moto {
     }
 
     /// Stops the server (simulates ECR going away).
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -148,7 +148,7 @@ impl Drop for Moto {
 }
 
 /// A database of its own for one test; dropped at the end.
-pub struct TestDb {
+pub(crate) struct TestDb {
     /// Its URL.
     pub url: String,
     name: String,
@@ -157,7 +157,7 @@ pub struct TestDb {
 
 impl TestDb {
     /// Creates an empty database (the gateway migrates it at start).
-    pub async fn create() -> TestDb {
+    pub(crate) async fn create() -> TestDb {
         init();
         let admin_url = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -177,12 +177,12 @@ impl TestDb {
     }
 
     /// A pool on the test database (for assertions).
-    pub async fn pool(&self) -> sqlx::PgPool {
+    pub(crate) async fn pool(&self) -> sqlx::PgPool {
         sqlx::PgPool::connect(&self.url).await.expect("connect test db")
     }
 
     /// A pool on this database, migrated, and the store over it.
-    pub async fn migrated(&self) -> (sqlx::PgPool, ecr_gateway::store::Store) {
+    pub(crate) async fn migrated(&self) -> (sqlx::PgPool, ecr_gateway::store::Store) {
         let pool = self.pool().await;
         let store = ecr_gateway::store::Store::from_pool(pool.clone());
         store.migrate().await.expect("migrate");
@@ -213,7 +213,7 @@ impl Drop for TestDb {
 }
 
 /// The demo-like org policy the tests run under.
-pub const POLICY: &str = r#"
+pub(crate) const POLICY: &str = r#"
 [policy.naming]
 namespaces = ["payments", "search"]
 max_depth = 3
@@ -245,12 +245,12 @@ allowed_accounts = ["210987654321"]
 "#;
 
 /// A configuration for a gateway on `db` with the main registry at `endpoint`.
-pub fn config(db: &TestDb, endpoint: &str, extra: &str) -> Config {
+pub(crate) fn config(db: &TestDb, endpoint: &str, extra: &str) -> Config {
     Config::from_toml(&config_text(db, endpoint, extra)).unwrap_or_else(|e| panic!("test config: {e}"))
 }
 
 /// The TOML text of [`config`] (for a gateway run as its own process).
-pub fn config_text(db: &TestDb, endpoint: &str, extra: &str) -> String {
+pub(crate) fn config_text(db: &TestDb, endpoint: &str, extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -291,7 +291,7 @@ max_attempts = 2
 }
 
 /// A gateway running in this test's runtime.
-pub struct Gateway {
+pub(crate) struct Gateway {
     /// Where it listens.
     pub addr: SocketAddr,
     /// A channel to it.
@@ -304,7 +304,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts the real server on port 0 and connects to it.
-    pub async fn start(config: Config) -> Gateway {
+    pub(crate) async fn start(config: Config) -> Gateway {
         let (server, addr, admin) = ServerTask::spawn(config).await;
         let channel = connect(addr).await;
         Gateway {
@@ -316,19 +316,19 @@ impl Gateway {
     }
 
     /// A RepositoryService client.
-    pub fn repositories(&self) -> RepositoryServiceClient<Channel> {
+    pub(crate) fn repositories(&self) -> RepositoryServiceClient<Channel> {
         RepositoryServiceClient::new(self.channel.clone())
     }
 
     /// Stops the server and waits until it has drained.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
         self.server.stop().await
     }
 }
 
 /// The real server running in this test's runtime, on 127.0.0.1 port 0 (and
 /// `[admin] listen` when set); told to shut down when stopped or dropped.
-pub struct ServerTask {
+pub(crate) struct ServerTask {
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -336,7 +336,7 @@ pub struct ServerTask {
 impl ServerTask {
     /// Binds, spawns `server::run_with_admin`, and returns the task with the
     /// gRPC address and the admin address.
-    pub async fn spawn(config: Config) -> (ServerTask, SocketAddr, Option<SocketAddr>) {
+    pub(crate) async fn spawn(config: Config) -> (ServerTask, SocketAddr, Option<SocketAddr>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let admin_listener = ecr_gateway::server::bind_admin(&config)
@@ -362,7 +362,7 @@ impl ServerTask {
     }
 
     /// Stops the server and waits until it has drained.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -402,7 +402,7 @@ async fn connect(addr: SocketAddr) -> Channel {
 }
 
 /// Adds the insecure-dev identity headers to a request.
-pub fn as_user<T>(message: T, principal: &str, groups: &str) -> tonic::Request<T> {
+pub(crate) fn as_user<T>(message: T, principal: &str, groups: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
         .metadata_mut()
@@ -414,7 +414,7 @@ pub fn as_user<T>(message: T, principal: &str, groups: &str) -> tonic::Request<T
 }
 
 /// The tests' own ECR client (never the gateway's) against `endpoint`.
-pub async fn ecr_client(endpoint: &str) -> aws_sdk_ecr::Client {
+pub(crate) async fn ecr_client(endpoint: &str) -> aws_sdk_ecr::Client {
     init();
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_sdk_ecr::config::Region::new(REGION))
@@ -425,7 +425,7 @@ pub async fn ecr_client(endpoint: &str) -> aws_sdk_ecr::Client {
 }
 
 /// The tests' own ECR client acting in another account through an assumed role (moto maps the role's account).
-pub async fn ecr_client_assuming(endpoint: &str, role_arn: &str) -> aws_sdk_ecr::Client {
+pub(crate) async fn ecr_client_assuming(endpoint: &str, role_arn: &str) -> aws_sdk_ecr::Client {
     init();
     let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_sdk_ecr::config::Region::new(REGION))
@@ -444,7 +444,7 @@ pub async fn ecr_client_assuming(endpoint: &str, role_arn: &str) -> aws_sdk_ecr:
 }
 
 /// A name no other test uses: `<namespace>/<stem>-<random>`.
-pub fn unique(namespace: &str, stem: &str) -> String {
+pub(crate) fn unique(namespace: &str, stem: &str) -> String {
     format!(
         "{namespace}/{stem}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..10]
@@ -452,7 +452,7 @@ pub fn unique(namespace: &str, stem: &str) -> String {
 }
 
 /// Waits (up to 10 s) until the audit table holds `expected` rows matching `filter` (SQL after WHERE).
-pub async fn wait_for_audit_rows(pool: &sqlx::PgPool, filter: &str, expected: i64) -> i64 {
+pub(crate) async fn wait_for_audit_rows(pool: &sqlx::PgPool, filter: &str, expected: i64) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -470,7 +470,12 @@ pub async fn wait_for_audit_rows(pool: &sqlx::PgPool, filter: &str, expected: i6
 
 /// Seeds the findings moto returns for one image (its `/moto-api` endpoint):
 /// the next DescribeImageScanFindings by that digest answers with them.
-pub async fn seed_scan_findings(endpoint: &str, repository: &str, digest: &str, findings: &[(&str, &str)]) {
+pub(crate) async fn seed_scan_findings(
+    endpoint: &str,
+    repository: &str,
+    digest: &str,
+    findings: &[(&str, &str)],
+) {
     use http_body_util::{BodyExt, Full};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
@@ -522,7 +527,7 @@ pub async fn seed_scan_findings(endpoint: &str, repository: &str, digest: &str, 
 }
 
 /// The `BadRequest` field violations of an error: (field, reason).
-pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+pub(crate) fn violations(status: &tonic::Status) -> Vec<(String, String)> {
     use tonic_types::StatusExt;
     status
         .get_details_bad_request()
@@ -536,7 +541,7 @@ pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
 }
 
 /// The resource tags the tests' org policy requires.
-pub fn team_tags() -> std::collections::BTreeMap<String, String> {
+pub(crate) fn team_tags() -> std::collections::BTreeMap<String, String> {
     [("team", "payments"), ("cost-center", "cc-1001")]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -544,7 +549,7 @@ pub fn team_tags() -> std::collections::BTreeMap<String, String> {
 }
 
 /// A CreateRepository request that meets the org policy with its defaults.
-pub fn tagged_repository(name: &str) -> ecr_gateway::pb::CreateRepositoryRequest {
+pub(crate) fn tagged_repository(name: &str) -> ecr_gateway::pb::CreateRepositoryRequest {
     ecr_gateway::pb::CreateRepositoryRequest {
         repository: name.into(),
         settings: Some(ecr_gateway::pb::RepositorySettings {
@@ -556,7 +561,7 @@ pub fn tagged_repository(name: &str) -> ecr_gateway::pb::CreateRepositoryRequest
 }
 
 /// The digests ECR holds in `repository`, through the tests' own client.
-pub async fn digests_in_ecr(
+pub(crate) async fn digests_in_ecr(
     ecr: &aws_sdk_ecr::Client,
     repository: &str,
 ) -> std::collections::BTreeSet<String> {
@@ -572,7 +577,7 @@ pub async fn digests_in_ecr(
 }
 
 /// A cleanup run as GetCleanupRun answers it (without items), asked as `principal` of `groups`.
-pub async fn cleanup_run(
+pub(crate) async fn cleanup_run(
     channel: &Channel,
     id: &str,
     principal: &str,
@@ -597,7 +602,7 @@ pub async fn cleanup_run(
 
 /// Waits up to `timeout` until cleanup run `id` is in `state`, and returns it;
 /// panics (with the run) when it ends in another state or takes too long.
-pub async fn wait_for_run_state(
+pub(crate) async fn wait_for_run_state(
     channel: &Channel,
     id: &str,
     (principal, groups): (&str, &str),

@@ -8,7 +8,7 @@ use tonic::transport::Channel;
 use super::free_port;
 
 /// The gateway as its own process, so that it can be killed outright.
-pub struct Process {
+pub(crate) struct Process {
     child: std::process::Child,
     /// A channel to it.
     pub channel: Channel,
@@ -17,12 +17,12 @@ pub struct Process {
 
 impl Process {
     /// Starts `ecr-gateway serve` with the configuration `text` on a free port and connects.
-    pub async fn start(text: &str) -> Process {
+    pub(crate) async fn start(text: &str) -> Process {
         Process::start_with(text, &[], Stdio::null()).await
     }
 
     /// [`Process::start`] with more environment variables, and its standard error to `stderr`.
-    pub async fn start_with(text: &str, env: &[(&str, &str)], stderr: Stdio) -> Process {
+    pub(crate) async fn start_with(text: &str, env: &[(&str, &str)], stderr: Stdio) -> Process {
         use std::io::Write;
         let mut file = tempfile::Builder::new()
             .suffix(".toml")
@@ -61,7 +61,7 @@ impl Process {
     }
 
     /// Sends `signal` (e.g. `libc::SIGHUP`) to the gateway.
-    pub fn signal(&self, signal: i32) {
+    pub(crate) fn signal(&self, signal: i32) {
         let pid = i32::try_from(self.child.id()).expect("pid");
         // SAFETY: kill(2) on the pid of our own, still-owned child.
         let rc = unsafe { libc::kill(pid, signal) };
@@ -69,7 +69,7 @@ impl Process {
     }
 
     /// SIGTERM, then waits up to `within` for the gateway to exit; its exit status.
-    pub fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+    pub(crate) fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
         self.signal(libc::SIGTERM);
         let deadline = Instant::now() + within;
         loop {
@@ -85,7 +85,7 @@ impl Process {
     }
 
     /// SIGKILL: no drain, no hand-back of the run.
-    pub fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.child.kill().expect("kill");
         self.child.wait().expect("wait");
     }

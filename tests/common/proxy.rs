@@ -39,7 +39,7 @@ struct Faults {
 
 /// A request the proxy forwarded, as the SDK sent it.
 #[derive(Debug, Clone)]
-pub struct RecordedRequest {
+pub(crate) struct RecordedRequest {
     /// The ECR action (`X-Amz-Target`), or the `Action` of a form-encoded (STS) call.
     pub action: String,
     /// The `authorization` header (SigV4: `Credential=ACCESS_KEY/…`).
@@ -50,7 +50,7 @@ pub struct RecordedRequest {
 
 impl RecordedRequest {
     /// A form field of the body (`application/x-www-form-urlencoded`), decoded.
-    pub fn form(&self, name: &str) -> Option<String> {
+    pub(crate) fn form(&self, name: &str) -> Option<String> {
         self.body.split('&').find_map(|pair| {
             let (key, value) = pair.split_once('=')?;
             (key == name).then(|| percent_decode(value))
@@ -58,7 +58,7 @@ impl RecordedRequest {
     }
 
     /// The access key the request was signed with.
-    pub fn access_key(&self) -> Option<&str> {
+    pub(crate) fn access_key(&self) -> Option<&str> {
         let credential = self.authorization.split("Credential=").nth(1)?;
         credential.split('/').next()
     }
@@ -109,7 +109,7 @@ impl Faults {
 
 /// A running proxy; configure faults while it runs.
 #[derive(Clone)]
-pub struct FaultProxy {
+pub(crate) struct FaultProxy {
     /// The URL to give the gateway as its endpoint.
     pub endpoint: String,
     faults: Arc<Mutex<Faults>>,
@@ -118,7 +118,7 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     /// Starts a proxy in front of `upstream` (e.g. moto's URL).
-    pub async fn start(upstream: &str) -> FaultProxy {
+    pub(crate) async fn start(upstream: &str) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
         let faults = Arc::new(Mutex::new(Faults::default()));
@@ -166,7 +166,7 @@ impl FaultProxy {
     /// answers back: the gateway sees a call that hangs after ECR did the
     /// work, as when it dies mid-call. Calling it again with a larger number
     /// releases the requests up to that number; [`FaultProxy::heal`] releases all.
-    pub fn hold_answers(&self, action: &str, answered: u64) {
+    pub(crate) fn hold_answers(&self, action: &str, answered: u64) {
         self.faults
             .lock()
             .expect("faults")
@@ -176,7 +176,7 @@ impl FaultProxy {
     }
 
     /// Answers the ECR action with a server error until [`FaultProxy::heal`].
-    pub fn fail_action(&self, action: &str) {
+    pub(crate) fn fail_action(&self, action: &str) {
         self.faults
             .lock()
             .expect("faults")
@@ -188,7 +188,7 @@ impl FaultProxy {
     /// `Faults::throttle_next`) the way ECR throttles: HTTP 400 with
     /// `ThrottlingException` in `x-amzn-ErrorType` and the JSON `__type`.
     /// [`FaultProxy::heal`] stops it.
-    pub fn throttle(&self, percent: u64) {
+    pub(crate) fn throttle(&self, percent: u64) {
         assert!(percent <= 100, "a share in percent");
         let mut faults = self.faults.lock().expect("faults");
         faults.throttle_percent = percent;
@@ -196,18 +196,18 @@ impl FaultProxy {
     }
 
     /// How many calls the proxy has answered with `ThrottlingException`.
-    pub fn throttled(&self) -> u64 {
+    pub(crate) fn throttled(&self) -> u64 {
         self.faults.lock().expect("faults").throttled
     }
 
     /// Closes every connection without answering: new ones at once, live
     /// (pooled) ones at their next request.
-    pub fn drop_all(&self) {
+    pub(crate) fn drop_all(&self) {
         self.faults.lock().expect("faults").drop_all = true;
     }
 
     /// How many requests of `action` the proxy has seen (failed ones included).
-    pub fn count(&self, action: &str) -> u64 {
+    pub(crate) fn count(&self, action: &str) -> u64 {
         self.faults
             .lock()
             .expect("faults")
@@ -218,17 +218,17 @@ impl FaultProxy {
     }
 
     /// Every request forwarded so far, in order.
-    pub fn recorded(&self) -> Vec<RecordedRequest> {
+    pub(crate) fn recorded(&self) -> Vec<RecordedRequest> {
         self.faults.lock().expect("faults").recorded.clone()
     }
 
     /// How many requests of any action the proxy has seen.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.faults.lock().expect("faults").seen.values().sum()
     }
 
     /// Forwards everything again.
-    pub fn heal(&self) {
+    pub(crate) fn heal(&self) {
         let mut faults = self.faults.lock().expect("faults");
         faults.failing.clear();
         faults.drop_all = false;
@@ -363,7 +363,7 @@ fn throttling_answer() -> Response<Full<Bytes>> {
 /// A TCP proxy in front of a server (e.g. NATS) that can be cut: every
 /// live connection is closed and new ones are refused until restored.
 #[derive(Clone)]
-pub struct TcpProxy {
+pub(crate) struct TcpProxy {
     /// host:port to give the client.
     pub addr: String,
     cut: Arc<Mutex<(bool, Vec<tokio::task::AbortHandle>)>>,
@@ -371,7 +371,7 @@ pub struct TcpProxy {
 
 impl TcpProxy {
     /// Starts a proxy to `upstream` (host:port).
-    pub async fn start(upstream: &str) -> TcpProxy {
+    pub(crate) async fn start(upstream: &str) -> TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp proxy");
         let addr = listener.local_addr().expect("addr").to_string();
         let cut: Arc<Mutex<(bool, Vec<tokio::task::AbortHandle>)>> = Arc::default();
@@ -399,7 +399,7 @@ impl TcpProxy {
     }
 
     /// Closes every live connection and refuses new ones.
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         let mut state = self.cut.lock().expect("proxy state");
         state.0 = true;
         for task in state.1.drain(..) {
@@ -408,7 +408,7 @@ impl TcpProxy {
     }
 
     /// Accepts connections again.
-    pub fn restore(&self) {
+    pub(crate) fn restore(&self) {
         self.cut.lock().expect("proxy state").0 = false;
     }
 }

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The Node client and its package.json.
-pub fn web_client_dir() -> PathBuf {
+pub(crate) fn web_client_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/web")
 }
 
@@ -27,7 +27,7 @@ const SETUP: &str = "run scripts/test (its ensure_web_client step runs `npm ci` 
 /// Generates the client's code from proto/, runs `node client.mjs <plan>`
 /// and returns what it printed as JSON. Panics, with the fix, when Node, the
 /// npm packages or buf are missing.
-pub async fn run_web_client(plan: &serde_json::Value) -> serde_json::Value {
+pub(crate) async fn run_web_client(plan: &serde_json::Value) -> serde_json::Value {
     let plan = plan.to_string();
     let run = tokio::task::spawn_blocking(move || {
         let node = node();
@@ -117,7 +117,7 @@ fn generate(dir: &std::path::Path) {
 }
 
 /// One gRPC-Web data frame holding `message`.
-pub fn grpc_web_frame(message: &impl prost::Message) -> Bytes {
+pub(crate) fn grpc_web_frame(message: &impl prost::Message) -> Bytes {
     let encoded = message.encode_to_vec();
     let mut frame = BytesMut::with_capacity(5 + encoded.len());
     frame.put_u8(0);
@@ -128,7 +128,7 @@ pub fn grpc_web_frame(message: &impl prost::Message) -> Bytes {
 
 /// A gRPC-Web response body split into its messages and its trailers.
 #[derive(Debug, Default)]
-pub struct WebFrames {
+pub(crate) struct WebFrames {
     /// The data frames' payloads.
     pub messages: Vec<Bytes>,
     /// The trailer frame's `name: value` lines, names lowercased.
@@ -137,7 +137,7 @@ pub struct WebFrames {
 
 impl WebFrames {
     /// Splits `body` into frames (flag byte, 4-byte length, payload).
-    pub fn parse(mut body: Bytes) -> WebFrames {
+    pub(crate) fn parse(mut body: Bytes) -> WebFrames {
         let mut frames = WebFrames::default();
         while body.remaining() >= 5 {
             let flag = body.get_u8();
@@ -161,7 +161,7 @@ impl WebFrames {
     }
 
     /// A trailer's value.
-    pub fn trailer(&self, name: &str) -> Option<&str> {
+    pub(crate) fn trailer(&self, name: &str) -> Option<&str> {
         self.trailers
             .iter()
             .find(|(n, _)| n == name)
@@ -170,7 +170,7 @@ impl WebFrames {
 }
 
 /// Sends `request` over one HTTP/1.1 connection on `io`; returns the answer's head and body.
-pub async fn http1_exchange<IO>(
+pub(crate) async fn http1_exchange<IO>(
     io: IO,
     request: hyper::Request<Full<Bytes>>,
 ) -> (http::response::Parts, Bytes)

@@ -290,7 +290,7 @@ pub(super) async fn list_pins(
 }
 
 /// Refuses when any of `digests` is pinned: FAILED_PRECONDITION naming every pin.
-pub async fn refuse_pinned(
+pub(crate) async fn refuse_pinned(
     store: &Store,
     registry: &RegistryRef,
     repository: &str,

@@ -23,7 +23,7 @@ use crate::store::cleanup_runs::{self, Cancel, ItemRow, NewRun, RunFilter, RunRo
 use crate::store::repositories;
 
 /// RunCleanup: checks the request, records a pending run, wakes the worker.
-pub async fn run_cleanup(
+pub(super) async fn run_cleanup(
     state: &Shared,
     call: &mut Call,
     request: &pb::RunCleanupRequest,
@@ -162,7 +162,7 @@ fn run_not_found(id: Uuid) -> ApiError {
 type ItemPosition = (String, DateTime<Utc>, String);
 
 /// GetCleanupRun: the run, its counts and a page of its items.
-pub async fn get_cleanup_run(
+pub(super) async fn get_cleanup_run(
     state: &AppState,
     call: &mut Call,
     request: &pb::GetCleanupRunRequest,
@@ -215,7 +215,7 @@ pub async fn get_cleanup_run(
 type RunPosition = (DateTime<Utc>, Uuid);
 
 /// ListCleanupRuns: newest first.
-pub async fn list_cleanup_runs(
+pub(super) async fn list_cleanup_runs(
     state: &AppState,
     call: &mut Call,
     request: &pb::ListCleanupRunsRequest,
@@ -277,7 +277,7 @@ pub async fn list_cleanup_runs(
 }
 
 /// CancelCleanupRun: a pending run ends at once, a running one before its next batch.
-pub async fn cancel_cleanup_run(
+pub(super) async fn cancel_cleanup_run(
     state: &AppState,
     call: &mut Call,
     request: &pb::CancelCleanupRunRequest,

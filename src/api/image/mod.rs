@@ -34,7 +34,7 @@ use refresh::*;
 pub(in crate::api) use refresh::{read_through_unknown, repository_not_found, sync_error};
 use resolve::*;
 pub(in crate::api) use resolve::{
-    Located, image_selector, locate_reference, resolved_tag_is_immutable, selector_suffix, tag_is_immutable,
+    Located, image_selector, locate_reference, resolved_tag_is_immutable, selector_suffix,
 };
 
 /// The ImageService implementation.
@@ -139,9 +139,9 @@ mod tests {
 
     #[test]
     fn wildcards_match_runs_of_characters() {
-        assert!(wildcard_match("dev-*", "dev-"));
-        assert!(wildcard_match("*-rc*", "v1-rc2"));
-        assert!(!wildcard_match("dev-*", "prod-1"));
-        assert!(!wildcard_match("a*a", "a"));
+        assert!(crate::domain::TagPattern::text_matches("dev-*", "dev-"));
+        assert!(crate::domain::TagPattern::text_matches("*-rc*", "v1-rc2"));
+        assert!(!crate::domain::TagPattern::text_matches("dev-*", "prod-1"));
+        assert!(!crate::domain::TagPattern::text_matches("a*a", "a"));
     }
 }

@@ -1,6 +1,7 @@
 //! ResolveImage: a reference to a digest and a pinned URI, from the in-process cache or Postgres; tag immutability as the gate sees it.
 
 use super::*;
+use crate::domain::TagMutability;
 
 pub(super) fn strong(consistency: i32) -> Result<bool, ApiError> {
     match pb::Consistency::try_from(consistency) {
@@ -211,21 +212,16 @@ pub(in crate::api) fn locate_reference<'a>(
     })
 }
 
-/// ECR semantics: IMMUTABLE tags never move; *_WITH_EXCLUSION flips the rule for tags matching a filter.
-pub fn tag_is_immutable(mutability: Option<&str>, filters: &Value, tag: &str) -> bool {
-    let matches_filter = || {
-        filters.as_array().is_some_and(|fs| {
-            fs.iter()
-                .filter_map(Value::as_str)
-                .any(|f| wildcard_match(f, tag))
-        })
-    };
-    match mutability {
-        Some("IMMUTABLE") => true,
-        Some("IMMUTABLE_WITH_EXCLUSION") => !matches_filter(),
-        Some("MUTABLE_WITH_EXCLUSION") => matches_filter(),
-        _ => false,
-    }
+/// ECR semantics ([`TagMutability::is_immutable`]) over the cached settings'
+/// text: the mutability ECR reported and its exclusion filters as JSON.
+pub(crate) fn tag_is_immutable(mutability: Option<&str>, filters: &Value, tag: &str) -> bool {
+    let filters: Vec<&str> = filters
+        .as_array()
+        .map(|fs| fs.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    mutability
+        .and_then(TagMutability::from_ecr_str)
+        .is_some_and(|m| m.is_immutable(tag, &filters))
 }
 
 /// Whether ResolveImage and the deploy gate call `tag` immutable: the
@@ -233,7 +229,7 @@ pub fn tag_is_immutable(mutability: Option<&str>, filters: &Value, tag: &str) ->
 /// the image row the answer comes from. Settings older than the image facts
 /// (or of unknown age) may predate a switch to MUTABLE and the move of the
 /// tag, so the tag then counts as mutable: the gate fails closed.
-pub fn resolved_tag_is_immutable(resolved: &ResolvedTag, tag: &str) -> bool {
+pub(crate) fn resolved_tag_is_immutable(resolved: &ResolvedTag, tag: &str) -> bool {
     resolved
         .settings_synced_at
         .is_some_and(|read| read >= resolved.row_synced_at)
@@ -242,29 +238,6 @@ pub fn resolved_tag_is_immutable(resolved: &ResolvedTag, tag: &str) -> bool {
             &resolved.exclusion_filters,
             tag,
         )
-}
-
-/// `*` matches any run of characters; everything else matches itself.
-pub(super) fn wildcard_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first)
-        || !text[first.len()..].ends_with(last)
-        || text.len() < first.len() + last.len()
-    {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for middle in &parts[1..parts.len() - 1] {
-        match rest.find(middle) {
-            Some(at) => rest = &rest[at + middle.len()..],
-            None => return false,
-        }
-    }
-    true
 }
 
 pub(super) fn newest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
