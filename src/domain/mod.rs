@@ -14,6 +14,7 @@ mod manifest;
 mod repository;
 mod repository_name;
 mod repository_settings;
+mod scan;
 mod violation;
 
 pub use account_id::AccountId;
@@ -26,4 +27,5 @@ pub use manifest::{Descriptor, Manifest, ManifestError, ManifestKind, Platform, 
 pub use repository::*;
 pub use repository_name::RepositoryName;
 pub use repository_settings::{Encryption, TagMutability};
+pub use scan::{Frequency, Severity};
 pub use violation::Violation;

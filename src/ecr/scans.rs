@@ -13,8 +13,7 @@ use chrono::{DateTime, Utc};
 use super::error::{EcrError, classify};
 use super::repositories::collect_pages;
 use super::{CallLog, Registry};
-use crate::domain::{Digest, ImageSelector, RepositoryName};
-use crate::policy::gate::{Frequency, Severity};
+use crate::domain::{Digest, Frequency, ImageSelector, RepositoryName, Severity};
 
 /// ECR's largest page for DescribeImageScanFindings.
 const PAGE_SIZE: i32 = 1000;

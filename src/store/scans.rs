@@ -5,9 +5,8 @@ use sqlx::{PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use super::{StoreError, Tx};
-use crate::domain::RegistryRef;
+use crate::domain::{RegistryRef, Severity};
 use crate::ecr::ScanReport;
-use crate::policy::gate::Severity;
 
 /// One cached scan summary.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
