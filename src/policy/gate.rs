@@ -8,70 +8,10 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::{DeployConfig, EnvironmentRules};
 use crate::domain::Violation;
 pub use crate::domain::{Frequency, Severity};
-
-/// `[policy.deploy]`
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeployConfig {
-    /// The environments CheckDeployment knows, by name.
-    pub environments: BTreeMap<String, EnvironmentRules>,
-    /// How far ahead a vulnerability exception may expire, in days. Default 90.
-    pub max_exception_days: u32,
-}
-
-impl Default for DeployConfig {
-    fn default() -> Self {
-        let rules = |deny: &[Severity], require_scan: bool, max_scan_age_days: u32| EnvironmentRules {
-            deny_severities: deny.to_vec(),
-            require_scan,
-            max_scan_age_days,
-            max_image_age_days: 0,
-        };
-        Self {
-            environments: BTreeMap::from([
-                (
-                    "prod".to_owned(),
-                    rules(&[Severity::Critical, Severity::High], true, 30),
-                ),
-                (
-                    "staging".to_owned(),
-                    rules(&[Severity::Critical, Severity::High], true, 0),
-                ),
-                ("dev".to_owned(), rules(&[Severity::Critical], false, 0)),
-            ]),
-            max_exception_days: 90,
-        }
-    }
-}
-
-/// `[policy.deploy.environments.NAME]`
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct EnvironmentRules {
-    /// Findings of these severities block a deploy (unless an exception covers them).
-    pub deny_severities: Vec<Severity>,
-    /// An image with no completed scan is denied.
-    pub require_scan: bool,
-    /// A scan older than this many days is denied as stale; 0: no limit.
-    pub max_scan_age_days: u32,
-    /// An image pushed more than this many days ago is denied; 0: no limit.
-    pub max_image_age_days: u32,
-}
-
-impl Default for EnvironmentRules {
-    fn default() -> Self {
-        Self {
-            deny_severities: vec![Severity::Critical],
-            require_scan: true,
-            max_scan_age_days: 0,
-            max_image_age_days: 0,
-        }
-    }
-}
 
 /// Problems in `[policy.deploy]`, each naming its key.
 pub fn config_problems(config: &DeployConfig) -> Vec<String> {

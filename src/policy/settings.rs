@@ -4,8 +4,8 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::config::SettingsConfig;
 use super::naming::backticked;
+use crate::config::SettingsConfig;
 use crate::domain::{TagMutability, Violation};
 
 /// Field of the mutability setting.

@@ -22,6 +22,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
+pub use crate::config::{CACHE_ENTRIES, CACHE_TTL};
 pub use audit_events::insert_final_batch;
 pub use operations::{Claim, StoredOperation};
 pub use repositories::{CachedRepository, RepositoryFilter, RepositoryKey};
@@ -126,11 +127,6 @@ pub struct Store {
 
 /// A repository's tags.
 pub type Tags = std::collections::BTreeMap<String, String>;
-
-/// Default TTL of a cached read (a bound; invalidation is by notification).
-pub const CACHE_TTL: Duration = Duration::from_secs(60);
-/// Default number of cached reads, per cache (ResolveImage answers, gate facts).
-pub const CACHE_ENTRIES: usize = 20_000;
 
 impl Store {
     /// Creates the pool without connecting; connections are made on first use.
