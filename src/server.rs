@@ -49,7 +49,7 @@ use health::{probe_database, report_registry_health, set_health};
 pub use parts::Parts;
 
 /// The encoded descriptor set of the gateway's protos, for reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ecrgateway_descriptor");
+pub use crate::pb::FILE_DESCRIPTOR_SET;
 
 /// Largest request header block accepted, in bytes.
 const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;

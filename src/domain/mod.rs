@@ -27,5 +27,5 @@ pub use manifest::{Descriptor, Manifest, ManifestError, ManifestKind, Platform, 
 pub use repository::*;
 pub use repository_name::RepositoryName;
 pub use repository_settings::{Encryption, TagMutability};
-pub use scan::{Frequency, Severity};
+pub use scan::{Frequency, ScanFinding, ScanReport, Severity};
 pub use violation::Violation;

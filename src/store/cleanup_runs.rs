@@ -1,5 +1,5 @@
 //! Cleanup runs and their items: the plan, each image's outcome, and the
-//! worker's lease on the run (see `crate::cleanup`).
+//! worker's lease on the run (see the `cleanup` module).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -532,7 +532,7 @@ pub async fn items(
 
 /// The advisory-lock key that serialises pin changes and cleanup batches of
 /// one repository: a batch holds it from its pin check until ECR answers
-/// (`crate::cleanup::worker`), PinImage takes it before writing the pin.
+/// (the cleanup worker), PinImage takes it before writing the pin.
 pub fn lock_key(registry: &RegistryRef, repository: &str) -> String {
     format!("cleanup:{}:{}:{repository}", registry.account_id, registry.region)
 }

@@ -5,8 +5,7 @@ use sqlx::{PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use super::{StoreError, Tx};
-use crate::domain::{RegistryRef, Severity};
-use crate::ecr::ScanReport;
+use crate::domain::{RegistryRef, ScanReport, Severity};
 
 /// One cached scan summary.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
