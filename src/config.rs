@@ -1,6 +1,12 @@
 //! Typed, layered settings: built-in defaults, then a TOML file (`--config`),
 //! then environment variables `ECR_GATEWAY__SECTION__KEY`. Unknown keys are an
 //! error naming the key; every other problem is collected and reported at once.
+//!
+//! A leaf: it imports nothing of the crate but `domain`. The rules here need
+//! no file and build nothing; what the settings are turned into (the
+//! authenticator, the serving TLS identity, the compiled org policy, the
+//! signing and page-token keys) is built, and its problems found, by
+//! `server::parts`, which every command starts with.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,13 +18,13 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::AccountId;
-use crate::policy::{OrgPolicy, OrgPolicyConfig};
 
 mod access;
 mod auth;
 mod breaker;
 mod grpc_web;
 mod overload;
+mod policy;
 mod telemetry;
 
 pub use access::{AccessConfig, MAX_CREDENTIAL_SECONDS, MIN_CREDENTIAL_SECONDS};
@@ -26,10 +32,22 @@ pub use auth::{AuthConfig, AuthMode, MtlsConfig, OIDC_ALGORITHMS, OidcConfig, is
 pub use breaker::BreakerConfig;
 pub use grpc_web::{ANY_ORIGIN, GrpcWebConfig};
 pub use overload::{GroupRate, OverloadConfig, Rate, RateLimitsConfig};
+pub use policy::{
+    AllowedValues, CleanupConfig, DEFAULT_NAMING_PATTERN, DeployConfig, EncryptionConfig, EncryptionType,
+    EnvironmentRules, LifecycleTemplates, NamespaceCleanup, NamingConfig, OrgPolicyConfig,
+    RepositoryPolicyConfig, RetentionFloor, SettingsConfig, TagConfig,
+};
 pub use telemetry::{LogFormat, TelemetryConfig};
 
 /// The environment-variable prefix; `__` separates nesting levels.
 pub const ENV_PREFIX: &str = "ECR_GATEWAY__";
+
+/// Default TTL of a cached read (a bound; invalidation is by notification):
+/// `database.cache_ttl_seconds`.
+pub const CACHE_TTL: Duration = Duration::from_secs(60);
+/// Default number of cached reads, per cache (ResolveImage answers, gate
+/// facts): `database.cache_max_entries`.
+pub const CACHE_ENTRIES: usize = 20_000;
 
 /// Everything the gateway is configured with.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -155,8 +173,8 @@ impl Default for DatabaseConfig {
             max_connections: 16,
             acquire_timeout_seconds: 3,
             migrate_on_start: true,
-            cache_ttl_seconds: crate::store::CACHE_TTL.as_secs(),
-            cache_max_entries: crate::store::CACHE_ENTRIES,
+            cache_ttl_seconds: CACHE_TTL.as_secs(),
+            cache_max_entries: CACHE_ENTRIES,
         }
     }
 }
@@ -374,8 +392,26 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Loads defaults, then the TOML file (if any), then `ECR_GATEWAY__*` variables, and checks the result.
+    /// Loads defaults, then the TOML file (if any), then `ECR_GATEWAY__*`
+    /// variables, and checks the result by the rules of [`Config::check`].
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let config = Config::read(path)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document on top of the defaults (no environment) and
+    /// checks it by the rules of [`Config::check`]; for tests and tools.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config = Config::read_toml(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// [`Config::load`] without the checks: defaults, the TOML file (if any),
+    /// then `ECR_GATEWAY__*` variables. Only a missing file, an unknown key or
+    /// a value of the wrong type is an error.
+    pub fn read(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = path {
             if !path.exists() {
@@ -387,25 +423,33 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         let figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").lowercase(true));
-        let config: Config = figment
+        figment
             .extract()
-            .map_err(|e| ConfigError::one(describe_figment_error(e)))?;
-        config.check()?;
-        Ok(config)
+            .map_err(|e| ConfigError::one(describe_figment_error(e)))
     }
 
-    /// Parses a TOML document on top of the defaults (no environment); for tests and tools.
-    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+    /// [`Config::from_toml`] without the checks.
+    pub fn read_toml(text: &str) -> Result<Config, ConfigError> {
+        Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(text))
             .extract()
-            .map_err(|e| ConfigError::one(describe_figment_error(e)))?;
-        config.check()?;
-        Ok(config)
+            .map_err(|e| ConfigError::one(describe_figment_error(e)))
     }
 
-    /// Every cross-field rule, reported together.
+    /// Every cross-field rule of [`Config::problems`], reported together.
     pub fn check(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Every problem of the settings that needs no file and builds nothing,
+    /// each naming its key. (What building the parts finds is added by
+    /// `server::parts`.)
+    pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.server.listen.parse::<SocketAddr>().is_err() {
             problems.push(format!(
@@ -458,16 +502,6 @@ impl Config {
             problems
                 .push("cleanup.lease_seconds and cleanup.poll_interval_seconds: must be at least 1".into());
         }
-        if let Some(path) = &self.server.page_token_key_file
-            && let Err(problem) = crate::api::page_token::PageKey::load(path)
-        {
-            problems.push(format!("server.page_token_key_file: {problem}"));
-        }
-        if let Some(path) = &self.audit.signing_key_file
-            && let Err(problem) = crate::audit::digest::load_signing_key(path)
-        {
-            problems.push(format!("audit.signing_key_file: {problem}"));
-        }
         if self.audit.nats_url.is_some() && self.audit.nats_subject.trim().is_empty() {
             problems.push("audit.nats_subject: must not be empty".into());
         }
@@ -496,30 +530,15 @@ impl Config {
             problems.push("audit.digest_interval_seconds: must be at least 1".into());
         }
         problems.extend(self.telemetry.problems());
-        problems.extend(self.tls_problems());
-        problems.extend(self.server.grpc_web.problems());
-        if let Err(auth_problems) = crate::auth::Authenticator::from_config(&self.auth, &self.server.listen) {
-            problems.extend(auth_problems);
-        }
-        problems.extend(self.registry_problems());
-        if let Err(policy_problems) = OrgPolicy::compile(&self.policy) {
-            problems.extend(policy_problems);
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError { problems })
-        }
-    }
-
-    fn tls_problems(&self) -> Vec<String> {
-        match &self.server.tls {
-            None if self.auth.has(AuthMode::Mtls) => vec![
+        if self.server.tls.is_none() && self.auth.has(AuthMode::Mtls) {
+            problems.push(
                 "server.tls: required when auth.modes has \"mtls\"; add [server.tls] with cert_file and key_file".into(),
-            ],
-            None => Vec::new(),
-            Some(tls) => crate::tls::load_server_identity(tls).err().unwrap_or_default(),
+            );
         }
+        problems.extend(self.server.grpc_web.problems());
+        problems.extend(self.auth.problems(&self.server.listen));
+        problems.extend(self.registry_problems());
+        problems
     }
 
     fn registry_problems(&self) -> Vec<String> {

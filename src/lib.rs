@@ -48,4 +48,8 @@ pub mod web;
 #[allow(missing_docs, clippy::all)]
 pub mod pb {
     tonic::include_proto!("ecrgateway.v1");
+
+    /// The encoded descriptor set of the gateway's protos (reflection, the
+    /// methods metrics know, tests that read the API's shape).
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ecrgateway_descriptor");
 }

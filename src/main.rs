@@ -86,8 +86,9 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    let config = match Config::load(cli.config.as_deref()) {
-        Ok(config) => config,
+    // The configuration and what it is turned into, every problem of both at once.
+    let (config, parts) = match ecr_gateway::server::parts::load(cli.config.as_deref()) {
+        Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("{error}");
             return ExitCode::from(2);
@@ -135,12 +136,14 @@ fn main() -> ExitCode {
                 )
                 .await
             }
-            Command::Audit(AuditCommand::Purge { older_than }) => purge(&config, older_than.as_deref()).await,
+            Command::Audit(AuditCommand::Purge { older_than }) => {
+                purge(&config, parts.signing_key, older_than.as_deref()).await
+            }
             Command::Audit(AuditCommand::Verify { .. } | AuditCommand::Keygen { .. }) => Ok(()),
             Command::Serve => {
                 let shutdown = shutdown_signal()?;
                 let listener = TcpListener::bind(&config.server.listen).await?;
-                ecr_gateway::server::run(config, listener, shutdown).await
+                ecr_gateway::server::run(config, parts, listener, shutdown).await
             }
         }
     });
@@ -185,19 +188,17 @@ async fn export(
 }
 
 /// Archives and purges what has expired, step by step.
-async fn purge(config: &Config, older_than: Option<&str>) -> anyhow::Result<()> {
-    use ecr_gateway::audit::{digest, retention};
+async fn purge(
+    config: &Config,
+    key: Option<ed25519_dalek::SigningKey>,
+    older_than: Option<&str>,
+) -> anyhow::Result<()> {
+    use ecr_gateway::audit::retention;
     let mut audit = config.audit.clone();
     if let Some(age) = older_than {
         ecr_gateway::config::parse_age(age).map_err(|problem| anyhow::anyhow!("--older-than: {problem}"))?;
         audit.retention = Some(age.to_owned());
     }
-    let key = audit
-        .signing_key_file
-        .as_deref()
-        .map(digest::load_signing_key)
-        .transpose()
-        .map_err(|problem| anyhow::anyhow!("audit.signing_key_file: {problem}"))?;
     let Some(retention) = retention::Retention::configured(&audit, key) else {
         anyhow::bail!(
             "nothing to purge by: set audit.retention (or give --older-than) and audit.archive_dir in the configuration"

@@ -43,7 +43,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use sqlx::FromRow;
 use uuid::Uuid;
 
 use crate::api::AppState;
@@ -52,6 +51,7 @@ use crate::domain::{AuditOutcome, AuditStatus, Digest, ImageSelector, ImageTag, 
 use crate::ecr::{CallLog, Registry};
 use crate::inventory::Trigger;
 use crate::pb;
+use crate::store::audit_events::Interrupted;
 use crate::store::operations::{self, Standing};
 use crate::store::{StoreError, audit_events, images, repositories};
 
@@ -69,17 +69,6 @@ const POSTGRES_ONLY: &[&str] = &[
     "RunCleanup",
     "CancelCleanupRun",
 ];
-
-/// A pending record recovery may resolve.
-#[derive(Debug, Clone, FromRow)]
-struct Interrupted {
-    event_id: Uuid,
-    event_name: String,
-    principal: String,
-    client_request_id: Option<String>,
-    registry_alias: Option<String>,
-    request_parameters: Value,
-}
 
 /// What ECR says about an interrupted call.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,21 +147,7 @@ pub struct Recovered {
 /// Resolves up to [`BATCH`] interrupted calls, oldest first.
 pub async fn recover_once(state: &AppState) -> Result<Recovered, StoreError> {
     let lease = chrono::Duration::from_std(state.mutation_lease).unwrap_or(chrono::Duration::hours(1));
-    let rows = sqlx::query_as::<_, Interrupted>(
-        "SELECT e.event_id, e.event_name, e.principal, e.client_request_id, e.registry_alias, e.request_parameters \
-         FROM audit_events e \
-         LEFT JOIN operations o ON o.principal = e.principal AND o.request_id = e.client_request_id \
-         WHERE e.status = 'pending' \
-           AND CASE WHEN o.principal IS NOT NULL THEN o.state <> 'pending' OR o.lease_until < now() \
-                    ELSE e.event_time < $1 END \
-           AND NOT EXISTS (SELECT 1 FROM cleanup_run_items i JOIN cleanup_runs r ON r.id = i.run_id \
-                           WHERE i.audit_event_id = e.event_id AND r.state IN ('pending', 'running')) \
-         ORDER BY e.event_time LIMIT $2",
-    )
-    .bind(Utc::now() - lease)
-    .bind(BATCH)
-    .fetch_all(state.store.pool())
-    .await?;
+    let rows = audit_events::interrupted(state.store.pool(), Utc::now() - lease, BATCH).await?;
     let mut done = Recovered::default();
     for row in rows {
         let request_id = row.client_request_id.clone().filter(|r| !r.is_empty());

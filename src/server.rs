@@ -27,8 +27,8 @@ use crate::api::repository::RepositoryApi;
 use crate::api::scan::ScanApi;
 use crate::api::{AppState, Shared};
 use crate::audit::AuditLog;
+use crate::auth::IdentityLayer;
 use crate::auth::authz::Authorizer;
-use crate::auth::{Authenticator, IdentityLayer};
 use crate::config::{AuthMode, Config};
 use crate::ecr::Registries;
 use crate::overload::{RateLimitLayer, RateLimits, ShedLayer};
@@ -38,30 +38,33 @@ use crate::pb::image_service_server::ImageServiceServer;
 use crate::pb::registry_access_service_server::RegistryAccessServiceServer;
 use crate::pb::repository_service_server::RepositoryServiceServer;
 use crate::pb::scan_service_server::ScanServiceServer;
-use crate::policy::OrgPolicy;
 use crate::store::Store;
 use crate::web::BrowserLayer;
 
 mod health;
+pub mod parts;
 
 pub use health::{LIVENESS_SERVICE, REGISTRY_HEALTH_PREFIX};
 use health::{probe_database, report_registry_health, set_health};
+pub use parts::Parts;
 
 /// The encoded descriptor set of the gateway's protos, for reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ecrgateway_descriptor");
+pub use crate::pb::FILE_DESCRIPTOR_SET;
 
 /// Largest request header block accepted, in bytes.
 const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
-/// Serves until `shutdown` completes, then drains. The admin listener, if
-/// `[admin] listen` is set, is bound here.
+/// Serves with the `parts` built from `config` ([`parts::load`]) until
+/// `shutdown` completes, then drains. The admin listener, if `[admin] listen`
+/// is set, is bound here.
 pub async fn run(
     config: Config,
+    parts: Parts,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let admin_listener = bind_admin(&config).await?;
-    run_with_admin(config, listener, admin_listener, shutdown).await
+    serve(config, parts, listener, admin_listener, shutdown).await
 }
 
 /// Binds `[admin] listen`, if set.
@@ -75,34 +78,45 @@ pub async fn bind_admin(config: &Config) -> anyhow::Result<Option<TcpListener>> 
     }
 }
 
-/// [`run`] with the admin listener bound by the caller (tests bind port 0 and
-/// keep its address); `None` serves no admin endpoints.
+/// [`run`] with the parts built here ([`Parts::build`]) and the admin
+/// listener bound by the caller (tests bind port 0 and keep its address);
+/// `None` serves no admin endpoints.
 pub async fn run_with_admin(
     config: Config,
     listener: TcpListener,
     admin_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let authenticator = Arc::new(
-        Authenticator::from_config(&config.auth, &config.server.listen)
-            .map_err(|problems| anyhow::anyhow!("auth: {}", problems.join("; ")))?,
-    );
+    let parts = Parts::build(&config)?;
+    serve(config, parts, listener, admin_listener, shutdown).await
+}
+
+async fn serve(
+    config: Config,
+    parts: Parts,
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Parts {
+        authenticator,
+        tls_identity,
+        policy,
+        signing_key,
+        page_key,
+    } = parts;
+    let authenticator = Arc::new(authenticator);
     warn_about_insecure_dev(&config);
-    let tls = config
-        .server
-        .tls
-        .as_ref()
-        .map(|tls| {
-            crate::tls::server_config(
-                tls,
+    let tls = tls_identity
+        .map(|identity| {
+            crate::tls::server_config_for(
+                identity,
                 authenticator.client_cert_verifier(),
                 config.server.grpc_web.enabled,
             )
         })
         .transpose()
         .map_err(|problems| anyhow::anyhow!("server.tls: {}", problems.join("; ")))?;
-    let policy = OrgPolicy::compile(&config.policy)
-        .map_err(|problems| anyhow::anyhow!("policy: {}", problems.join("; ")))?;
     let authz = Arc::new(
         Authorizer::for_config(&config)
             .map_err(|problems| anyhow::anyhow!("authorization: {}", problems.join("; ")))?,
@@ -155,25 +169,11 @@ pub async fn run_with_admin(
     if config.database.migrate_on_start {
         store.migrate().await.context("applying database migrations")?;
     }
-    let signing_key = config
-        .audit
-        .signing_key_file
-        .as_deref()
-        .map(crate::audit::digest::load_signing_key)
-        .transpose()
-        .map_err(|problem| anyhow::anyhow!("audit.signing_key_file: {problem}"))?;
     if signing_key.is_none() {
         tracing::warn!(
             "audit.signing_key_file is not set: the audit chain is kept but its digests are not signed"
         );
     }
-    let page_key = config
-        .server
-        .page_token_key_file
-        .as_deref()
-        .map(crate::api::page_token::PageKey::load)
-        .transpose()
-        .map_err(|problem| anyhow::anyhow!("server.page_token_key_file: {problem}"))?;
     if page_key.is_none() {
         tracing::info!(
             "server.page_token_key_file is not set: page tokens are sealed with a key generated once and kept in Postgres"

@@ -34,10 +34,11 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The certificate chain the server presents, and its private key.
+pub type ServerIdentity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
 /// Reads `[server.tls]`: the certificate chain and its key; each problem names its key.
-pub fn load_server_identity(
-    tls: &ServerTlsConfig,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Vec<String>> {
+pub fn load_server_identity(tls: &ServerTlsConfig) -> Result<ServerIdentity, Vec<String>> {
     let mut problems = Vec::new();
     let certs = match CertificateDer::pem_file_iter(&tls.cert_file)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -80,7 +81,15 @@ pub fn server_config(
     client_verifier: Option<Arc<dyn ClientCertVerifier>>,
     http1: bool,
 ) -> Result<rustls::ServerConfig, Vec<String>> {
-    let (certs, key) = load_server_identity(tls)?;
+    server_config_for(load_server_identity(tls)?, client_verifier, http1)
+}
+
+/// [`server_config`] for an identity already read (`server::parts` reads it once).
+pub fn server_config_for(
+    (certs, key): ServerIdentity,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    http1: bool,
+) -> Result<rustls::ServerConfig, Vec<String>> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| vec![format!("server.tls: {e}")])?;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ecr_gateway::config::Config;
+use ecr_gateway::server::parts;
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
@@ -624,7 +624,7 @@ fn check_config(objects: &[Value], pod: &Pod, problems: &mut Vec<String>) {
 /// What is wrong with a production `config.toml`.
 fn config_problems(text: &str, origin: &str) -> Vec<String> {
     let mut problems = Vec::new();
-    if let Err(error) = Config::from_toml(text) {
+    if let Err(error) = parts::from_toml(text) {
         problems.push(format!("{origin}: the gateway refuses it: {error}"));
     }
     let raw = match toml::from_str::<toml::Table>(text) {
@@ -996,7 +996,7 @@ fn compose_publishes_only_on_loopback_and_its_configuration_is_accepted() {
         }
     }
     let config = repo().join("deploy/compose.toml");
-    if let Err(error) = Config::from_toml(&read(&config)) {
+    if let Err(error) = parts::from_toml(&read(&config)) {
         panic!("deploy/compose.toml: the gateway refuses it: {error}");
     }
 }

@@ -281,7 +281,7 @@ mod tests {
     const METHOD: &str = "/ecrgateway.v1.ImageService/ResolveImage";
 
     fn metrics() -> Arc<Metrics> {
-        Arc::new(Metrics::new(&[crate::server::FILE_DESCRIPTOR_SET]))
+        Arc::new(Metrics::new(&[crate::pb::FILE_DESCRIPTOR_SET]))
     }
 
     fn series(code: &str) -> String {

@@ -6,7 +6,7 @@
 //! once in `server.rs` and passed to the layer, the ECR clients (as their
 //! [`EcrObserver`]), the gauge refresher and the admin server. With
 //! telemetry on, the same values are also exported by OTLP
-//! ([`crate::telemetry::metrics`]).
+//! ([`super::otlp`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -17,8 +17,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::gauges::DatabaseGauges;
+use super::otlp::Instruments;
 use crate::ecr::{EcrCallOutcome, EcrObserver};
-use crate::telemetry::metrics::Instruments;
 
 /// Upper bounds of the call-duration buckets, in seconds (Prometheus' defaults).
 pub const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -80,7 +80,7 @@ impl Metrics {
 
     /// Also exports every metric by OTLP through `meter` (telemetry on).
     pub fn export_otlp(self: &Arc<Self>, meter: &opentelemetry::metrics::Meter) {
-        let _ = self.otlp.set(crate::telemetry::metrics::register(self, meter));
+        let _ = self.otlp.set(super::otlp::register(self, meter));
     }
 
     /// Replaces the database gauges with a new reading.
@@ -261,7 +261,7 @@ mod tests {
     use super::*;
 
     fn metrics() -> Metrics {
-        Metrics::new(&[crate::server::FILE_DESCRIPTOR_SET])
+        Metrics::new(&[crate::pb::FILE_DESCRIPTOR_SET])
     }
 
     #[test]

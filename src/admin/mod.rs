@@ -9,13 +9,15 @@
 //!   does not make the replica unready: cached reads still answer, and every
 //!   replica sees the same ECR.
 //! - `GET /metrics`: Prometheus text format ([`metrics`], [`layer`], and
-//!   [`gauges`], read from Postgres on an interval).
+//!   [`gauges`], read from Postgres on an interval). With telemetry on, the
+//!   same metrics are exported by OTLP ([`otlp`]).
 //!
 //! Other paths answer 404, other methods 405.
 
 pub mod gauges;
 pub mod layer;
 pub mod metrics;
+pub mod otlp;
 
 use std::convert::Infallible;
 use std::sync::Arc;

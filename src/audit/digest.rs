@@ -9,20 +9,7 @@ use chrono::{DateTime, SecondsFormat, SubsecRound as _, Utc};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use serde_json::{Value, json};
 
-/// One signed digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignedDigest {
-    /// The last chain sequence it covers.
-    pub sequence: i64,
-    /// That link's hash.
-    pub hash: Vec<u8>,
-    /// When it was signed.
-    pub signed_at: DateTime<Utc>,
-    /// The signer's public key (32 bytes).
-    pub public_key: Vec<u8>,
-    /// The Ed25519 signature of [`message`].
-    pub signature: Vec<u8>,
-}
+pub use crate::store::audit_trail::SignedDigest;
 
 /// The bytes a digest signs.
 pub fn message(sequence: i64, hash: &[u8], signed_at: DateTime<Utc>) -> Vec<u8> {

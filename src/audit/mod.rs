@@ -61,10 +61,7 @@ impl AuditLog {
     /// writer runs as a task of the current runtime instead.
     pub fn start(store: Store) -> (AuditLog, AuditWriter) {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        let options = store.pool().connect_options();
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(IN_FLIGHT as u32)
-            .acquire_timeout(store.pool().options().get_acquire_timeout());
+        let pool = store.own_pool(IN_FLIGHT as u32);
         // The thread takes the receiver from here; if it cannot start, it is
         // still here for the fallback task.
         let slot = Arc::new(Mutex::new(Some(receiver)));
@@ -82,7 +79,7 @@ impl AuditLog {
                         if let Some(receiver) = receiver {
                             runtime.block_on(async {
                                 // Its connections belong to this runtime.
-                                let pool = pool.connect_lazy_with((*options).clone());
+                                let pool = pool.connect_lazy();
                                 write_batches(pool.clone(), receiver).await;
                                 pool.close().await;
                             });

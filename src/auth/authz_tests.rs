@@ -58,8 +58,7 @@ fn repo(name: &str) -> Resource {
 #[test]
 fn the_schema_compiles_and_names_every_rpc_of_the_api() {
     let actions = schema_actions().expect("schema");
-    let set =
-        prost_types::FileDescriptorSet::decode(crate::server::FILE_DESCRIPTOR_SET).expect("descriptors");
+    let set = prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("descriptors");
     let rpcs: BTreeSet<String> = set
         .file
         .iter()

@@ -21,8 +21,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use sqlx::PgConnection;
-use sqlx::pool::PoolConnection;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
@@ -304,7 +302,8 @@ impl Worker {
         let reference = &registry.reference;
         // Held until ECR has answered: a pin taken meanwhile waits, so it
         // either counts for this batch or comes after the delete.
-        let mut lock = RepositoryLock::take(&self.store, reference, &repository_text).await?;
+        let mut lock =
+            cleanup_runs::RepositoryLock::take(self.store.pool(), reference, &repository_text).await?;
         let digests: Vec<String> = batch.iter().map(|i| i.digest.clone()).collect();
         let mut tx = self.store.begin().await?;
         if !cleanup_runs::hold(&mut tx, run.id, &self.holder).await? {
@@ -621,44 +620,5 @@ fn batch_record(
         }],
         authorization: None,
         outcome: AuditOutcome::pending(),
-    }
-}
-
-/// A session-level advisory lock on one repository, on a connection of its
-/// own: PinImage's transaction takes the same lock, so it waits while a batch
-/// is between its pin check and ECR's answer. The connection is detached from
-/// the pool: if this task dies, closing it releases the lock.
-struct RepositoryLock {
-    connection: Option<PgConnection>,
-    key: String,
-}
-
-impl RepositoryLock {
-    async fn take(
-        store: &Store,
-        registry: &RegistryRef,
-        repository: &str,
-    ) -> Result<RepositoryLock, StoreError> {
-        let pooled: PoolConnection<sqlx::Postgres> = store.pool().acquire().await?;
-        let mut connection = pooled.detach();
-        let key = cleanup_runs::lock_key(registry, repository);
-        sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
-            .bind(&key)
-            .execute(&mut connection)
-            .await?;
-        Ok(RepositoryLock {
-            connection: Some(connection),
-            key,
-        })
-    }
-
-    async fn release(&mut self) {
-        if let Some(mut connection) = self.connection.take() {
-            let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
-                .bind(&self.key)
-                .execute(&mut connection)
-                .await;
-            let _ = sqlx::Connection::close(connection).await;
-        }
     }
 }

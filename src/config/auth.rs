@@ -1,6 +1,6 @@
 //! `[auth]` and its sections: how callers prove who they are, and every
 //! problem of those settings that needs no file (the files are read by
-//! [`crate::auth::Authenticator::from_config`]).
+//! `auth::Authenticator::from_config`, called by `server::parts`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

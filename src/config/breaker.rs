@@ -1,4 +1,4 @@
-//! `[registries.breaker]`: the circuit breaker of one registry (see `crate::ecr::Breaker`).
+//! `[registries.breaker]`: the circuit breaker of one registry (see `ecr::Breaker`).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,5 @@
 //! `[server.grpc_web]`: gRPC-Web for browser portals, and the CORS origins
-//! allowed to call it (served by [`crate::web`]).
+//! allowed to call it (served by `web::BrowserLayer`).
 
 use serde::{Deserialize, Serialize};
 

@@ -15,6 +15,7 @@ mod repository;
 mod repository_name;
 mod repository_settings;
 mod tag_pattern;
+mod scan;
 mod violation;
 
 pub use account_id::AccountId;
@@ -28,4 +29,5 @@ pub use repository::*;
 pub use repository_name::RepositoryName;
 pub use repository_settings::{Encryption, TagMutability};
 pub use tag_pattern::{InvalidTagPattern, TagPattern};
+pub use scan::{Frequency, ScanFinding, ScanReport, Severity};
 pub use violation::Violation;

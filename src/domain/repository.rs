@@ -64,3 +64,24 @@ pub struct RepositoryState {
     /// Repository policy JSON, if any.
     pub repository_policy: Option<String>,
 }
+
+/// What the gateway will apply (every rule already checked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RepositorySpec {
+    /// The repository name.
+    pub name: RepositoryName,
+    /// Resource tags, defaults included.
+    pub tags: BTreeMap<String, String>,
+    /// Tag mutability.
+    pub tag_mutability: TagMutability,
+    /// Exclusion filters (empty unless the mutability has exclusions).
+    pub exclusion_filters: Vec<String>,
+    /// Scan on push.
+    pub scan_on_push: bool,
+    /// Encryption at rest.
+    pub encryption: Encryption,
+    /// Lifecycle policy JSON, if any (the request's or a template).
+    pub lifecycle_policy: Option<String>,
+    /// Repository policy JSON, if any.
+    pub repository_policy: Option<String>,
+}

@@ -13,8 +13,9 @@ use chrono::{DateTime, Utc};
 
 use super::error::{EcrError, classify};
 use super::{CallLog, Registry};
-use crate::domain::{Encryption, RegistryRef, RepositoryName, RepositoryState, TagMutability};
-use crate::policy::RepositorySpec;
+use crate::domain::{
+    Encryption, RegistryRef, RepositoryName, RepositorySpec, RepositoryState, TagMutability,
+};
 
 /// ECR's page size limit for DescribeRepositories.
 const PAGE_SIZE: i32 = 1000;

@@ -13,51 +13,11 @@ use chrono::{DateTime, Utc};
 use super::error::{EcrError, classify};
 use super::repositories::collect_pages;
 use super::{CallLog, Registry};
-use crate::domain::{Digest, ImageSelector, RepositoryName};
-use crate::policy::gate::{Frequency, Severity};
+use crate::domain::{Digest, Frequency, ImageSelector, RepositoryName, Severity};
+pub use crate::domain::{ScanFinding, ScanReport};
 
 /// ECR's largest page for DescribeImageScanFindings.
 const PAGE_SIZE: i32 = 1000;
-
-/// One finding, basic or enhanced.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScanFinding {
-    /// The vulnerability id (CVE-…).
-    pub name: String,
-    /// Severity.
-    pub severity: Severity,
-    /// Description.
-    pub description: Option<String>,
-    /// Where to read about it.
-    pub uri: Option<String>,
-    /// Affected package.
-    pub package_name: Option<String>,
-    /// Its version.
-    pub package_version: Option<String>,
-    /// The fixing version (enhanced).
-    pub fixed_in_version: Option<String>,
-    /// Score (CVSS).
-    pub score: Option<f64>,
-}
-
-/// An image's scan as ECR reports it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScanReport {
-    /// The image's digest.
-    pub digest: String,
-    /// ECR's status, or NOT_SCANNED.
-    pub status: String,
-    /// ECR's description.
-    pub description: Option<String>,
-    /// When the scan completed.
-    pub completed_at: Option<DateTime<Utc>>,
-    /// When the vulnerability source was updated.
-    pub vulnerability_source_updated_at: Option<DateTime<Utc>>,
-    /// Counts by severity, as ECR reports them.
-    pub counts: Vec<(Severity, i32)>,
-    /// Every finding.
-    pub findings: Vec<ScanFinding>,
-}
 
 /// What StartImageScan did.
 #[derive(Debug, Clone, PartialEq, Eq)]

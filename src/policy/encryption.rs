@@ -4,7 +4,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::config::{EncryptionConfig, EncryptionType};
+use crate::config::{EncryptionConfig, EncryptionType};
 use crate::domain::{Encryption, Violation};
 
 /// A KMS key ARN in any partition: what ECR reports back for a repository.

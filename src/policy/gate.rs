@@ -8,159 +8,10 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Serialize};
 
+pub use crate::config::{DeployConfig, EnvironmentRules};
 use crate::domain::Violation;
-
-/// A finding's severity, least to most severe; `Undefined` is not ranked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Severity {
-    /// INFORMATIONAL.
-    Informational,
-    /// LOW.
-    Low,
-    /// MEDIUM.
-    Medium,
-    /// HIGH.
-    High,
-    /// CRITICAL.
-    Critical,
-    /// UNDEFINED / UNTRIAGED.
-    Undefined,
-}
-
-impl Severity {
-    /// Every severity.
-    pub const ALL: [Severity; 6] = [
-        Severity::Informational,
-        Severity::Low,
-        Severity::Medium,
-        Severity::High,
-        Severity::Critical,
-        Severity::Undefined,
-    ];
-
-    /// ECR's name (UNTRIAGED, from enhanced scanning, reads as UNDEFINED).
-    pub fn from_ecr(name: &str) -> Severity {
-        match name.to_ascii_uppercase().as_str() {
-            "INFORMATIONAL" => Severity::Informational,
-            "LOW" => Severity::Low,
-            "MEDIUM" => Severity::Medium,
-            "HIGH" => Severity::High,
-            "CRITICAL" => Severity::Critical,
-            _ => Severity::Undefined,
-        }
-    }
-
-    /// ECR's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Informational => "INFORMATIONAL",
-            Severity::Low => "LOW",
-            Severity::Medium => "MEDIUM",
-            Severity::High => "HIGH",
-            Severity::Critical => "CRITICAL",
-            Severity::Undefined => "UNDEFINED",
-        }
-    }
-
-    /// The stored number (the proto's enum value).
-    pub fn code(self) -> i16 {
-        match self {
-            Severity::Informational => 1,
-            Severity::Low => 2,
-            Severity::Medium => 3,
-            Severity::High => 4,
-            Severity::Critical => 5,
-            Severity::Undefined => 6,
-        }
-    }
-
-    /// From the stored number.
-    pub fn from_code(code: i16) -> Severity {
-        match code {
-            1 => Severity::Informational,
-            2 => Severity::Low,
-            3 => Severity::Medium,
-            4 => Severity::High,
-            5 => Severity::Critical,
-            _ => Severity::Undefined,
-        }
-    }
-
-    /// The stored codes at or above `self` (`Undefined` matches only itself).
-    pub fn codes_at_or_above(self) -> Vec<i16> {
-        match self {
-            Severity::Undefined => vec![6],
-            ranked => Severity::ALL
-                .iter()
-                .filter(|s| **s != Severity::Undefined && **s >= ranked)
-                .map(|s| s.code())
-                .collect(),
-        }
-    }
-}
-
-/// `[policy.deploy]`
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeployConfig {
-    /// The environments CheckDeployment knows, by name.
-    pub environments: BTreeMap<String, EnvironmentRules>,
-    /// How far ahead a vulnerability exception may expire, in days. Default 90.
-    pub max_exception_days: u32,
-}
-
-impl Default for DeployConfig {
-    fn default() -> Self {
-        let rules = |deny: &[Severity], require_scan: bool, max_scan_age_days: u32| EnvironmentRules {
-            deny_severities: deny.to_vec(),
-            require_scan,
-            max_scan_age_days,
-            max_image_age_days: 0,
-        };
-        Self {
-            environments: BTreeMap::from([
-                (
-                    "prod".to_owned(),
-                    rules(&[Severity::Critical, Severity::High], true, 30),
-                ),
-                (
-                    "staging".to_owned(),
-                    rules(&[Severity::Critical, Severity::High], true, 0),
-                ),
-                ("dev".to_owned(), rules(&[Severity::Critical], false, 0)),
-            ]),
-            max_exception_days: 90,
-        }
-    }
-}
-
-/// `[policy.deploy.environments.NAME]`
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct EnvironmentRules {
-    /// Findings of these severities block a deploy (unless an exception covers them).
-    pub deny_severities: Vec<Severity>,
-    /// An image with no completed scan is denied.
-    pub require_scan: bool,
-    /// A scan older than this many days is denied as stale; 0: no limit.
-    pub max_scan_age_days: u32,
-    /// An image pushed more than this many days ago is denied; 0: no limit.
-    pub max_image_age_days: u32,
-}
-
-impl Default for EnvironmentRules {
-    fn default() -> Self {
-        Self {
-            deny_severities: vec![Severity::Critical],
-            require_scan: true,
-            max_scan_age_days: 0,
-            max_image_age_days: 0,
-        }
-    }
-}
+pub use crate::domain::{Frequency, Severity};
 
 /// Problems in `[policy.deploy]`, each naming its key.
 pub fn config_problems(config: &DeployConfig) -> Vec<String> {
@@ -496,17 +347,6 @@ pub fn check_expiry(
         ));
     }
     Ok(expires_at)
-}
-
-/// How often a scanning rule scans.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Frequency {
-    /// On push.
-    ScanOnPush,
-    /// Continuously (enhanced).
-    Continuous,
-    /// Manual only.
-    Manual,
 }
 
 /// Checks a registry scanning configuration against ECR's rules and, when

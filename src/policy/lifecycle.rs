@@ -11,11 +11,11 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{Map, Value};
 
-use super::config::{LifecycleTemplates, NamingConfig};
 use super::lifecycle_model::{
     CountCriterion, LifecyclePolicy, LifecycleRule, RuleAction, Selection, StorageClass, TagFilter,
     TagPattern, TagSelection,
 };
+use crate::config::{LifecycleTemplates, NamingConfig};
 use crate::domain::Violation;
 
 #[path = "lifecycle_checks.rs"]

@@ -19,7 +19,6 @@
 //! `NAMING_MAX_DEPTH`), so an id never changes meaning; a new rule gets a new id.
 //! Field paths name the gRPC request field, e.g. `settings.tags["team"]`.
 
-mod config;
 pub mod credentials;
 mod encryption;
 pub mod gate;
@@ -35,7 +34,7 @@ mod request;
 mod settings;
 mod tags;
 
-pub use config::{
+pub use crate::config::{
     AllowedValues, DEFAULT_NAMING_PATTERN, EncryptionConfig, EncryptionType, LifecycleTemplates,
     NamingConfig, OrgPolicyConfig, RepositoryPolicyConfig, SettingsConfig, TagConfig,
 };

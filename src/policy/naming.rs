@@ -2,7 +2,7 @@
 
 use regex::Regex;
 
-use super::config::NamingConfig;
+use crate::config::NamingConfig;
 use crate::domain::{RepositoryName, Violation};
 
 /// Field of every naming violation.

@@ -1,11 +1,11 @@
 //! The compiled org policy and the planner that checks a request against every rule.
 
-use super::config::OrgPolicyConfig;
 use super::naming::NamingRules;
 use super::repository_policy::RepositoryPolicyRules;
 use super::request::{RepositoryRequest, RepositorySpec};
 use super::tags::TagRules;
 use super::{encryption, lifecycle, settings};
+use crate::config::OrgPolicyConfig;
 use crate::domain::{AccountId, Encryption, Violation};
 
 /// The compiled policy.

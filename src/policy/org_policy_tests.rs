@@ -1,8 +1,8 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::config::{AllowedValues, LifecycleTemplates};
 use crate::domain::TagMutability;
-use crate::policy::config::{AllowedValues, LifecycleTemplates};
 
 const OWN: &str = "123456789012";
 

@@ -1,44 +1,9 @@
 //! Protection rules: tag patterns that deletion through the gateway never
 //! touches (DeleteImages, cleanup), org-wide or per namespace.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
-
 use crate::domain::TagPattern;
 
-/// `[policy.cleanup]`
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct CleanupConfig {
-    /// Tag patterns (`*` wildcards) protected in every repository, e.g. `["release-*"]`.
-    pub protected_tags: Vec<String>,
-    /// Retention floors everywhere: a lifecycle policy may not expire any of
-    /// the `count` newest images with a tag matching `tags`.
-    pub keep_newest: Vec<RetentionFloor>,
-    /// More protected patterns and floors per namespace: `[policy.cleanup.namespaces.payments]`.
-    pub namespaces: BTreeMap<String, NamespaceCleanup>,
-}
-
-/// `keep_newest = [{ tags = "v*", count = 10 }]`
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct RetentionFloor {
-    /// A tag pattern (`*` wildcards).
-    pub tags: String,
-    /// How many of the newest matching images must be kept (at least 1).
-    pub count: u32,
-}
-
-/// `[policy.cleanup.namespaces.NAME]`
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct NamespaceCleanup {
-    /// Tag patterns protected in this namespace's repositories, e.g. `["v*"]`.
-    pub protected_tags: Vec<String>,
-    /// Retention floors in this namespace, e.g. `[{ tags = "v*", count = 10 }]`.
-    pub keep_newest: Vec<RetentionFloor>,
-}
+pub use crate::config::{CleanupConfig, NamespaceCleanup, RetentionFloor};
 
 /// Problems in `[policy.cleanup]`, each naming its key.
 pub fn config_problems(config: &CleanupConfig) -> Vec<String> {
@@ -114,6 +79,8 @@ pub fn protecting_pattern<'a>(config: &'a CleanupConfig, repository: &str, tag: 
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]

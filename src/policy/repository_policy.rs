@@ -6,8 +6,8 @@
 
 use serde_json::{Map, Value};
 
-use super::config::RepositoryPolicyConfig;
 use super::naming::backticked;
+use crate::config::RepositoryPolicyConfig;
 use crate::domain::{AccountId, Violation};
 
 /// Field of every repository policy violation.

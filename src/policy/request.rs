@@ -1,10 +1,10 @@
-//! What a caller asks for, and what the gateway will apply.
+//! What a caller asks for; what the gateway will apply, [`RepositorySpec`],
+//! is a plain record of `domain`.
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
-use crate::domain::{Encryption, RepositoryName, TagMutability};
+pub use crate::domain::RepositorySpec;
+use crate::domain::{Encryption, TagMutability};
 
 /// What a caller asked for (already decoded from protobuf; nothing validated yet).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,26 +24,5 @@ pub struct RepositoryRequest {
     /// Lifecycle policy JSON; `None` or blank takes the template.
     pub lifecycle_policy: Option<String>,
     /// Repository policy JSON; `None` or blank means no policy.
-    pub repository_policy: Option<String>,
-}
-
-/// What the gateway will apply (every rule already checked).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RepositorySpec {
-    /// The repository name.
-    pub name: RepositoryName,
-    /// Resource tags, defaults included.
-    pub tags: BTreeMap<String, String>,
-    /// Tag mutability.
-    pub tag_mutability: TagMutability,
-    /// Exclusion filters (empty unless the mutability has exclusions).
-    pub exclusion_filters: Vec<String>,
-    /// Scan on push.
-    pub scan_on_push: bool,
-    /// Encryption at rest.
-    pub encryption: Encryption,
-    /// Lifecycle policy JSON, if any (the request's or a template).
-    pub lifecycle_policy: Option<String>,
-    /// Repository policy JSON, if any.
     pub repository_policy: Option<String>,
 }

@@ -1,7 +1,7 @@
 //! Repository setting rules: tag mutability and its exclusion filters, scan on push.
 
-use super::config::SettingsConfig;
 use super::naming::backticked;
+use crate::config::SettingsConfig;
 use crate::domain::{TagMutability, TagPattern, Violation};
 
 /// Field of the mutability setting.

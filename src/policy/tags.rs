@@ -5,8 +5,8 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::config::{AllowedValues, TagConfig};
 use super::naming::backticked;
+use crate::config::{AllowedValues, TagConfig};
 use crate::domain::Violation;
 
 /// Field of violations about the tag set as a whole.

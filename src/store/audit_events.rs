@@ -367,3 +367,48 @@ fn push_values(builder: &mut QueryBuilder<sqlx::Postgres>, records: &[AuditRecor
             .push_bind(record.authorization.clone());
     });
 }
+
+/// A pending record whose call is certainly over, which recovery may resolve.
+#[derive(Debug, Clone)]
+pub struct Interrupted {
+    /// The record.
+    pub event_id: Uuid,
+    /// Its call.
+    pub event_name: String,
+    /// Who made it.
+    pub principal: String,
+    /// The caller's `request_id`, if any.
+    pub client_request_id: Option<String>,
+    /// The registry it named.
+    pub registry_alias: Option<String>,
+    /// `requestParameters`.
+    pub request_parameters: Value,
+}
+
+/// Up to `limit` pending records whose call is certainly over, oldest
+/// first: the operation's lease has expired or another attempt ended it,
+/// or, without an operation, the record is older than `older_than`.
+/// Cleanup batches of unfinished runs are left out (the cleanup worker
+/// settles those).
+pub async fn interrupted(
+    pool: &PgPool,
+    older_than: chrono::DateTime<chrono::Utc>,
+    limit: i64,
+) -> Result<Vec<Interrupted>, StoreError> {
+    Ok(sqlx::query_as!(
+        Interrupted,
+        r#"SELECT e.event_id, e.event_name, e.principal, e.client_request_id, e.registry_alias, e.request_parameters
+           FROM audit_events e
+           LEFT JOIN operations o ON o.principal = e.principal AND o.request_id = e.client_request_id
+           WHERE e.status = 'pending'
+             AND CASE WHEN o.principal IS NOT NULL THEN o.state <> 'pending' OR o.lease_until < now()
+                      ELSE e.event_time < $1 END
+             AND NOT EXISTS (SELECT 1 FROM cleanup_run_items i JOIN cleanup_runs r ON r.id = i.run_id
+                             WHERE i.audit_event_id = e.event_id AND r.state IN ('pending', 'running'))
+           ORDER BY e.event_time LIMIT $2"#,
+        older_than,
+        limit,
+    )
+    .fetch_all(pool)
+    .await?)
+}

@@ -338,12 +338,12 @@ pub async fn chained_between(
 }
 
 /// How events are hashed into the chain (the audit layer's
-/// [`crate::audit::chain::LINKER`]): `canonical` gives the bytes a stored
+/// `chain::LINKER`): `canonical` gives the bytes a stored
 /// event's link covers, `record` the same bytes for a record before it is
 /// stored; both are computed before the chain's head is locked. The link itself,
 /// sha256(previous hash || canonical), is computed by Postgres while it holds
-/// the lock (`audit_append_links`, migration 0017), and checked by
-/// [`crate::audit::chain::link_bytes`] when the chain is verified.
+/// the lock (`audit_append_links`, migration 0017), and checked by the
+/// audit layer's `chain::link_bytes` when the chain is verified.
 #[derive(Clone, Copy)]
 pub struct Linker {
     /// The bytes a stored event's link covers.
@@ -408,6 +408,22 @@ pub async fn head_with_hash(pool: &PgPool) -> Result<(i64, Vec<u8>), StoreError>
     Ok((head.last_seq, head.last_hash))
 }
 
+/// One signed digest of the chain's head (signed, checked and exported by
+/// the audit layer's `digest` module).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedDigest {
+    /// The last chain sequence it covers.
+    pub sequence: i64,
+    /// That link's hash.
+    pub hash: Vec<u8>,
+    /// When it was signed.
+    pub signed_at: DateTime<Utc>,
+    /// The signer's public key (32 bytes).
+    pub public_key: Vec<u8>,
+    /// The Ed25519 signature of the digest's message.
+    pub signature: Vec<u8>,
+}
+
 /// The newest signed digest's sequence (0: none yet).
 pub async fn last_digest(pool: &PgPool) -> Result<i64, StoreError> {
     Ok(
@@ -420,7 +436,7 @@ pub async fn last_digest(pool: &PgPool) -> Result<i64, StoreError> {
 /// Stores a signed digest (a second one for the same sequence is ignored).
 pub async fn insert_digest(
     pool: &PgPool,
-    digest: &crate::audit::digest::SignedDigest,
+    digest: &SignedDigest,
 ) -> Result<(), StoreError> {
     sqlx::query!(
         "INSERT INTO audit_digests (seq, hash, signed_at, public_key, signature) VALUES ($1, $2, $3, $4, $5) \
@@ -441,9 +457,9 @@ pub async fn digests_between(
     pool: &PgPool,
     from: i64,
     to: i64,
-) -> Result<Vec<crate::audit::digest::SignedDigest>, StoreError> {
+) -> Result<Vec<SignedDigest>, StoreError> {
     Ok(sqlx::query_as!(
-        crate::audit::digest::SignedDigest,
+        SignedDigest,
         r#"SELECT seq AS sequence, hash, signed_at, public_key, signature FROM audit_digests
            WHERE seq BETWEEN $1 AND $2 ORDER BY seq"#,
         from,

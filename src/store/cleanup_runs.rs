@@ -1,12 +1,13 @@
 //! Cleanup runs and their items: the plan, each image's outcome, and the
-//! worker's lease on the run (see `crate::cleanup`).
+//! worker's lease on the run (see the `cleanup` module).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgPool, QueryBuilder};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use super::{StoreError, Tx};
@@ -565,9 +566,49 @@ pub async fn items(
 
 /// The advisory-lock key that serialises pin changes and cleanup batches of
 /// one repository: a batch holds it from its pin check until ECR answers
-/// (`crate::cleanup::worker`), PinImage takes it before writing the pin.
+/// (the cleanup worker), PinImage takes it before writing the pin.
 pub fn lock_key(registry: &RegistryRef, repository: &str) -> String {
     format!("cleanup:{}:{}:{repository}", registry.account_id, registry.region)
+}
+
+/// A session-level advisory lock on one repository, on a connection of its
+/// own: PinImage's transaction takes the same lock ([`lock_repository`]), so
+/// it waits while a cleanup batch is between its pin check and ECR's answer.
+/// The connection is detached from the pool: if the holder dies, closing it
+/// releases the lock.
+pub struct RepositoryLock {
+    connection: Option<PgConnection>,
+    key: String,
+}
+
+impl RepositoryLock {
+    /// Waits for the lock of `repository` in `registry` and takes it.
+    pub async fn take(
+        pool: &PgPool,
+        registry: &RegistryRef,
+        repository: &str,
+    ) -> Result<RepositoryLock, StoreError> {
+        let pooled: PoolConnection<sqlx::Postgres> = pool.acquire().await?;
+        let mut connection = pooled.detach();
+        let key = lock_key(registry, repository);
+        sqlx::query!("SELECT pg_advisory_lock(hashtextextended($1, 0))", key)
+            .execute(&mut connection)
+            .await?;
+        Ok(RepositoryLock {
+            connection: Some(connection),
+            key,
+        })
+    }
+
+    /// Releases the lock and closes its connection.
+    pub async fn release(&mut self) {
+        if let Some(mut connection) = self.connection.take() {
+            let _ = sqlx::query_scalar!("SELECT pg_advisory_unlock(hashtextextended($1, 0))", self.key)
+                .fetch_one(&mut connection)
+                .await;
+            let _ = sqlx::Connection::close(connection).await;
+        }
+    }
 }
 
 /// Takes the repository's lock until `tx` ends (waits while a batch holds it).

@@ -22,6 +22,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
+pub use crate::config::{CACHE_ENTRIES, CACHE_TTL};
 pub use audit_events::insert_final_batch;
 pub use operations::{Claim, StoredOperation};
 pub use repositories::{CachedRepository, RepositoryFilter, RepositoryKey};
@@ -126,11 +127,6 @@ pub struct Store {
 
 /// A repository's tags.
 pub type Tags = std::collections::BTreeMap<String, String>;
-
-/// Default TTL of a cached read (a bound; invalidation is by notification).
-pub const CACHE_TTL: Duration = Duration::from_secs(60);
-/// Default number of cached reads, per cache (ResolveImage answers, gate facts).
-pub const CACHE_ENTRIES: usize = 20_000;
 
 impl Store {
     /// Creates the pool without connecting; connections are made on first use.
@@ -293,6 +289,19 @@ impl Store {
         &self.pool
     }
 
+    /// A pool of `max_connections` of its own to the same database, with the
+    /// store's connection options and acquire timeout, for a task that runs
+    /// on a runtime of its own (the audit writer): [`OwnPool::connect_lazy`]
+    /// makes it on that runtime, to which its connections then belong.
+    pub fn own_pool(&self, max_connections: u32) -> OwnPool {
+        OwnPool {
+            options: PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(self.pool.options().get_acquire_timeout()),
+            connect: self.pool.connect_options(),
+        }
+    }
+
     /// Applies pending migrations; sqlx holds a Postgres advisory lock while it
     /// does, so replicas starting together apply each migration once.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
@@ -331,6 +340,21 @@ impl Store {
     /// [`transaction_span`], so traces show each transaction.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(self.pool.begin().await?)
+    }
+}
+
+/// A pool to be made on another runtime: see [`Store::own_pool`].
+#[derive(Debug)]
+pub struct OwnPool {
+    options: PgPoolOptions,
+    connect: Arc<PgConnectOptions>,
+}
+
+impl OwnPool {
+    /// The pool, without connecting: connections are made on first use, on
+    /// the runtime this is called on.
+    pub fn connect_lazy(self) -> PgPool {
+        self.options.connect_lazy_with((*self.connect).clone())
     }
 }
 

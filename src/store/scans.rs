@@ -5,9 +5,7 @@ use sqlx::{PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use super::{StoreError, Tx};
-use crate::domain::RegistryRef;
-use crate::ecr::ScanReport;
-use crate::policy::gate::Severity;
+use crate::domain::{RegistryRef, ScanReport, Severity};
 
 /// One cached scan summary.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

@@ -6,14 +6,14 @@
 //! - With `telemetry.enabled`, spans are exported by OTLP/gRPC through a
 //!   batch processor, and metrics by a periodic reader; the meter provider
 //!   is installed as OpenTelemetry's global one, which `server.rs` asks for
-//!   the instruments of [`metrics`]. Spans come from [`rpc`] (one per gRPC
+//!   the instruments of `admin::otlp` (the metrics are the admin's
+//!   `Metrics`, exported). Spans come from [`rpc`] (one per gRPC
 //!   call, child of the caller's `traceparent`), `ecr::telemetry` (one per
 //!   ECR operation) and the store's transactions.
 //! - [`Telemetry::shutdown`] flushes both providers; `main` calls it after
 //!   the server has drained.
 
 pub mod json;
-pub mod metrics;
 pub mod rpc;
 
 use std::time::Duration;

@@ -2,15 +2,14 @@
 //! telemetry is on: the call histogram and the ECR counter are recorded
 //! alongside their Prometheus series; the gauges are observed from the same
 //! state `/metrics` shows (the database ones from the last reading of
-//! `admin::gauges`), so the two never disagree.
+//! [`super::gauges`]), so the two never disagree.
 
 use std::sync::{Arc, Weak};
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 
-use crate::admin::Metrics;
-use crate::admin::metrics::BUCKETS;
+use super::metrics::{BUCKETS, Metrics};
 use crate::ecr::EcrCallOutcome;
 
 /// The instruments recorded on the hot path.

@@ -1,13 +1,13 @@
 //! The `[policy]` section of the configuration, as written in TOML.
 //!
-//! These structs only hold what the operator wrote; [`super::OrgPolicy::compile`]
+//! These structs only hold what the operator wrote; `policy::OrgPolicy::compile`
 //! checks them and builds what the rules need.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Encryption, TagMutability};
+use crate::domain::{Encryption, Severity, TagMutability};
 
 /// [policy] section of the configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -22,9 +22,9 @@ pub struct OrgPolicyConfig {
     /// `[policy.repository_policy]`: who a repository policy may grant access to.
     pub repository_policy: RepositoryPolicyConfig,
     /// `[policy.deploy]`: the deploy gate's environments and vulnerability exceptions.
-    pub deploy: super::gate::DeployConfig,
+    pub deploy: DeployConfig,
     /// `[policy.cleanup]`: tags that deletion through the gateway never touches.
-    pub cleanup: super::protection::CleanupConfig,
+    pub cleanup: CleanupConfig,
 }
 
 /// `[policy.naming]`
@@ -252,4 +252,97 @@ impl Default for RepositoryPolicyConfig {
             allowed_accounts: Vec::new(),
         }
     }
+}
+
+/// `[policy.deploy]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployConfig {
+    /// The environments CheckDeployment knows, by name.
+    pub environments: BTreeMap<String, EnvironmentRules>,
+    /// How far ahead a vulnerability exception may expire, in days. Default 90.
+    pub max_exception_days: u32,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        let rules = |deny: &[Severity], require_scan: bool, max_scan_age_days: u32| EnvironmentRules {
+            deny_severities: deny.to_vec(),
+            require_scan,
+            max_scan_age_days,
+            max_image_age_days: 0,
+        };
+        Self {
+            environments: BTreeMap::from([
+                (
+                    "prod".to_owned(),
+                    rules(&[Severity::Critical, Severity::High], true, 30),
+                ),
+                (
+                    "staging".to_owned(),
+                    rules(&[Severity::Critical, Severity::High], true, 0),
+                ),
+                ("dev".to_owned(), rules(&[Severity::Critical], false, 0)),
+            ]),
+            max_exception_days: 90,
+        }
+    }
+}
+
+/// `[policy.deploy.environments.NAME]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnvironmentRules {
+    /// Findings of these severities block a deploy (unless an exception covers them).
+    pub deny_severities: Vec<Severity>,
+    /// An image with no completed scan is denied.
+    pub require_scan: bool,
+    /// A scan older than this many days is denied as stale; 0: no limit.
+    pub max_scan_age_days: u32,
+    /// An image pushed more than this many days ago is denied; 0: no limit.
+    pub max_image_age_days: u32,
+}
+
+impl Default for EnvironmentRules {
+    fn default() -> Self {
+        Self {
+            deny_severities: vec![Severity::Critical],
+            require_scan: true,
+            max_scan_age_days: 0,
+            max_image_age_days: 0,
+        }
+    }
+}
+
+/// `[policy.cleanup]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CleanupConfig {
+    /// Tag patterns (`*` wildcards) protected in every repository, e.g. `["release-*"]`.
+    pub protected_tags: Vec<String>,
+    /// Retention floors everywhere: a lifecycle policy may not expire any of
+    /// the `count` newest images with a tag matching `tags`.
+    pub keep_newest: Vec<RetentionFloor>,
+    /// More protected patterns and floors per namespace: `[policy.cleanup.namespaces.payments]`.
+    pub namespaces: BTreeMap<String, NamespaceCleanup>,
+}
+
+/// `keep_newest = [{ tags = "v*", count = 10 }]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFloor {
+    /// A tag pattern (`*` wildcards).
+    pub tags: String,
+    /// How many of the newest matching images must be kept (at least 1).
+    pub count: u32,
+}
+
+/// `[policy.cleanup.namespaces.NAME]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceCleanup {
+    /// Tag patterns protected in this namespace's repositories, e.g. `["v*"]`.
+    pub protected_tags: Vec<String>,
+    /// Retention floors in this namespace, e.g. `[{ tags = "v*", count = 10 }]`.
+    pub keep_newest: Vec<RetentionFloor>,
 }
