@@ -5,7 +5,7 @@ use serde_json::Value;
 use sqlx::{PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use super::audit_trail::{AuditRow, Linker, append_links, audit_columns};
+use super::audit_trail::{AuditRow, Linker, append_links, audit_rows};
 use super::{StoreError, Tx};
 use crate::domain::{AuditOutcome, AuditRecord};
 
@@ -172,60 +172,79 @@ impl FinalBatch {
     }
 }
 
-/// The INSERT of [`insert_final_batch`]: one row per element of its arrays.
-macro_rules! insert_final {
-    () => {
-        r#"INSERT INTO audit_events (event_id, event_time, event_name, event_source, read_only, status,
-               principal, principal_type, groups, auth_method, source_ip, user_agent, registry_alias, account_id,
-               region, gateway_request_id, client_request_id, request_parameters, response_elements, error_code,
-               error_message, ecr_request_ids, resources, finalized_at, authz_decision)
-           SELECT u.id, u.at, u.name, $23, u.read_only, u.status, u.principal, u.principal_type,
-                  u.groups::text[], u.method, u.ip, u.agent, u.alias, u.account,
-                  u.region, u.gateway_id, u.client_id, u.parameters, NULLIF(u.response, 'null'::jsonb), u.code,
-                  u.message, u.ecr_ids::text[], u.resources, $24,
-                  NULLIF(u.authz, 'null'::jsonb)
-           FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[],
-                       $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
-                       $15::uuid[], $16::text[], $17::jsonb[], $18::jsonb[], $19::text[], $20::text[], $21::text[],
-                       $22::jsonb[], $25::jsonb[])
-                AS u(id, at, name, read_only, status, principal, principal_type, groups, method, ip, agent, alias,
-                     account, region, gateway_id, client_id, parameters, response, code, message, ecr_ids, resources,
-                     authz)
-           ON CONFLICT (event_id) DO NOTHING"#
-    };
+/// Calls `$then!([head…, INSERT, middle…], [tail…], $1..$25, extra…)`: the
+/// INSERT of [`insert_final_batch`] (one row per element of its arrays)
+/// between the literals `$head` and `$middle`, with a [`FinalBatch`]'s
+/// columns bound as `$1`..`$25`, then `$extra` as `$26`….
+macro_rules! final_statement {
+    (
+        $then:ident,
+        [$($head:literal),*],
+        [$($middle:literal),*],
+        [$($tail:literal),+],
+        $batch:expr,
+        $now:expr
+        $(, $extra:expr)* $(,)?
+    ) => {{
+        let b: &FinalBatch = $batch;
+        $then!(
+            [
+                $($head,)*
+                r#"INSERT INTO audit_events (event_id, event_time, event_name, event_source, read_only, status,
+                       principal, principal_type, groups, auth_method, source_ip, user_agent, registry_alias, account_id,
+                       region, gateway_request_id, client_request_id, request_parameters, response_elements, error_code,
+                       error_message, ecr_request_ids, resources, finalized_at, authz_decision)
+                   SELECT u.id, u.at, u.name, $23, u.read_only, u.status, u.principal, u.principal_type,
+                          u.groups::text[], u.method, u.ip, u.agent, u.alias, u.account,
+                          u.region, u.gateway_id, u.client_id, u.parameters, NULLIF(u.response, 'null'::jsonb), u.code,
+                          u.message, u.ecr_ids::text[], u.resources, $24,
+                          NULLIF(u.authz, 'null'::jsonb)
+                   FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[],
+                               $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
+                               $15::uuid[], $16::text[], $17::jsonb[], $18::jsonb[], $19::text[], $20::text[], $21::text[],
+                               $22::jsonb[], $25::jsonb[])
+                        AS u(id, at, name, read_only, status, principal, principal_type, groups, method, ip, agent, alias,
+                             account, region, gateway_id, client_id, parameters, response, code, message, ecr_ids, resources,
+                             authz)
+                   ON CONFLICT (event_id) DO NOTHING"#
+                $(, $middle)*
+            ],
+            [$($tail),+],
+            &b.ids,
+            &b.times,
+            &b.names,
+            &b.read_only,
+            &b.status,
+            &b.principals,
+            &b.principal_types,
+            &b.groups,
+            &b.methods,
+            &b.ips as &[Option<String>],
+            &b.agents as &[Option<String>],
+            &b.aliases as &[Option<String>],
+            &b.accounts as &[Option<String>],
+            &b.regions as &[Option<String>],
+            &b.gateway_ids,
+            &b.client_ids as &[Option<String>],
+            &b.parameters,
+            &b.responses,
+            &b.codes as &[Option<String>],
+            &b.messages as &[Option<String>],
+            &b.ecr_ids,
+            &b.resources,
+            crate::domain::AUDIT_EVENT_SOURCE,
+            $now,
+            &b.authorizations
+            $(, $extra)*
+        )
+    }};
 }
 
-/// Binds a [`FinalBatch`]'s columns as `$1`..`$25` of [`insert_final!`].
-macro_rules! bind_final {
-    ($query:expr, $batch:expr, $now:expr) => {{
-        let b = $batch;
-        $query
-            .bind(&b.ids)
-            .bind(&b.times)
-            .bind(&b.names)
-            .bind(&b.read_only)
-            .bind(&b.status)
-            .bind(&b.principals)
-            .bind(&b.principal_types)
-            .bind(&b.groups)
-            .bind(&b.methods)
-            .bind(&b.ips)
-            .bind(&b.agents)
-            .bind(&b.aliases)
-            .bind(&b.accounts)
-            .bind(&b.regions)
-            .bind(&b.gateway_ids)
-            .bind(&b.client_ids)
-            .bind(&b.parameters)
-            .bind(&b.responses)
-            .bind(&b.codes)
-            .bind(&b.messages)
-            .bind(&b.ecr_ids)
-            .bind(&b.resources)
-            .bind(crate::domain::AUDIT_EVENT_SOURCE)
-            .bind($now)
-            .bind(&b.authorizations)
-    }};
+/// `query_scalar!` over literal lists, for [`final_statement!`].
+macro_rules! scalar_statement {
+    ([$($head:literal),+], [$($tail:literal),+] $(, $arg:expr)* $(,)?) => {
+        sqlx::query_scalar!($($head +)+ "" $(+ $tail)+ $(, $arg)*)
+    };
 }
 
 /// Writes many finalised records in one prepared statement (arrays, UNNEST):
@@ -248,31 +267,36 @@ pub async fn insert_final_batch(pool: &PgPool, batch: &FinalBatch, linker: Linke
     let now = chrono::Utc::now();
     let canonicals: Option<Vec<&[u8]>> = batch.canonicals.iter().map(|c| c.as_deref()).collect();
     if let Some(canonicals) = canonicals {
-        let query = sqlx::query(concat!(
-            "WITH e AS (",
-            insert_final!(),
-            r#" RETURNING event_id),
+        // No row when every record was there already; else the new head's sequence.
+        final_statement!(
+            scalar_statement,
+            ["WITH e AS ("],
+            [],
+            [r#" RETURNING event_id),
              linked AS (
                SELECT array_agg(c.id ORDER BY c.id) AS ids, array_agg(c.canonical ORDER BY c.id) AS canonicals
                FROM UNNEST($1::uuid[], $26::bytea[]) AS c(id, canonical) JOIN e ON e.event_id = c.id)
-           SELECT audit_append_links(ids, canonicals, $27) FROM linked WHERE ids IS NOT NULL"#
-        ));
-        bind_final!(query, batch, now)
-            .bind(canonicals)
-            .bind(super::audit_trail::CHANNEL)
-            .execute(pool)
-            .await?;
+           SELECT audit_append_links(ids, canonicals, $27) FROM linked WHERE ids IS NOT NULL"#],
+            batch,
+            now,
+            &canonicals as &[&[u8]],
+            super::audit_trail::CHANNEL,
+        )
+        .fetch_optional(pool)
+        .await?;
         return Ok(());
     }
     let mut tx = pool.begin().await?;
-    let query = sqlx::query_as::<_, AuditRow>(concat!(
-        "WITH e AS (",
-        insert_final!(),
-        " RETURNING *) SELECT ",
-        audit_columns!(),
-        " FROM e LEFT JOIN audit_chain_links l ON false ORDER BY e.event_id"
-    ));
-    let rows = bind_final!(query, batch, now).fetch_all(&mut *tx).await?;
+    let rows = final_statement!(
+        audit_rows,
+        ["WITH e AS ("],
+        [" RETURNING *) SELECT "],
+        [" FROM e LEFT JOIN audit_chain_links l ON false ORDER BY e.event_id"],
+        batch,
+        now,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     if !rows.is_empty() {
         append_links(&mut tx, &rows, linker).await?;
     }

@@ -83,26 +83,28 @@ macro_rules! audit_columns {
          l.seq, l.prev_hash, l.hash"
     };
 }
-pub(crate) use audit_columns;
 
 /// `query_as!(AuditRow, …)` over [`audit_columns!`]: `$head` and `$tail` are
-/// the SQL before and after the column list (the link columns are nullable:
-/// a left join's, or `ON false`'s).
+/// the SQL before and after the column list, one literal each or lists of
+/// literals (the link columns are nullable: a left join's, or `ON false`'s).
 macro_rules! audit_rows {
     ($head:literal, $tail:literal $(, $arg:expr)* $(,)?) => {
+        audit_rows!([$head], [$tail] $(, $arg)*)
+    };
+    ([$($head:literal),+], [$($tail:literal),+] $(, $arg:expr)* $(,)?) => {
         sqlx::query_as!(
             AuditRow,
-            $head
-                + r#"e.event_id, e.event_time, e.event_name, e.event_source, e.read_only, e.status, e.principal,
+            $($head +)+ r#"e.event_id, e.event_time, e.event_name, e.event_source, e.read_only, e.status, e.principal,
          e.principal_type, e.groups, e.auth_method, e.source_ip, e.user_agent, e.registry_alias, e.account_id,
          e.region, e.gateway_request_id, e.client_request_id, e.request_parameters, e.response_elements,
          e.error_code, e.error_message, e.ecr_request_ids, e.resources, e.finalized_at, e.authz_decision,
          l.seq AS "seq?", l.prev_hash AS "prev_hash?", l.hash AS "hash?""#
-                + $tail
+                $(+ $tail)+
             $(, $arg)*
         )
     };
 }
+pub(crate) use audit_rows;
 
 /// What LookupAuditEvents and StreamAuditEvents filter on (every one given must match).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
