@@ -14,8 +14,8 @@ mod manifest;
 mod repository;
 mod repository_name;
 mod repository_settings;
-mod tag_pattern;
 mod scan;
+mod tag_pattern;
 mod violation;
 
 pub use account_id::AccountId;
@@ -28,6 +28,6 @@ pub use manifest::{Descriptor, Manifest, ManifestError, ManifestKind, Platform, 
 pub use repository::*;
 pub use repository_name::RepositoryName;
 pub use repository_settings::{Encryption, TagMutability};
-pub use tag_pattern::{InvalidTagPattern, TagPattern};
 pub use scan::{Frequency, ScanFinding, ScanReport, Severity};
+pub use tag_pattern::{InvalidTagPattern, TagPattern};
 pub use violation::Violation;

@@ -436,10 +436,7 @@ pub async fn last_digest(pool: &PgPool) -> Result<i64, StoreError> {
 }
 
 /// Stores a signed digest (a second one for the same sequence is ignored).
-pub async fn insert_digest(
-    pool: &PgPool,
-    digest: &SignedDigest,
-) -> Result<(), StoreError> {
+pub async fn insert_digest(pool: &PgPool, digest: &SignedDigest) -> Result<(), StoreError> {
     sqlx::query!(
         "INSERT INTO audit_digests (seq, hash, signed_at, public_key, signature) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT DO NOTHING",
@@ -455,11 +452,7 @@ pub async fn insert_digest(
 }
 
 /// Signed digests of sequences `from..=to`, in order.
-pub async fn digests_between(
-    pool: &PgPool,
-    from: i64,
-    to: i64,
-) -> Result<Vec<SignedDigest>, StoreError> {
+pub async fn digests_between(pool: &PgPool, from: i64, to: i64) -> Result<Vec<SignedDigest>, StoreError> {
     Ok(sqlx::query_as!(
         SignedDigest,
         r#"SELECT seq AS sequence, hash, signed_at, public_key, signature FROM audit_digests
