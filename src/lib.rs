@@ -1,6 +1,8 @@
 //! ecr-gateway: a gRPC service that internal platforms call instead of Amazon ECR.
 //!
-//! Map of the modules (edges own the outside world; the middle is pure):
+//! Map of the modules (edges own the outside world; the middle is pure; what
+//! each may import is the module table of docs/architecture.md, which
+//! `tests/architecture.rs` checks):
 //! - [`api`]: one file per gRPC service: decode, identify, call, record, encode;
 //!   the one mapping of errors to gRPC statuses.
 //! - [`domain`]: validated newtypes (`RepositoryName`, `Digest`, …) and plain records. No I/O.
@@ -14,11 +16,17 @@
 //! - [`inventory`]: keeps the cache true.
 //! - [`overload`]: load shedding and per-caller rate limits (tower layers).
 //! - [`cleanup`]: plans cleanups and carries out cleanup runs.
-//! - [`admin`]: the HTTP admin listener (health probes, Prometheus metrics) and
-//!   the layer that measures gRPC calls.
+//! - [`recovery`]: resolves the pending audit records of calls a crash interrupted.
+//! - [`admin`]: the HTTP admin listener (health probes, Prometheus metrics), the
+//!   metrics themselves (also as OTLP instruments) and the layer that measures gRPC calls.
 //! - [`telemetry`]: logs (text or JSON with trace ids) and OpenTelemetry
 //!   (OTLP traces and metrics, the span of each gRPC call).
-//! - [`config`], [`server`]: settings and wiring.
+//! - [`tasks`]: what the background tasks share (a pause that ends at the stop signal).
+//! - [`memory`]: returns freed memory to the system.
+//! - [`config`]: settings and the rules that need no file; a leaf (only [`domain`]).
+//! - [`server`]: wiring: what the settings are turned into (`server::parts`),
+//!   the state, the background tasks, the gRPC listener, shutdown.
+//! - [`pb`]: the generated protobuf types and gRPC stubs.
 
 pub mod admin;
 pub mod api;

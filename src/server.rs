@@ -12,10 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use ed25519_dalek::SigningKey;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tonic::transport::Server;
+use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::server::HealthReporter;
+use tower::layer::util::{Identity, Stack};
 
 use crate::admin::{Admin, Metrics, MetricsLayer};
 use crate::api::access::AccessApi;
@@ -23,12 +29,13 @@ use crate::api::audit::AuditApi;
 use crate::api::cleanup::CleanupApi;
 use crate::api::error::DecodeErrorLayer;
 use crate::api::image::ImageApi;
+use crate::api::page_token::PageKey;
 use crate::api::repository::RepositoryApi;
 use crate::api::scan::ScanApi;
 use crate::api::{AppState, Shared};
-use crate::audit::AuditLog;
-use crate::auth::IdentityLayer;
+use crate::audit::{AuditLog, AuditWriter};
 use crate::auth::authz::Authorizer;
+use crate::auth::{Authenticator, IdentityLayer};
 use crate::config::{AuthMode, Config};
 use crate::ecr::Registries;
 use crate::overload::{RateLimitLayer, RateLimits, ShedLayer};
@@ -38,6 +45,7 @@ use crate::pb::image_service_server::ImageServiceServer;
 use crate::pb::registry_access_service_server::RegistryAccessServiceServer;
 use crate::pb::repository_service_server::RepositoryServiceServer;
 use crate::pb::scan_service_server::ScanServiceServer;
+use crate::policy::OrgPolicy;
 use crate::store::Store;
 use crate::web::BrowserLayer;
 
@@ -117,55 +125,32 @@ async fn serve(
         })
         .transpose()
         .map_err(|problems| anyhow::anyhow!("server.tls: {}", problems.join("; ")))?;
-    let authz = Arc::new(
-        Authorizer::for_config(&config)
-            .map_err(|problems| anyhow::anyhow!("authorization: {}", problems.join("; ")))?,
-    );
-    let loaded = authz.summary();
-    tracing::info!(
-        policies = loaded.policies,
-        entities = loaded.entities,
-        "authorization policies loaded; SIGHUP reloads them"
-    );
+    let authz = load_authorizer(&config)?;
     let store = Store::connect_lazy(&config.database)?;
+    // Dropped (a start that fails) or sent at shutdown, it stops every background task.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (draining_tx, mut draining_rx) = watch::channel(false);
-    // Before migrating, so that /healthz answers and /readyz says why it is
-    // not ready yet while they run. A start that fails stops it (`stop_tx` dropped).
-    let metrics = Arc::new(Metrics::new(&[
-        FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-    ]));
+    let (draining_tx, draining_rx) = watch::channel(false);
+    let mut background = JoinSet::new();
     let traced = config.telemetry.enabled;
-    if traced {
-        // `telemetry::init` installed the OTLP meter provider as the global one.
-        metrics.export_otlp(&opentelemetry::global::meter(crate::telemetry::SCOPE));
-    }
+    let metrics = new_metrics(traced);
     // Builds clients only (nothing is sent yet); before the admin listener,
     // whose readiness reports the registries' circuit breakers.
     let registries = Registries::connect(&config.registries)
         .await
         .observed(metrics.clone(), traced);
-    let admin_server = match admin_listener {
-        Some(admin_listener) => {
-            let admin_addr = admin_listener.local_addr()?;
-            tracing::info!(%admin_addr, "admin endpoints listening: /healthz, /readyz, /metrics");
-            let admin = Admin {
-                store: store.clone(),
-                metrics: metrics.clone(),
-                draining: draining_tx.subscribe(),
-                registries: registries.clone(),
-            };
-            Some(tokio::spawn(crate::admin::serve(
-                admin_listener,
-                admin,
-                stop_rx.clone(),
-            )))
-        }
-        None => None,
-    };
+    // Before migrating, so that /healthz answers and /readyz says why it is
+    // not ready yet while they run.
+    if let Some(admin_listener) = admin_listener {
+        let admin_addr = admin_listener.local_addr()?;
+        tracing::info!(%admin_addr, "admin endpoints listening: /healthz, /readyz, /metrics");
+        let admin = Admin {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            draining: draining_tx.subscribe(),
+            registries: registries.clone(),
+        };
+        background.spawn(crate::admin::serve(admin_listener, admin, stop_rx.clone()));
+    }
     if config.database.migrate_on_start {
         store.migrate().await.context("applying database migrations")?;
     }
@@ -179,22 +164,137 @@ async fn serve(
             "server.page_token_key_file is not set: page tokens are sealed with a key generated once and kept in Postgres"
         );
     }
+    let audit_key = signing_key.as_ref().map(|k| k.verifying_key());
+    let (state, audit_writer) = build_state(&config, policy, authz, store, registries, audit_key, page_key);
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let wiring = Wiring {
+        state,
+        metrics,
+        health: reporter.clone(),
+        authenticator,
+        rate_limits: RateLimits::from_config(&config.rate_limits),
+    };
+    set_health(&reporter, ServingStatus::Serving).await;
+    reporter
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
+    let background = spawn_background(&config, &wiring, signing_key, &stop_rx, background).await;
+    let router = grpc_router(&config, &wiring, health_service)?;
+    let authenticator = wiring.authenticator.clone();
+    // The services hold the state from here: the audit writer drains once they are gone.
+    drop(wiring);
+
+    let local = listener.local_addr()?;
+    tracing::info!(%local, tls = tls.is_some(), modes = ?authenticator.modes(), "ecr-gateway listening");
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: health NOT_SERVING, draining in-flight calls");
+        set_health(&reporter, ServingStatus::NotServing).await;
+        let _ = draining_tx.send(true);
+    };
+    let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
+    serve_until_drained(router, listener, tls, signal, draining_rx, grace).await?;
+    shut_down(stop_tx, background, audit_writer, grace).await;
+    tracing::info!("ecr-gateway stopped");
+    Ok(())
+}
+
+/// `[authz]`, loaded (and reloaded on SIGHUP by a background task).
+fn load_authorizer(config: &Config) -> anyhow::Result<Arc<Authorizer>> {
+    let authz = Authorizer::for_config(config)
+        .map_err(|problems| anyhow::anyhow!("authorization: {}", problems.join("; ")))?;
+    let loaded = authz.summary();
+    tracing::info!(
+        policies = loaded.policies,
+        entities = loaded.entities,
+        "authorization policies loaded; SIGHUP reloads them"
+    );
+    Ok(Arc::new(authz))
+}
+
+/// The one [`Metrics`] of the process, built before anything that counts
+/// (the ECR clients, the admin listener, the gRPC layer), and exported by
+/// OTLP when `traced`.
+fn new_metrics(traced: bool) -> Arc<Metrics> {
+    let metrics = Arc::new(Metrics::new(&[
+        FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]));
+    if traced {
+        // `telemetry::init` installed the OTLP meter provider as the global one.
+        metrics.export_otlp(&opentelemetry::global::meter(crate::telemetry::SCOPE));
+    }
+    metrics
+}
+
+/// Serves gRPC on `listener` (TLS with `tls`) until `signal` has completed
+/// and the calls in flight are done, or the grace period after the drain
+/// began (`draining`) is over.
+async fn serve_until_drained(
+    router: Router<GrpcLayers>,
+    listener: TcpListener,
+    tls: Option<rustls::ServerConfig>,
+    signal: impl Future<Output = ()> + Send + 'static,
+    mut draining: watch::Receiver<bool>,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+            crate::tls::incoming(listener, tokio_rustls::TlsAcceptor::from(Arc::new(tls))),
+            signal,
+        )),
+        None => Box::pin(router.serve_with_incoming_shutdown(incoming(listener), signal)),
+    };
+    let deadline = async move {
+        let _ = draining.wait_for(|draining| *draining).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = serve => result.context("serving gRPC")?,
+        _ = deadline => tracing::warn!("in-flight calls did not finish within {grace:?}; stopping anyway"),
+    }
+    Ok(())
+}
+
+/// What the background tasks and the gRPC services are built from, besides
+/// the configuration.
+struct Wiring {
+    state: Shared,
+    metrics: Arc<Metrics>,
+    health: HealthReporter,
+    authenticator: Arc<Authenticator>,
+    rate_limits: Option<Arc<RateLimits>>,
+}
+
+/// The state the handlers, recovery and the background tasks share, and the
+/// audit writer it records through (started here).
+fn build_state(
+    config: &Config,
+    policy: OrgPolicy,
+    authz: Arc<Authorizer>,
+    store: Store,
+    registries: Registries,
+    audit_key: Option<ed25519_dalek::VerifyingKey>,
+    page_key: Option<PageKey>,
+) -> (Shared, AuditWriter) {
     let (audit, audit_writer) = AuditLog::start(store.clone());
     let state: Shared = Arc::new(AppState {
         policy,
-        authz: authz.clone(),
+        authz,
         store: store.clone(),
-        registries: registries.clone(),
+        registries,
         audit,
         mutation_lease: config.request_timeout() * 2,
         syncer: crate::inventory::Syncer {
-            store: store.clone(),
+            store,
             holder: replica_name(),
             lease: Duration::from_secs(config.sync.lease_seconds),
             scans_per_pass: config.sync.scans_per_pass,
         },
         cleanup_wake: Arc::new(tokio::sync::Notify::new()),
-        audit_key: signing_key.as_ref().map(|k| k.verifying_key()),
+        audit_key,
         page_keys: crate::api::page_token::PageKeys::new(page_key),
     });
     // Fetched now (in the background: Postgres may be down at start); else by the first list that needs it.
@@ -206,87 +306,104 @@ async fn serve(
             }
         }
     });
+    (state, audit_writer)
+}
 
-    let reloader = tokio::spawn(reload_on_sighup(authz, stop_rx.clone()));
-    let rate_limits = RateLimits::from_config(&config.rate_limits);
-    let forgetter = rate_limits
-        .clone()
-        .map(|limits| tokio::spawn(limits.forget_idle_callers(stop_rx.clone())));
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    set_health(&reporter, ServingStatus::Serving).await;
-    reporter
-        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
-        .await;
-    let probe = tokio::spawn(probe_database(store.clone(), reporter.clone(), stop_rx.clone()));
-    let trimmer = tokio::spawn(crate::memory::run_trimmer(stop_rx.clone()));
-    let registry_health: Vec<_> = registries
-        .all()
-        .map(|registry| {
-            tokio::spawn(report_registry_health(
-                registry.clone(),
-                reporter.clone(),
-                stop_rx.clone(),
-            ))
-        })
-        .collect();
-    let cache_listener = tokio::spawn(store.clone().listen_for_changes(stop_rx.clone()));
+/// Starts every background task into `tasks` (which holds the admin server,
+/// started before the migrations); each ends when `stop` flips (the
+/// inventory sync at once, a pass in flight abandoned; the cleanup worker
+/// after the batch in flight, waited for up to the shutdown grace period).
+async fn spawn_background(
+    config: &Config,
+    wiring: &Wiring,
+    signing_key: Option<SigningKey>,
+    stop: &watch::Receiver<bool>,
+    mut tasks: JoinSet<()>,
+) -> JoinSet<()> {
+    let Wiring {
+        state,
+        metrics,
+        health,
+        authenticator,
+        rate_limits,
+    } = wiring;
+    let store = &state.store;
+    let registries = &state.registries;
+    tasks.spawn(reload_on_sighup(state.authz.clone(), stop.clone()));
+    if let Some(limits) = rate_limits {
+        tasks.spawn(limits.clone().forget_idle_callers(stop.clone()));
+    }
+    tasks.spawn(probe_database(store.clone(), health.clone(), stop.clone()));
+    tasks.spawn(crate::memory::run_trimmer(stop.clone()));
+    for registry in registries.all() {
+        tasks.spawn(report_registry_health(
+            registry.clone(),
+            health.clone(),
+            stop.clone(),
+        ));
+    }
+    tasks.spawn(store.clone().listen_for_changes(stop.clone()));
     // The gauges that need Postgres, for /metrics and OTLP.
-    let gauges = (config.admin.listen.is_some() || traced).then(|| {
-        tokio::spawn(crate::admin::gauges::run_refresh(
+    if config.admin.listen.is_some() || config.telemetry.enabled {
+        tasks.spawn(crate::admin::gauges::run_refresh(
             store.clone(),
             metrics.clone(),
             registries.all().map(|r| r.reference.clone()).collect(),
             Duration::from_secs(config.admin.gauge_refresh_seconds),
-            stop_rx.clone(),
-        ))
-    });
-    let sync = (config.sync.interval_seconds > 0).then(|| {
-        tokio::spawn(crate::inventory::run_sync_loop(
+            stop.clone(),
+        ));
+    }
+    if config.sync.interval_seconds > 0 {
+        let sync = crate::inventory::run_sync_loop(
             state.syncer.clone(),
             registries.all().cloned().collect(),
             Duration::from_secs(config.sync.interval_seconds),
             config.sync.concurrency,
-            stop_rx.clone(),
-        ))
-    });
-
-    let jwks_refresh = authenticator.start(stop_rx.clone()).await;
-    let chainer = tokio::spawn(crate::audit::run_chainer(store.clone(), stop_rx.clone()));
-    let retention =
-        crate::audit::retention::Retention::configured(&config.audit, signing_key.clone()).map(|retention| {
-            tokio::spawn(crate::audit::retention::run_retention(
-                store.clone(),
-                retention,
-                Duration::from_secs(config.audit.retention_interval_seconds),
-                stop_rx.clone(),
-            ))
+            stop.clone(),
+        );
+        let mut stopped = stop.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = sync => {}
+                _ = stopped.wait_for(|stop| *stop) => {}
+            }
         });
-    let digester = signing_key.map(|key| {
-        tokio::spawn(crate::audit::run_digester(
+    }
+    if let Some(jwks_refresh) = authenticator.start(stop.clone()).await {
+        tasks.spawn(async move {
+            let _ = jwks_refresh.await;
+        });
+    }
+    tasks.spawn(crate::audit::run_chainer(store.clone(), stop.clone()));
+    if let Some(retention) =
+        crate::audit::retention::Retention::configured(&config.audit, signing_key.clone())
+    {
+        tasks.spawn(crate::audit::retention::run_retention(
+            store.clone(),
+            retention,
+            Duration::from_secs(config.audit.retention_interval_seconds),
+            stop.clone(),
+        ));
+    }
+    if let Some(key) = signing_key {
+        tasks.spawn(crate::audit::run_digester(
             store.clone(),
             key,
             Duration::from_secs(config.audit.digest_interval_seconds),
-            stop_rx.clone(),
-        ))
-    });
-    let sinks: Vec<_> = crate::audit::sink::configured(&config.audit)
-        .into_iter()
-        .map(|target| {
-            tokio::spawn(crate::audit::sink::run_sink(
-                store.clone(),
-                target,
-                stop_rx.clone(),
-            ))
-        })
-        .collect();
+            stop.clone(),
+        ));
+    }
+    for target in crate::audit::sink::configured(&config.audit) {
+        tasks.spawn(crate::audit::sink::run_sink(store.clone(), target, stop.clone()));
+    }
     // A call interrupted by a crash becomes resolvable when its lease ends.
-    let recovery = tokio::spawn(crate::recovery::run_recovery(
+    tasks.spawn(crate::recovery::run_recovery(
         state.clone(),
         state.mutation_lease.min(Duration::from_secs(60)),
-        stop_rx.clone(),
+        stop.clone(),
     ));
-    let cleanup_worker = config.cleanup.worker.then(|| {
-        tokio::spawn(crate::cleanup::worker::run_worker(
+    if config.cleanup.worker {
+        let worker = tokio::spawn(crate::cleanup::worker::run_worker(
             crate::cleanup::worker::Worker {
                 store: store.clone(),
                 registries: registries.clone(),
@@ -297,51 +414,68 @@ async fn serve(
                 poll: Duration::from_secs(config.cleanup.poll_interval_seconds),
             },
             state.cleanup_wake.clone(),
-            stop_rx.clone(),
-        ))
-    });
+            stop.clone(),
+        ));
+        let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
+        let mut stopped = stop.clone();
+        tasks.spawn(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+            // It hands its run back between batches; a batch in flight gets the grace period.
+            if tokio::time::timeout(grace, worker).await.is_err() {
+                tracing::warn!(
+                    "the cleanup worker did not stop within {grace:?}; its run resumes after its lease"
+                );
+            }
+        });
+    }
+    tasks
+}
 
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+/// The one shutdown of the background, after gRPC drained: the stop signal,
+/// every background task's end, then the audit writer's flush.
+async fn shut_down(
+    stop: watch::Sender<bool>,
+    mut background: JoinSet<()>,
+    audit_writer: AuditWriter,
+    grace: Duration,
+) {
+    let _ = stop.send(true);
+    while background.join_next().await.is_some() {}
+    audit_writer.shutdown(grace).await;
+}
+
+/// The tower layers of the gRPC listener, outermost first (see [`grpc_router`]).
+type GrpcLayers = Stack<
+    DecodeErrorLayer,
+    Stack<
+        RateLimitLayer,
+        Stack<IdentityLayer, Stack<ShedLayer, Stack<MetricsLayer, Stack<BrowserLayer, Identity>>>>,
+    >,
+>;
+
+/// A generated service's server with the configured message-size limit both ways.
+macro_rules! limited {
+    ($server:expr, $max:expr) => {
+        $server
+            .max_decoding_message_size($max)
+            .max_encoding_message_size($max)
+    };
+}
+
+/// The gRPC listener: its HTTP/2 settings, the tower layers and the services
+/// (health, reflection, the gateway's own).
+fn grpc_router(
+    config: &Config,
+    wiring: &Wiring,
+    health_service: HealthServer<impl Health>,
+) -> anyhow::Result<Router<GrpcLayers>> {
+    let state = &wiring.state;
     let max_message = config.server.max_message_bytes;
-    let repository_service = RepositoryServiceServer::new(RepositoryApi::new(state.clone()))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
-    let image_service = ImageServiceServer::new(ImageApi::new(state.clone()))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
-    let scan_service = ScanServiceServer::new(ScanApi::new(state.clone()))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
-    let cleanup_service = CleanupServiceServer::new(CleanupApi::new(state.clone()))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
-    let audit_service = AuditServiceServer::new(AuditApi::new(state.clone()))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
     let credential_roles = config
         .registries
         .iter()
         .filter_map(|r| Some((r.alias.clone(), r.credentials_role_arn.clone()?)))
         .collect();
-    let access_service = RegistryAccessServiceServer::new(AccessApi::new(
-        state.clone(),
-        config.access.clone(),
-        credential_roles,
-    ))
-    .max_decoding_message_size(max_message)
-    .max_encoding_message_size(max_message);
-    drop(state);
-
-    let local = listener.local_addr()?;
-    tracing::info!(%local, tls = tls.is_some(), modes = ?authenticator.modes(), "ecr-gateway listening");
-    let reporter_for_shutdown = reporter.clone();
-    let signal = async move {
-        shutdown.await;
-        tracing::info!("shutdown requested: health NOT_SERVING, draining in-flight calls");
-        set_health(&reporter_for_shutdown, ServingStatus::NotServing).await;
-        let _ = draining_tx.send(true);
-    };
     let browser = BrowserLayer::new(&config.server.grpc_web);
     if browser.enabled() {
         tracing::info!(
@@ -349,7 +483,7 @@ async fn serve(
             "gRPC-Web enabled (HTTP/1.1 and HTTP/2)"
         );
     }
-    let router = Server::builder()
+    Ok(Server::builder()
         .timeout(config.request_timeout())
         // gRPC-Web comes over HTTP/1.1 too; without it the listener stays HTTP/2 only.
         .accept_http1(browser.enabled())
@@ -363,85 +497,46 @@ async fn serve(
         // call it stands for; plain gRPC passes through untouched.
         .layer(browser)
         // Outermost of the gRPC layers, so that calls refused by the layers below are counted too.
-        .layer(MetricsLayer::new(metrics).traced(traced))
+        .layer(MetricsLayer::new(wiring.metrics.clone()).traced(config.telemetry.enabled))
         // Before identity: a shed call costs no token verification.
         .layer(ShedLayer::new(
             config.overload.max_concurrent_calls,
             Duration::from_millis(config.overload.retry_after_ms),
         ))
-        .layer(IdentityLayer::new(authenticator))
-        .layer(RateLimitLayer::new(rate_limits))
+        .layer(IdentityLayer::new(wiring.authenticator.clone()))
+        .layer(RateLimitLayer::new(wiring.rate_limits.clone()))
         .layer(DecodeErrorLayer)
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(repository_service)
-        .add_service(image_service)
-        .add_service(scan_service)
-        .add_service(cleanup_service)
-        .add_service(audit_service)
-        .add_service(access_service);
-    let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
-        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-            crate::tls::incoming(listener, tokio_rustls::TlsAcceptor::from(Arc::new(tls))),
-            signal,
-        )),
-        None => Box::pin(router.serve_with_incoming_shutdown(incoming(listener), signal)),
-    };
-    let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
-    let deadline = async move {
-        let _ = draining_rx.wait_for(|draining| *draining).await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = serve => result.context("serving gRPC")?,
-        _ = deadline => tracing::warn!("in-flight calls did not finish within {grace:?}; stopping anyway"),
-    }
-    let _ = stop_tx.send(true);
-    let _ = probe.await;
-    let _ = trimmer.await;
-    for task in registry_health {
-        let _ = task.await;
-    }
-    if let Some(admin_server) = admin_server {
-        let _ = admin_server.await;
-    }
-    let _ = cache_listener.await;
-    if let Some(gauges) = gauges {
-        let _ = gauges.await;
-    }
-    if let Some(sync) = sync {
-        sync.abort();
-    }
-    if let Some(worker) = cleanup_worker {
-        // It hands its run back between batches; a batch in flight gets the grace period.
-        if tokio::time::timeout(grace, worker).await.is_err() {
-            tracing::warn!(
-                "the cleanup worker did not stop within {grace:?}; its run resumes after its lease"
-            );
-        }
-    }
-    audit_writer.shutdown(grace).await;
-    let _ = chainer.await;
-    for sink in sinks {
-        let _ = sink.await;
-    }
-    if let Some(digester) = digester {
-        let _ = digester.await;
-    }
-    if let Some(retention) = retention {
-        let _ = retention.await;
-    }
-    let _ = recovery.await;
-    let _ = reloader.await;
-    if let Some(forgetter) = forgetter {
-        let _ = forgetter.await;
-    }
-    if let Some(jwks_refresh) = jwks_refresh {
-        let _ = jwks_refresh.await;
-    }
-    tracing::info!("ecr-gateway stopped");
-    Ok(())
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(limited!(
+            RepositoryServiceServer::new(RepositoryApi::new(state.clone())),
+            max_message
+        ))
+        .add_service(limited!(
+            ImageServiceServer::new(ImageApi::new(state.clone())),
+            max_message
+        ))
+        .add_service(limited!(
+            ScanServiceServer::new(ScanApi::new(state.clone())),
+            max_message
+        ))
+        .add_service(limited!(
+            CleanupServiceServer::new(CleanupApi::new(state.clone())),
+            max_message
+        ))
+        .add_service(limited!(
+            AuditServiceServer::new(AuditApi::new(state.clone())),
+            max_message
+        ))
+        .add_service(limited!(
+            RegistryAccessServiceServer::new(AccessApi::new(
+                state.clone(),
+                config.access.clone(),
+                credential_roles,
+            )),
+            max_message
+        )))
 }
 
 /// The accepted connections, with TCP_NODELAY: a response written in several

@@ -12,17 +12,16 @@
 pub mod authz;
 pub mod jwks;
 pub mod jwt;
+mod layer;
 pub mod mtls;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http::{Extensions, HeaderMap, Request};
+use http::{Extensions, HeaderMap};
 use tokio::sync::watch;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tower::{Layer, Service};
+
+pub use layer::{IdentityLayer, IdentityService};
 
 use crate::config::{AuthConfig, AuthMode};
 use crate::domain::Identity;
@@ -269,65 +268,6 @@ fn parse_groups(text: &str) -> Result<Vec<String>, MissingIdentity> {
         });
     }
     Ok(groups)
-}
-
-/// Tower layer that runs [`Authenticator::identify`] on every request.
-#[derive(Clone, Debug)]
-pub struct IdentityLayer {
-    authenticator: Arc<Authenticator>,
-}
-
-impl IdentityLayer {
-    /// A layer asking `authenticator`.
-    pub fn new(authenticator: Arc<Authenticator>) -> Self {
-        Self { authenticator }
-    }
-}
-
-impl<S> Layer<S> for IdentityLayer {
-    type Service = IdentityService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        IdentityService {
-            inner,
-            authenticator: self.authenticator.clone(),
-        }
-    }
-}
-
-/// The service [`IdentityLayer`] wraps around the gRPC router.
-#[derive(Clone, Debug)]
-pub struct IdentityService<S> {
-    inner: S,
-    authenticator: Arc<Authenticator>,
-}
-
-impl<S, B> Service<Request<B>> for IdentityService<S>
-where
-    S: Service<Request<B>> + Clone + Send + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        // The ready service goes with this call; the clone waits for the next poll_ready.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let authenticator = self.authenticator.clone();
-        Box::pin(async move {
-            let caller = authenticator
-                .identify(request.headers(), request.extensions())
-                .await;
-            request.extensions_mut().insert(caller);
-            inner.call(request).await
-        })
-    }
 }
 
 #[cfg(test)]
