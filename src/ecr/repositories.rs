@@ -1,21 +1,23 @@
-//! Repository calls: read the whole state of a repository, converge it to a
-//! spec, delete it, and page through a registry's repositories.
+//! Repository calls: read the whole state of a repository, count its images,
+//! delete it, and page through a registry's repositories.
+//!
+//! Converging a repository to a spec is in `repositories/converge.rs`; the
+//! lifecycle and repository policy calls (get, put, delete) in
+//! `repositories/policies.rs`.
+
+mod converge;
+mod policies;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 
 use aws_sdk_ecr::operation::RequestId;
-use aws_sdk_ecr::types::{
-    EncryptionConfiguration, EncryptionType, ImageScanningConfiguration, ImageTagMutability,
-    ImageTagMutabilityExclusionFilter, ImageTagMutabilityExclusionFilterType, Repository, Tag,
-};
+use aws_sdk_ecr::types::{EncryptionType, Repository};
 use chrono::{DateTime, Utc};
 
 use super::error::{EcrError, classify};
 use super::{CallLog, Registry};
-use crate::domain::{
-    Encryption, RegistryRef, RepositoryName, RepositorySpec, RepositoryState, TagMutability,
-};
+use crate::domain::{Encryption, RegistryRef, RepositoryName, RepositoryState, TagMutability};
 
 /// ECR's page size limit for DescribeRepositories.
 const PAGE_SIZE: i32 = 1000;
@@ -110,297 +112,6 @@ impl Registry {
             .into_iter()
             .map(|t| (t.key, t.value))
             .collect())
-    }
-
-    /// The repository's lifecycle policy text; `None` when it has none.
-    pub async fn get_lifecycle_policy(
-        &self,
-        log: &CallLog,
-        name: &RepositoryName,
-    ) -> Result<Option<String>, EcrError> {
-        let result = self
-            .client
-            .get_lifecycle_policy()
-            .registry_id(&self.reference.account_id)
-            .repository_name(name.as_str())
-            .send()
-            .await;
-        match result {
-            Ok(output) => {
-                log.record(output.request_id());
-                Ok(output.lifecycle_policy_text)
-            }
-            Err(error) => {
-                log.record(error.request_id());
-                let error = classify("GetLifecyclePolicy", error);
-                // A missing repository is not a missing policy.
-                if error.code() == "LifecyclePolicyNotFoundException" {
-                    Ok(None)
-                } else {
-                    Err(error)
-                }
-            }
-        }
-    }
-
-    async fn get_repository_policy(
-        &self,
-        log: &CallLog,
-        name: &RepositoryName,
-    ) -> Result<Option<String>, EcrError> {
-        let result = self
-            .client
-            .get_repository_policy()
-            .registry_id(&self.reference.account_id)
-            .repository_name(name.as_str())
-            .send()
-            .await;
-        match result {
-            Ok(output) => {
-                log.record(output.request_id());
-                Ok(output.policy_text)
-            }
-            Err(error) => {
-                log.record(error.request_id());
-                let error = classify("GetRepositoryPolicy", error);
-                // A missing repository is not a missing policy.
-                if error.code() == "RepositoryPolicyNotFoundException" {
-                    Ok(None)
-                } else {
-                    Err(error)
-                }
-            }
-        }
-    }
-
-    /// Brings the repository to `spec`: creates it when `current` is `None`,
-    /// otherwise applies only the settings that differ. Safe to repeat.
-    pub async fn converge_repository(
-        &self,
-        log: &CallLog,
-        spec: &RepositorySpec,
-        current: Option<RepositoryState>,
-    ) -> Result<RepositoryState, EcrError> {
-        let mut state = match current {
-            Some(state) => state,
-            None => self.create_repository(log, spec).await?,
-        };
-        if state.tag_mutability != spec.tag_mutability || state.exclusion_filters != spec.exclusion_filters {
-            self.put_tag_mutability(log, spec).await?;
-            state.tag_mutability = spec.tag_mutability;
-            state.exclusion_filters = spec.exclusion_filters.clone();
-        }
-        if state.scan_on_push != spec.scan_on_push {
-            self.put_scan_on_push(log, &spec.name, spec.scan_on_push).await?;
-            state.scan_on_push = spec.scan_on_push;
-        }
-        self.converge_tags(log, &state.arn, &state.tags, &spec.tags)
-            .await?;
-        state.tags.retain(|k, _| k.starts_with("aws:"));
-        state.tags.extend(spec.tags.clone());
-        if !same_json(
-            state.lifecycle_policy.as_deref(),
-            spec.lifecycle_policy.as_deref(),
-        ) {
-            self.put_or_delete_lifecycle_policy(log, &spec.name, spec.lifecycle_policy.as_deref())
-                .await?;
-            state.lifecycle_policy = spec.lifecycle_policy.clone();
-        }
-        if !same_json(
-            state.repository_policy.as_deref(),
-            spec.repository_policy.as_deref(),
-        ) {
-            self.put_or_delete_repository_policy(log, &spec.name, spec.repository_policy.as_deref())
-                .await?;
-            state.repository_policy = spec.repository_policy.clone();
-        }
-        Ok(state)
-    }
-
-    async fn create_repository(
-        &self,
-        log: &CallLog,
-        spec: &RepositorySpec,
-    ) -> Result<RepositoryState, EcrError> {
-        let output = self
-            .client
-            .create_repository()
-            .registry_id(&self.reference.account_id)
-            .repository_name(spec.name.as_str())
-            .image_tag_mutability(ImageTagMutability::from(spec.tag_mutability.as_ecr_str()))
-            .set_image_tag_mutability_exclusion_filters(exclusion_filters(spec))
-            .image_scanning_configuration(
-                ImageScanningConfiguration::builder()
-                    .scan_on_push(spec.scan_on_push)
-                    .build(),
-            )
-            .encryption_configuration(encryption_configuration(&spec.encryption))
-            .set_tags(Some(sdk_tags(&spec.tags)))
-            .send()
-            .await
-            .inspect_err(|e| log.record(e.request_id()))
-            .map_err(|e| classify("CreateRepository", e))?;
-        log.record(output.request_id());
-        let detail = output
-            .repository
-            .ok_or_else(|| unreadable("CreateRepository", &spec.name))?;
-        let mut state = state_from_detail(&self.reference, &detail)
-            .ok_or_else(|| unreadable("CreateRepository", &spec.name))?;
-        state.tags = spec.tags.clone();
-        Ok(state)
-    }
-
-    async fn put_tag_mutability(&self, log: &CallLog, spec: &RepositorySpec) -> Result<(), EcrError> {
-        let output = self
-            .client
-            .put_image_tag_mutability()
-            .registry_id(&self.reference.account_id)
-            .repository_name(spec.name.as_str())
-            .image_tag_mutability(ImageTagMutability::from(spec.tag_mutability.as_ecr_str()))
-            .set_image_tag_mutability_exclusion_filters(exclusion_filters(spec))
-            .send()
-            .await
-            .inspect_err(|e| log.record(e.request_id()))
-            .map_err(|e| classify("PutImageTagMutability", e))?;
-        log.record(output.request_id());
-        Ok(())
-    }
-
-    async fn put_scan_on_push(
-        &self,
-        log: &CallLog,
-        name: &RepositoryName,
-        scan_on_push: bool,
-    ) -> Result<(), EcrError> {
-        let output = self
-            .client
-            .put_image_scanning_configuration()
-            .registry_id(&self.reference.account_id)
-            .repository_name(name.as_str())
-            .image_scanning_configuration(
-                ImageScanningConfiguration::builder()
-                    .scan_on_push(scan_on_push)
-                    .build(),
-            )
-            .send()
-            .await
-            .inspect_err(|e| log.record(e.request_id()))
-            .map_err(|e| classify("PutImageScanningConfiguration", e))?;
-        log.record(output.request_id());
-        Ok(())
-    }
-
-    async fn converge_tags(
-        &self,
-        log: &CallLog,
-        arn: &str,
-        current: &BTreeMap<String, String>,
-        desired: &BTreeMap<String, String>,
-    ) -> Result<(), EcrError> {
-        let to_set: BTreeMap<String, String> = desired
-            .iter()
-            .filter(|(k, v)| current.get(*k) != Some(*v))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        // Tags under `aws:` are AWS's own (e.g. CloudFormation's); they are never removed.
-        let to_remove: BTreeSet<&String> = current
-            .keys()
-            .filter(|k| !desired.contains_key(*k) && !k.starts_with("aws:"))
-            .collect();
-        if !to_set.is_empty() {
-            let output = self
-                .client
-                .tag_resource()
-                .resource_arn(arn)
-                .set_tags(Some(sdk_tags(&to_set)))
-                .send()
-                .await
-                .inspect_err(|e| log.record(e.request_id()))
-                .map_err(|e| classify("TagResource", e))?;
-            log.record(output.request_id());
-        }
-        if !to_remove.is_empty() {
-            let output = self
-                .client
-                .untag_resource()
-                .resource_arn(arn)
-                .set_tag_keys(Some(to_remove.into_iter().cloned().collect()))
-                .send()
-                .await
-                .inspect_err(|e| log.record(e.request_id()))
-                .map_err(|e| classify("UntagResource", e))?;
-            log.record(output.request_id());
-        }
-        Ok(())
-    }
-
-    /// Puts the lifecycle policy, or deletes it for `None` (a missing one is not an error).
-    pub async fn put_or_delete_lifecycle_policy(
-        &self,
-        log: &CallLog,
-        name: &RepositoryName,
-        policy: Option<&str>,
-    ) -> Result<(), EcrError> {
-        let (account, repository) = (&self.reference.account_id, name.as_str());
-        let request_id = match policy {
-            Some(text) => {
-                let put = self
-                    .client
-                    .put_lifecycle_policy()
-                    .registry_id(account)
-                    .repository_name(repository);
-                let output = put.lifecycle_policy_text(text).send().await;
-                recorded(log, "PutLifecyclePolicy", output)?
-                    .request_id()
-                    .map(str::to_owned)
-            }
-            None => {
-                let delete = self
-                    .client
-                    .delete_lifecycle_policy()
-                    .registry_id(account)
-                    .repository_name(repository);
-                let output = delete.send().await;
-                absent_if_missing(recorded(log, "DeleteLifecyclePolicy", output))?
-                    .and_then(|o| o.request_id().map(str::to_owned))
-            }
-        };
-        log.record(request_id.as_deref());
-        Ok(())
-    }
-
-    async fn put_or_delete_repository_policy(
-        &self,
-        log: &CallLog,
-        name: &RepositoryName,
-        policy: Option<&str>,
-    ) -> Result<(), EcrError> {
-        let (account, repository) = (&self.reference.account_id, name.as_str());
-        let request_id = match policy {
-            Some(text) => {
-                let set = self
-                    .client
-                    .set_repository_policy()
-                    .registry_id(account)
-                    .repository_name(repository);
-                let output = set.policy_text(text).send().await;
-                recorded(log, "SetRepositoryPolicy", output)?
-                    .request_id()
-                    .map(str::to_owned)
-            }
-            None => {
-                let delete = self
-                    .client
-                    .delete_repository_policy()
-                    .registry_id(account)
-                    .repository_name(repository);
-                let output = delete.send().await;
-                absent_if_missing(recorded(log, "DeleteRepositoryPolicy", output))?
-                    .and_then(|o| o.request_id().map(str::to_owned))
-            }
-        };
-        log.record(request_id.as_deref());
-        Ok(())
     }
 
     /// Counts the repository's images (all pages).
@@ -508,31 +219,6 @@ where
     }
 }
 
-/// Records a failed call's request id and classifies its error.
-fn recorded<T, E, R>(
-    log: &CallLog,
-    operation: &'static str,
-    result: Result<T, aws_sdk_ecr::error::SdkError<E, R>>,
-) -> Result<T, EcrError>
-where
-    E: aws_sdk_ecr::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + 'static,
-    aws_sdk_ecr::error::SdkError<E, R>: RequestId,
-{
-    result
-        .inspect_err(|e| log.record(e.request_id()))
-        .map_err(|e| classify(operation, e))
-}
-
-/// A resource ECR does not have is `None`, not an error.
-fn absent_if_missing<T>(result: Result<T, EcrError>) -> Result<Option<T>, EcrError> {
-    match result {
-        Ok(value) => Ok(Some(value)),
-        Err(error) if error.is_not_found() => Ok(None),
-        Err(error) => Err(error),
-    }
-}
-
 /// Reads a `Repository` from ECR into a state (tags and policies left empty).
 pub fn state_from_detail(registry: &RegistryRef, detail: &Repository) -> Option<RepositoryState> {
     let name = RepositoryName::parse(detail.repository_name.as_deref()?).ok()?;
@@ -580,59 +266,6 @@ pub fn state_from_detail(registry: &RegistryRef, detail: &Repository) -> Option<
     })
 }
 
-fn exclusion_filters(spec: &RepositorySpec) -> Option<Vec<ImageTagMutabilityExclusionFilter>> {
-    if spec.exclusion_filters.is_empty() {
-        return None;
-    }
-    Some(
-        spec.exclusion_filters
-            .iter()
-            .filter_map(|filter| {
-                ImageTagMutabilityExclusionFilter::builder()
-                    .filter_type(ImageTagMutabilityExclusionFilterType::Wildcard)
-                    .filter(filter)
-                    .build()
-                    .ok()
-            })
-            .collect(),
-    )
-}
-
-fn encryption_configuration(encryption: &Encryption) -> EncryptionConfiguration {
-    let builder = match encryption {
-        Encryption::Aes256 => EncryptionConfiguration::builder().encryption_type(EncryptionType::Aes256),
-        Encryption::Kms { key } => EncryptionConfiguration::builder()
-            .encryption_type(EncryptionType::Kms)
-            .set_kms_key(key.clone()),
-    };
-    builder
-        .build()
-        .unwrap_or_else(|_| unreachable!("encryption_type is always set"))
-}
-
-fn sdk_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
-    tags.iter()
-        .filter_map(|(key, value)| Tag::builder().key(key).value(value).build().ok())
-        .collect()
-}
-
-/// Two policy documents are the same when they parse to equal JSON.
-fn same_json(a: Option<&str>, b: Option<&str>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => {
-            match (
-                serde_json::from_str::<serde_json::Value>(a),
-                serde_json::from_str::<serde_json::Value>(b),
-            ) {
-                (Ok(a), Ok(b)) => a == b,
-                _ => a == b,
-            }
-        }
-        _ => false,
-    }
-}
-
 fn unreadable(operation: &'static str, name: &RepositoryName) -> EcrError {
     EcrError::Unavailable {
         operation,
@@ -641,75 +274,5 @@ fn unreadable(operation: &'static str, name: &RepositoryName) -> EcrError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn recorded_pages() -> Vec<(Vec<u32>, Option<String>)> {
-        vec![
-            (vec![1, 2], Some("t1".into())),
-            (vec![3], Some("t2".into())),
-            (vec![4, 5], None),
-        ]
-    }
-
-    #[tokio::test]
-    async fn collect_pages_follows_every_next_token_in_order() {
-        let pages = recorded_pages();
-        let requested = std::sync::Mutex::new(Vec::new());
-        let items = collect_pages(|token| {
-            requested.lock().unwrap().push(token.clone());
-            let index = match token.as_deref() {
-                None => 0,
-                Some("t1") => 1,
-                Some("t2") => 2,
-                Some(other) => panic!("unexpected token {other}"),
-            };
-            let page = pages[index].clone();
-            async move { Ok(page) }
-        })
-        .await
-        .expect("pages");
-        assert_eq!(items, vec![1, 2, 3, 4, 5]);
-        assert_eq!(
-            *requested.lock().unwrap(),
-            vec![None, Some("t1".to_string()), Some("t2".to_string())]
-        );
-    }
-
-    #[tokio::test]
-    async fn collect_pages_stops_on_a_repeated_token() {
-        let result = collect_pages(|_| async { Ok((vec![1u32], Some("same".to_string()))) }).await;
-        assert!(matches!(result, Err(EcrError::Unavailable { .. })));
-    }
-
-    #[tokio::test]
-    async fn collect_pages_treats_an_empty_token_as_the_end() {
-        let items = collect_pages(|_| async { Ok((vec![7u32], Some(String::new()))) })
-            .await
-            .expect("one page");
-        assert_eq!(items, vec![7]);
-    }
-
-    #[tokio::test]
-    async fn collect_pages_passes_errors_through() {
-        let result: Result<Vec<u32>, _> = collect_pages(|token| async move {
-            match token {
-                None => Ok((vec![1], Some("t1".into()))),
-                Some(_) => Err(EcrError::Throttled {
-                    operation: "DescribeImages",
-                    code: "ThrottlingException".into(),
-                    message: "slow down".into(),
-                }),
-            }
-        })
-        .await;
-        assert!(matches!(result, Err(EcrError::Throttled { .. })));
-    }
-
-    #[test]
-    fn policies_that_differ_only_in_whitespace_are_the_same() {
-        assert!(same_json(Some(r#"{"a": 1}"#), Some(r#"{ "a":1 }"#)));
-        assert!(!same_json(Some(r#"{"a": 1}"#), None));
-        assert!(!same_json(Some(r#"{"a": 1}"#), Some(r#"{"a": 2}"#)));
-    }
-}
+#[path = "repositories_tests.rs"]
+mod tests;
