@@ -1,6 +1,15 @@
 //! Reading the audit trail and chaining it: lookups (newest first, keyset
 //! pages), the chain's links in sequence order (the live stream and
 //! verification), and the chainer's step.
+//!
+//! The chain's side tables are in files of their own: the signed digests in
+//! `audit_trail/digests.rs`, the sinks' cursors in
+//! `audit_trail/sink_cursors.rs`, the retention purges in
+//! `audit_trail/purges.rs`.
+
+mod digests;
+mod purges;
+mod sink_cursors;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -8,6 +17,10 @@ use sqlx::{PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use super::{StoreError, Tx};
+
+pub use digests::{SignedDigest, digests_between, insert_digest, last_digest};
+pub use purges::{Purge, last_purge, purge, purgeable_through};
+pub use sink_cursors::{advance_sink, lock_sink};
 
 /// The channel the chainer notifies with the new head sequence after each step.
 pub const CHANNEL: &str = "ecr_gateway_audit_chain";
@@ -408,188 +421,6 @@ pub async fn head_with_hash(pool: &PgPool) -> Result<(i64, Vec<u8>), StoreError>
         .fetch_one(pool)
         .await?;
     Ok((head.last_seq, head.last_hash))
-}
-
-/// One signed digest of the chain's head (signed, checked and exported by
-/// the audit layer's `digest` module).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignedDigest {
-    /// The last chain sequence it covers.
-    pub sequence: i64,
-    /// That link's hash.
-    pub hash: Vec<u8>,
-    /// When it was signed.
-    pub signed_at: DateTime<Utc>,
-    /// The signer's public key (32 bytes).
-    pub public_key: Vec<u8>,
-    /// The Ed25519 signature of the digest's message.
-    pub signature: Vec<u8>,
-}
-
-/// The newest signed digest's sequence (0: none yet).
-pub async fn last_digest(pool: &PgPool) -> Result<i64, StoreError> {
-    Ok(
-        sqlx::query_scalar!(r#"SELECT coalesce(max(seq), 0) AS "seq!" FROM audit_digests"#)
-            .fetch_one(pool)
-            .await?,
-    )
-}
-
-/// Stores a signed digest (a second one for the same sequence is ignored).
-pub async fn insert_digest(pool: &PgPool, digest: &SignedDigest) -> Result<(), StoreError> {
-    sqlx::query!(
-        "INSERT INTO audit_digests (seq, hash, signed_at, public_key, signature) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT DO NOTHING",
-        digest.sequence,
-        &digest.hash,
-        digest.signed_at,
-        &digest.public_key,
-        &digest.signature,
-    )
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// Signed digests of sequences `from..=to`, in order.
-pub async fn digests_between(pool: &PgPool, from: i64, to: i64) -> Result<Vec<SignedDigest>, StoreError> {
-    Ok(sqlx::query_as!(
-        SignedDigest,
-        r#"SELECT seq AS sequence, hash, signed_at, public_key, signature FROM audit_digests
-           WHERE seq BETWEEN $1 AND $2 ORDER BY seq"#,
-        from,
-        to,
-    )
-    .fetch_all(pool)
-    .await?)
-}
-
-/// Takes a sink's cursor for this transaction (created at 0 the first time);
-/// None while another replica holds it.
-pub async fn lock_sink(tx: &mut super::Tx, sink: &str) -> Result<Option<i64>, StoreError> {
-    sqlx::query!(
-        "INSERT INTO audit_sink_cursors (sink, seq, updated_at) VALUES ($1, 0, now()) ON CONFLICT DO NOTHING",
-        sink,
-    )
-    .execute(&mut **tx)
-    .await?;
-    Ok(sqlx::query_scalar!(
-        "SELECT seq FROM audit_sink_cursors WHERE sink = $1 FOR UPDATE SKIP LOCKED",
-        sink,
-    )
-    .fetch_optional(&mut **tx)
-    .await?)
-}
-
-/// Moves a sink's cursor (inside the transaction of [`lock_sink`]).
-pub async fn advance_sink(tx: &mut super::Tx, sink: &str, seq: i64) -> Result<(), StoreError> {
-    sqlx::query!(
-        "UPDATE audit_sink_cursors SET seq = $2, updated_at = now() WHERE sink = $1",
-        sink,
-        seq,
-    )
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// A recorded retention purge: links `from_seq..=through_seq` were archived and removed.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct Purge {
-    /// The first purged sequence.
-    pub from_seq: i64,
-    /// The last purged sequence: the remaining chain starts after it.
-    pub through_seq: i64,
-    /// That link's hash: the remaining chain's first link follows it.
-    pub through_hash: Vec<u8>,
-    /// Only links chained before this were purged.
-    pub cutoff: DateTime<Utc>,
-    /// The archive file's name.
-    pub archive: String,
-    /// The archive's SHA-256 (hex).
-    pub archive_sha256: String,
-    /// When the purge was committed.
-    pub purged_at: DateTime<Utc>,
-}
-
-/// The newest retention purge, if any.
-pub async fn last_purge(pool: &PgPool) -> Result<Option<Purge>, StoreError> {
-    Ok(sqlx::query_as!(
-        Purge,
-        "SELECT from_seq, through_seq, through_hash, cutoff, archive, archive_sha256, purged_at \
-         FROM audit_purges ORDER BY through_seq DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?)
-}
-
-/// The last sequence of the chain's oldest run after `after`, at most `limit`
-/// links long, whose links were all chained before `cutoff` and delivered to
-/// every sink named (a sink without a cursor has delivered nothing).
-pub async fn purgeable_through(
-    pool: &PgPool,
-    after: i64,
-    cutoff: DateTime<Utc>,
-    sinks: &[String],
-    limit: i64,
-) -> Result<Option<i64>, StoreError> {
-    let delivered: i64 = sqlx::query_scalar!(
-        r#"SELECT coalesce(min(coalesce(c.seq, 0)), 9223372036854775807) AS "delivered!"
-           FROM UNNEST($1::text[]) s(name) LEFT JOIN audit_sink_cursors c ON c.sink = s.name"#,
-        sinks,
-    )
-    .fetch_one(pool)
-    .await?;
-    let through: Option<i64> = sqlx::query_scalar!(
-        "SELECT max(seq) FROM ( \
-           SELECT seq, bool_and(chained_at < $2) OVER (ORDER BY seq) AS old_so_far \
-           FROM (SELECT seq, chained_at FROM audit_chain_links WHERE seq > $1 ORDER BY seq LIMIT $3) r \
-         ) w WHERE old_so_far",
-        after,
-        cutoff,
-        limit,
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(through.map(|t| t.min(delivered)).filter(|t| *t > after))
-}
-
-/// Records a purge and removes its events and links, in one transaction.
-/// The database refuses a purge that does not continue the last one, names a
-/// link with another hash, or covers a link chained after the cutoff.
-/// Returns the number of events removed.
-pub async fn purge(pool: &PgPool, purge: &Purge) -> Result<u64, StoreError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query!(
-        "INSERT INTO audit_purges (from_seq, through_seq, through_hash, cutoff, archive, archive_sha256) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-        purge.from_seq,
-        purge.through_seq,
-        &purge.through_hash,
-        purge.cutoff,
-        &purge.archive,
-        &purge.archive_sha256,
-    )
-    .execute(&mut *tx)
-    .await?;
-    let removed = sqlx::query!(
-        "DELETE FROM audit_events WHERE event_id IN \
-           (SELECT event_id FROM audit_chain_links WHERE seq BETWEEN $1 AND $2)",
-        purge.from_seq,
-        purge.through_seq,
-    )
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    sqlx::query!(
-        "DELETE FROM audit_chain_links WHERE seq BETWEEN $1 AND $2",
-        purge.from_seq,
-        purge.through_seq,
-    )
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(removed)
 }
 
 /// How many events wait to be linked into the chain (the metric
