@@ -33,10 +33,6 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod cleanup;
-// unreachable_pub: `config/access.rs` and `config/overload.rs` have `pub fn
-// problems` in private modules; allowed here until their owner makes them
-// `pub(crate)` (issue 21).
-#[allow(unreachable_pub)]
 pub mod config;
 pub mod domain;
 pub mod ecr;

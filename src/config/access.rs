@@ -42,7 +42,7 @@ impl Default for AccessConfig {
 }
 
 /// What is wrong with `[access]`, one line per problem, naming the key.
-pub fn problems(access: &AccessConfig, roles: &[(String, Option<String>)]) -> Vec<String> {
+pub(crate) fn problems(access: &AccessConfig, roles: &[(String, Option<String>)]) -> Vec<String> {
     let mut problems = Vec::new();
     let range = MIN_CREDENTIAL_SECONDS..=MAX_CREDENTIAL_SECONDS;
     if !range.contains(&access.max_duration_seconds) {

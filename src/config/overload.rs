@@ -80,7 +80,7 @@ pub struct RateLimitsConfig {
 }
 
 /// Every problem of `[overload]` and `[rate_limits]`.
-pub fn problems(overload: &OverloadConfig, limits: &RateLimitsConfig) -> Vec<String> {
+pub(crate) fn problems(overload: &OverloadConfig, limits: &RateLimitsConfig) -> Vec<String> {
     let mut problems = Vec::new();
     if overload.max_concurrent_calls == 0 {
         problems.push("overload.max_concurrent_calls: must be at least 1".into());
