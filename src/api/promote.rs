@@ -39,6 +39,8 @@ struct Promotion<'a> {
 /// What ECR holds, read before anything changes.
 struct Found {
     image: ImageRecord,
+    /// The target's image, when the target tag already names the source image.
+    target: Option<ImageRecord>,
     manifest: RawManifest,
     gate: Option<pb::CheckDeploymentResponse>,
     step: Step,
@@ -183,20 +185,22 @@ async fn find(state: &AppState, promotion: &Promotion<'_>, log: &CallLog) -> Res
     let current = registry
         .describe_image(log, &promotion.target, &ImageSelector::Tag(promotion.tag.clone()))
         .await?;
-    let current = current.map(|c| c.digest.to_string());
-    let immutable = match &current {
+    let holder = current.as_ref().map(|c| c.digest.to_string());
+    let target = current.filter(|c| c.digest == image.digest);
+    let immutable = match &holder {
         Some(holder) if holder != image.digest.as_str() => target_tag_immutable(promotion, log).await?,
         _ => false,
     };
     let step = promotion::plan(
         &format!("{}:{}", promotion.target, promotion.tag),
         image.digest.as_str(),
-        current.as_deref(),
+        holder.as_deref(),
         immutable,
     )
     .map_err(refused)?;
     Ok(Found {
         image,
+        target,
         manifest,
         gate,
         step,
@@ -281,15 +285,18 @@ async fn promote(
     };
     let registry = promotion.registry;
     let digest = ImageSelector::Digest(found.image.digest.clone());
-    let image = registry
-        .describe_image(log, &promotion.target, &digest)
-        .await?
-        .ok_or_else(|| ApiError::Unavailable {
-            reason: "ECR_INCONSISTENT",
-            description: "ECR took the tag but does not show the image yet; retry with the same request_id"
-                .into(),
-            retry_after: std::time::Duration::from_secs(1),
-        })?;
+    // Unchanged: the target tag's image, as just read, is the answer.
+    let unchanged = found.target.clone().filter(|_| !changed);
+    let image = match unchanged {
+        Some(image) => Some(image),
+        None => registry.describe_image(log, &promotion.target, &digest).await?,
+    }
+    .ok_or_else(|| ApiError::Unavailable {
+        reason: "ECR_INCONSISTENT",
+        description: "ECR took the tag but does not show the image yet; retry with the same request_id"
+            .into(),
+        retry_after: std::time::Duration::from_secs(1),
+    })?;
     let raw = &found.manifest;
     let facts = facts_of(raw.digest.as_str(), &raw.manifest, raw.media_type.as_deref());
     let response = response(promotion, &image, &facts, &found, changed, false);
