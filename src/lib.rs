@@ -16,6 +16,7 @@
 //! - [`inventory`]: keeps the cache true.
 //! - [`overload`]: load shedding and per-caller rate limits (tower layers).
 //! - [`cleanup`]: plans cleanups and carries out cleanup runs.
+//! - [`compliance`]: judges every cached repository against the org policy and stores the violations.
 //! - [`recovery`]: resolves the pending audit records of calls a crash interrupted.
 //! - [`admin`]: the HTTP admin listener (health probes, Prometheus metrics), the
 //!   metrics themselves (also as OTLP instruments) and the layer that measures gRPC calls.
@@ -33,6 +34,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod cleanup;
+pub mod compliance;
 pub mod config;
 pub mod domain;
 pub mod ecr;

@@ -27,6 +27,7 @@ use crate::admin::{Admin, Metrics, MetricsLayer};
 use crate::api::access::AccessApi;
 use crate::api::audit::AuditApi;
 use crate::api::cleanup::CleanupApi;
+use crate::api::compliance::ComplianceApi;
 use crate::api::error::DecodeErrorLayer;
 use crate::api::image::ImageApi;
 use crate::api::page_token::PageKey;
@@ -41,6 +42,7 @@ use crate::ecr::Registries;
 use crate::overload::{RateLimitLayer, RateLimits, ShedLayer};
 use crate::pb::audit_service_server::AuditServiceServer;
 use crate::pb::cleanup_service_server::CleanupServiceServer;
+use crate::pb::compliance_service_server::ComplianceServiceServer;
 use crate::pb::image_service_server::ImageServiceServer;
 use crate::pb::registry_access_service_server::RegistryAccessServiceServer;
 use crate::pb::repository_service_server::RepositoryServiceServer;
@@ -284,7 +286,7 @@ fn build_state(
 ) -> (Shared, AuditWriter) {
     let (audit, audit_writer) = AuditLog::start(store.clone());
     let state: Shared = Arc::new(AppState {
-        policy,
+        policy: Arc::new(policy),
         authz,
         store: store.clone(),
         registries,
@@ -346,6 +348,12 @@ async fn spawn_background(
         ));
     }
     tasks.spawn(store.clone().listen_for_changes(stop.clone()));
+    tasks.spawn(crate::compliance::run_watcher(
+        store.clone(),
+        state.policy.clone(),
+        registries.all().map(|r| r.reference.clone()).collect(),
+        stop.clone(),
+    ));
     // The gauges that need Postgres, for /metrics and OTLP.
     if config.admin.listen.is_some() || config.telemetry.enabled {
         tasks.spawn(crate::admin::gauges::run_refresh(
@@ -359,6 +367,7 @@ async fn spawn_background(
     if config.sync.interval_seconds > 0 {
         let sync = crate::inventory::run_sync_loop(
             state.syncer.clone(),
+            state.policy.clone(),
             registries.all().cloned().collect(),
             Duration::from_secs(config.sync.interval_seconds),
             config.sync.concurrency,

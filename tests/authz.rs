@@ -18,6 +18,7 @@ use common::{Gateway, Moto, TestDb, as_user, config, tagged_repository, unique};
 use ecr_gateway::pb;
 use ecr_gateway::pb::audit_service_client::AuditServiceClient;
 use ecr_gateway::pb::cleanup_service_client::CleanupServiceClient;
+use ecr_gateway::pb::compliance_service_client::ComplianceServiceClient;
 use ecr_gateway::pb::image_service_client::ImageServiceClient;
 use ecr_gateway::pb::registry_access_service_client::RegistryAccessServiceClient;
 use ecr_gateway::pb::repository_service_client::RepositoryServiceClient;
@@ -440,6 +441,23 @@ fn table(f: &Fixture) -> Vec<Rpc> {
             cve_id: "CVE-2024-3094".into(),
             ..Default::default()
         }
+    );
+    // ComplianceService
+    rpc!(
+        t,
+        f,
+        "ListPolicyViolations",
+        Kind::List,
+        ComplianceServiceClient.list_policy_violations,
+        |_: &S, _: &S, _: &S| pb::ListPolicyViolationsRequest::default()
+    );
+    rpc!(
+        t,
+        f,
+        "GetComplianceSummary",
+        Kind::List,
+        ComplianceServiceClient.get_compliance_summary,
+        |_: &S, _: &S, _: &S| pb::GetComplianceSummaryRequest::default()
     );
     // CleanupService
     rpc!(

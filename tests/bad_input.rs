@@ -2621,3 +2621,107 @@ async fn registry_access_service_refuses_bad_input_cleanly() {
 
     check(&f, "RegistryAccessService", cat).await;
 }
+
+// ---------------------------------------------------------------------------
+// ComplianceService
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compliance_service_refuses_bad_input_cleanly() {
+    use ecr_gateway::pb::compliance_service_client::ComplianceServiceClient;
+    let _serial = SERIAL.lock().await;
+    count_panics();
+    let f = fixture("bad-compliance").await;
+    let compliance = ComplianceServiceClient::new(f.gateway.channel.clone());
+    let mut cat = Catalogue::new("bad-input-compliance@example.com");
+    // The gateway judges every registry as it starts; until then a listing is UNAVAILABLE.
+    let mut waiting = compliance.clone();
+    for _ in 0..100 {
+        let first = waiting
+            .get_compliance_summary(as_user(
+                pb::GetComplianceSummaryRequest::default(),
+                "waiter@example.com",
+                "payments",
+            ))
+            .await;
+        match first {
+            Err(status) if status.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            _ => break,
+        }
+    }
+
+    // ListPolicyViolations
+    let list = pb::ListPolicyViolationsRequest::default();
+    identity_cases!(cat, compliance, list_policy_violations, list.clone());
+    for (what, registry) in bad_registries() {
+        case!(cat, compliance.list_policy_violations, format!("registry {what}") => invalid("registry"),
+            pb::ListPolicyViolationsRequest { registry, ..list.clone() });
+    }
+    for (what, prefix) in bad_prefixes() {
+        case!(cat, compliance.list_policy_violations, format!("prefix {what}") => invalid("prefix"),
+            pb::ListPolicyViolationsRequest { prefix, ..list.clone() });
+    }
+    for (what, rule) in [
+        ("SQL injection", SQL.to_owned()),
+        ("with NUL", "tags.required\0".into()),
+        ("upper case", "TAGS.REQUIRED".into()),
+        ("a family without a rule", "tags.".into()),
+        ("of another kind", "deploy.scan-missing".into()),
+        ("1000 characters", format!("tags.{}", "a".repeat(995))),
+    ] {
+        case!(cat, compliance.list_policy_violations, format!("rule {what}") => invalid("rule"),
+            pb::ListPolicyViolationsRequest { rule, ..list.clone() });
+    }
+    for (what, size) in bad_page_sizes() {
+        case!(cat, compliance.list_policy_violations, format!("page_size {what}") => invalid("page_size"),
+            pb::ListPolicyViolationsRequest { page_size: size, ..list.clone() });
+    }
+    for (what, token) in bad_tokens(&f) {
+        case!(cat, compliance.list_policy_violations, format!("page_token {what}") => invalid("page_token"),
+            pb::ListPolicyViolationsRequest { page_token: token, ..list.clone() });
+    }
+    empty_case!(cat, compliance.list_policy_violations, "prefix `_` (a LIKE wildcard, taken literally)" => violations,
+        pb::ListPolicyViolationsRequest { prefix: "_".into(), ..list.clone() });
+    case!(cat, compliance.list_policy_violations, "every error at once" => Expect::Invalid("registry".into()),
+        pb::ListPolicyViolationsRequest { registry: "nope".into(), rule: "x".into(), page_size: -1, ..list.clone() });
+
+    // GetComplianceSummary
+    let summary = pb::GetComplianceSummaryRequest::default();
+    identity_cases!(cat, compliance, get_compliance_summary, summary.clone());
+    for (what, registry) in bad_registries() {
+        case!(cat, compliance.get_compliance_summary, format!("registry {what}") => invalid("registry"),
+            pb::GetComplianceSummaryRequest { registry, ..summary.clone() });
+    }
+    for (what, prefix) in bad_prefixes() {
+        case!(cat, compliance.get_compliance_summary, format!("prefix {what}") => invalid("prefix"),
+            pb::GetComplianceSummaryRequest { prefix, ..summary.clone() });
+    }
+
+    let channel = &f.gateway.channel;
+    for method in ["ListPolicyViolations", "GetComplianceSummary"] {
+        for (what, body) in garbage_bodies() {
+            raw_case(
+                &mut cat,
+                channel,
+                "ComplianceService",
+                method,
+                what,
+                invalid("body"),
+                body,
+            );
+        }
+    }
+    raw_case(
+        &mut cat,
+        channel,
+        "ComplianceService",
+        "ListPolicyViolations",
+        "rule not UTF-8",
+        invalid("rule"),
+        field_bytes(3, b"tags.\xc3\x28"),
+    );
+
+    check(&f, "ComplianceService", cat).await;
+}

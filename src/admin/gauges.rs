@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::metrics::{Metrics, escape};
 use crate::domain::RegistryRef;
-use crate::store::{Store, audit_trail, gauges};
+use crate::store::{Store, audit_trail, compliance, gauges};
 
 /// Upper bound of one reading's queries.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,6 +32,37 @@ pub struct DatabaseGauges {
     pub syncs: BTreeMap<String, (DateTime<Utc>, DateTime<Utc>)>,
     /// Running cleanup runs.
     pub cleanups: Vec<Cleanup>,
+    /// Policy violations in force by (rule, namespace); namespaces beyond the
+    /// [`MAX_NAMESPACES`] with the most violations count as `other`.
+    pub violations: BTreeMap<(String, String), i64>,
+}
+
+/// The most namespaces the violation gauge names (its label set stays bounded).
+pub const MAX_NAMESPACES: usize = 50;
+
+/// Folds (rule, namespace, count) rows into the gauge's bounded label set.
+pub fn bounded_violations(rows: Vec<(String, String, i64)>) -> BTreeMap<(String, String), i64> {
+    let mut per_namespace: BTreeMap<&str, i64> = BTreeMap::new();
+    for (_, namespace, count) in &rows {
+        *per_namespace.entry(namespace).or_default() += count;
+    }
+    let mut ranked: Vec<(&str, i64)> = per_namespace.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let named: std::collections::HashSet<String> = ranked
+        .iter()
+        .take(MAX_NAMESPACES)
+        .map(|(n, _)| (*n).to_owned())
+        .collect();
+    let mut gauge = BTreeMap::new();
+    for (rule, namespace, count) in rows {
+        let label = if named.contains(&namespace) {
+            namespace
+        } else {
+            "other".to_owned()
+        };
+        *gauge.entry((rule, label)).or_default() += count;
+    }
+    gauge
 }
 
 /// A running cleanup run's progress.
@@ -124,6 +155,18 @@ impl DatabaseGauges {
                 run.deleted
             );
         }
+        out.push_str(
+            "# HELP ecr_gateway_policy_violations Org policy violations in force, by rule and namespace (every registry).\n\
+             # TYPE ecr_gateway_policy_violations gauge\n",
+        );
+        for ((rule, namespace), count) in &self.violations {
+            let _ = writeln!(
+                out,
+                "ecr_gateway_policy_violations{{rule=\"{}\",namespace=\"{}\"}} {count}",
+                escape(rule),
+                escape(namespace)
+            );
+        }
     }
 }
 
@@ -140,16 +183,19 @@ pub async fn read(store: &Store, registries: &[RegistryRef]) -> DatabaseGauges {
             .find(|r| r.account_id == account_id && r.region == region)
             .map(|r| r.alias.clone())
     };
-    let (pending, syncs, cleanups) = tokio::join!(
+    let (pending, syncs, cleanups, violations) = tokio::join!(
         tokio::time::timeout(READ_TIMEOUT, audit_trail::chain_queue_length(pool)),
         tokio::time::timeout(READ_TIMEOUT, gauges::sync_times(pool)),
         tokio::time::timeout(READ_TIMEOUT, gauges::running_cleanups(pool)),
+        tokio::time::timeout(READ_TIMEOUT, compliance::counts_by_rule_and_namespace(pool)),
     );
+    let violations = violations.ok().and_then(Result::ok).unwrap_or_default();
     let syncs = syncs.ok().and_then(Result::ok).unwrap_or_default();
     let cleanups = cleanups.ok().and_then(Result::ok).unwrap_or_default();
     DatabaseGauges {
         read: true,
         audit_events_pending: pending.ok().and_then(Result::ok),
+        violations: bounded_violations(violations),
         syncs: syncs
             .into_iter()
             .filter_map(|s| Some((alias(&s.account_id, &s.region)?, (s.newest, s.oldest))))
@@ -189,6 +235,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn violations_beyond_the_largest_namespaces_count_as_other() {
+        let mut rows: Vec<(String, String, i64)> = (0..MAX_NAMESPACES + 5)
+            .map(|i| ("tags.required".to_owned(), format!("team{i:03}"), 100 + i as i64))
+            .collect();
+        rows.push(("naming.namespace".to_owned(), "team000".to_owned(), 1));
+
+        let gauge = bounded_violations(rows);
+
+        // The 5 namespaces with the fewest violations (team000..team004) fold into `other`.
+        assert_eq!(gauge.len(), MAX_NAMESPACES + 2, "{gauge:?}");
+        let other = gauge[&("tags.required".to_owned(), "other".to_owned())];
+        assert_eq!(other, 100 + 101 + 102 + 103 + 104);
+        assert_eq!(gauge[&("naming.namespace".to_owned(), "other".to_owned())], 1);
+        assert!(gauge.contains_key(&(
+            "tags.required".to_owned(),
+            format!("team{:03}", MAX_NAMESPACES + 4)
+        )));
+    }
+
+    #[test]
     fn lag_and_age_are_seconds_since_the_newest_and_oldest_sync() {
         let now = Utc::now();
         let gauges = DatabaseGauges {
@@ -208,6 +274,7 @@ mod tests {
                 planned: 10,
                 deleted: 4,
             }],
+            violations: [(("tags.required".to_owned(), "payments".to_owned()), 3)].into(),
         };
 
         let mut text = String::new();
@@ -219,6 +286,7 @@ mod tests {
             "ecr_gateway_cache_age_seconds{registry=\"main\"} 300\n",
             "ecr_gateway_cleanup_images_planned{run_id=\"00000000-0000-0000-0000-000000000000\",registry=\"main\"} 10\n",
             "ecr_gateway_cleanup_images_deleted{run_id=\"00000000-0000-0000-0000-000000000000\",registry=\"main\"} 4\n",
+            "ecr_gateway_policy_violations{rule=\"tags.required\",namespace=\"payments\"} 3\n",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }

@@ -5,6 +5,7 @@ pub mod access;
 pub mod audit;
 pub mod call;
 pub mod cleanup;
+pub mod compliance;
 pub mod convert;
 pub mod error;
 pub mod image;
@@ -58,7 +59,7 @@ pub fn check_prefix(field: &str, prefix: &str) -> Option<Violation> {
 #[derive(Debug)]
 pub struct AppState {
     /// The compiled org policy.
-    pub policy: OrgPolicy,
+    pub policy: Arc<OrgPolicy>,
     /// Who may do what (reloaded on SIGHUP).
     pub authz: Arc<crate::auth::authz::Authorizer>,
     /// Postgres.

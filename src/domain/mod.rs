@@ -6,6 +6,7 @@
 
 mod account_id;
 mod audit;
+mod compliance;
 mod digest;
 mod image;
 mod image_ref;
@@ -20,6 +21,7 @@ mod violation;
 
 pub use account_id::AccountId;
 pub use audit::*;
+pub use compliance::{PolicyFinding, SettingChange, policy_changes, setting_changes};
 pub use digest::Digest;
 pub use image::ImageRecord;
 pub use image_ref::{EcrHost, ImageRef, ImageSelector, pinned_uri};

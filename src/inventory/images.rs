@@ -129,6 +129,10 @@ impl Syncer {
         let Some(settings) = self.read_settings(registry, repository, tags_always, log).await? else {
             return self.forget_repository(registry, repository).await;
         };
+        let policies = match trigger {
+            Trigger::Interval => self.read_policies(registry, repository, log).await?,
+            _ => None,
+        };
         let started = Utc::now();
         let mut counts = RunCounts {
             pages,
@@ -152,6 +156,11 @@ impl Syncer {
                 audit_events::insert(&mut tx, &record).await?;
             }
             settings.write(&mut tx, &registry.reference, started).await?;
+            if let Some(policies) = &policies {
+                policies
+                    .write(&mut tx, &registry.reference, repository, log)
+                    .await?;
+            }
             let unread = images::digests_without_manifest(&mut tx, &registry.reference, repository).await?;
             tx.commit().await.map_err(StoreError::from)?;
             Ok::<_, StoreError>(unread)
@@ -183,6 +192,36 @@ impl Syncer {
             .describe_repository_state(log, repository, with_tags)
             .await?;
         Ok(state.map(|state| ReadSettings { state, with_tags }))
+    }
+
+    /// Reads the repository's policies when the cache never read them or read
+    /// them more than [`POLICIES_MAX_AGE`] ago (a registry listing does not
+    /// read them; compliance judges them). `None`: not due.
+    async fn read_policies(
+        &self,
+        registry: &Registry,
+        repository: &RepositoryName,
+        log: &CallLog,
+    ) -> Result<Option<ReadPolicies>, SyncError> {
+        let cached = repositories::policies(self.store.pool(), &registry.reference, repository).await?;
+        let due = cached
+            .as_ref()
+            .is_none_or(|c| c.read_at.is_none_or(|at| Utc::now() - at > POLICIES_MAX_AGE));
+        if !due {
+            return Ok(None);
+        }
+        let (lifecycle, policy) = match registry.read_policies(log, repository).await {
+            Ok(read) => read,
+            // Deleted meanwhile: the next listing forgets it.
+            Err(error) if error.is_not_found() => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        Ok(Some(ReadPolicies {
+            before: cached.filter(|c| c.read_at.is_some()),
+            lifecycle,
+            policy,
+            read_at: Utc::now(),
+        }))
     }
 
     /// Reads the scans the cache lacks or holds unfinished (newest pushes
@@ -408,6 +447,53 @@ impl ReadSettings {
     }
 }
 
+/// How long the cached lifecycle and repository policies of a repository
+/// count as current before an interval sync reads them again.
+const POLICIES_MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+
+/// What the repository's policy reads said during a sync.
+struct ReadPolicies {
+    /// The cached policies, when they had been read before.
+    before: Option<repositories::CachedPolicies>,
+    lifecycle: Option<String>,
+    policy: Option<String>,
+    read_at: chrono::DateTime<Utc>,
+}
+
+impl ReadPolicies {
+    /// Writes them; policies that changed since the last read changed outside
+    /// the gateway (drift) and leave an audit event.
+    async fn write(
+        &self,
+        tx: &mut crate::store::Tx,
+        registry: &crate::domain::RegistryRef,
+        repository: &RepositoryName,
+        log: &CallLog,
+    ) -> Result<(), StoreError> {
+        if let Some(before) = &self.before {
+            let changes = crate::domain::policy_changes(
+                (
+                    before.lifecycle_policy.as_deref(),
+                    before.repository_policy.as_deref(),
+                ),
+                (self.lifecycle.as_deref(), self.policy.as_deref()),
+            );
+            if !changes.is_empty() {
+                audit_events::insert(tx, &drift_record(registry, repository, &changes, log)).await?;
+            }
+        }
+        repositories::write_policies(
+            tx,
+            registry,
+            repository,
+            self.lifecycle.as_deref(),
+            self.policy.as_deref(),
+            self.read_at,
+        )
+        .await
+    }
+}
+
 /// The audit event of a sync that found images gone from ECR: the gateway
 /// acting on its own (`AwsServiceEvent`), naming each digest it dropped.
 fn removal_record(
@@ -416,11 +502,44 @@ fn removal_record(
     removed: &[String],
     log: &CallLog,
 ) -> crate::domain::AuditRecord {
+    let elements = json!({
+        "reason": "no longer listed by ECR DescribeImages",
+        "imageIds": removed.iter().map(|d| json!({"imageDigest": d})).collect::<Vec<_>>(),
+    });
+    service_record(registry, repository, "SyncRemoveImages", elements, log)
+}
+
+/// The audit event of a sync that found a repository changed outside the
+/// gateway (drift): each setting with what the cache had and what ECR has.
+pub(super) fn drift_record(
+    registry: &crate::domain::RegistryRef,
+    repository: &RepositoryName,
+    changes: &[crate::domain::SettingChange],
+    log: &CallLog,
+) -> crate::domain::AuditRecord {
+    let elements = json!({
+        "reason": "changed in ECR outside the gateway",
+        "changes": changes
+            .iter()
+            .map(|c| json!({"field": c.field, "before": c.before, "after": c.after}))
+            .collect::<Vec<_>>(),
+    });
+    service_record(registry, repository, "SyncDetectDrift", elements, log)
+}
+
+/// A finished event of the sync (`AwsServiceEvent`) about one repository.
+fn service_record(
+    registry: &crate::domain::RegistryRef,
+    repository: &RepositoryName,
+    event_name: &str,
+    response_elements: serde_json::Value,
+    log: &CallLog,
+) -> crate::domain::AuditRecord {
     use crate::domain::{AuditOutcome, AuditRecord, AuditResource, AuditStatus, Identity};
     AuditRecord {
         event_id: uuid::Uuid::now_v7(),
         event_time: Utc::now(),
-        event_name: "SyncRemoveImages".into(),
+        event_name: event_name.into(),
         read_only: false,
         identity: Identity {
             principal: "ecr-gateway/sync".into(),
@@ -441,10 +560,7 @@ fn removal_record(
         authorization: None,
         outcome: AuditOutcome {
             status: AuditStatus::Succeeded,
-            response_elements: Some(crate::audit::cap_element(json!({
-                "reason": "no longer listed by ECR DescribeImages",
-                "imageIds": removed.iter().map(|d| json!({"imageDigest": d})).collect::<Vec<_>>(),
-            }))),
+            response_elements: Some(crate::audit::cap_element(response_elements)),
             error_code: None,
             error_message: None,
             ecr_request_ids: log.ids(),

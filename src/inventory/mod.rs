@@ -4,6 +4,7 @@
 //! images up to date. What changes outside the gateway appears and disappears
 //! within one interval; mutations through the gateway write through.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -15,8 +16,11 @@ mod images;
 
 pub use images::{PAGE, SyncOutcome, Syncer, Trigger, facts_of};
 
+use images::drift_record;
+
 use crate::ecr::{CallLog, EcrError, Registry};
-use crate::store::{Store, StoreError, repositories};
+use crate::policy::OrgPolicy;
+use crate::store::{Store, StoreError, audit_events, repositories};
 
 /// What one reconcile of a registry did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +29,8 @@ pub struct RepositorySyncReport {
     pub seen: usize,
     /// Cache rows removed because ECR no longer has them.
     pub removed: u64,
+    /// Cached repositories whose settings or tags changed outside the gateway.
+    pub drifted: usize,
     /// ECR calls made.
     pub ecr_calls: usize,
 }
@@ -40,7 +46,10 @@ pub enum SyncError {
     Store(#[from] StoreError),
 }
 
-/// Lists the registry's repositories and replaces its cache rows.
+/// Lists the registry's repositories and replaces its cache rows. A cached
+/// repository whose settings or tags ECR now lists differently changed
+/// outside the gateway (writes through the gateway update the cache at once):
+/// each such drift leaves an audit event, in the same transaction.
 pub async fn sync_repositories(
     store: &Store,
     registry: &Registry,
@@ -48,17 +57,31 @@ pub async fn sync_repositories(
     let log = CallLog::default();
     let started = Utc::now();
     let states = registry.list_repositories(&log).await?;
-    let removed = async {
+    let (removed, drifted) = async {
         let mut tx = store.begin().await?;
+        let cached = repositories::cached_states(&mut tx, &registry.reference).await?;
+        let mut drifted = 0;
+        for state in &states {
+            let Some(before) = cached.get(state.name.as_str()) else {
+                continue;
+            };
+            let changes = crate::domain::setting_changes(before, state);
+            if !changes.is_empty() {
+                drifted += 1;
+                let record = drift_record(&registry.reference, &state.name, &changes, &log);
+                audit_events::insert(&mut tx, &record).await?;
+            }
+        }
         let removed = repositories::replace_registry(&mut tx, &registry.reference, &states, started).await?;
         tx.commit().await.map_err(StoreError::from)?;
-        Ok::<_, StoreError>(removed)
+        Ok::<_, StoreError>((removed, drifted))
     }
     .instrument(crate::store::transaction_span("replace_registry_repositories"))
     .await?;
     Ok(RepositorySyncReport {
         seen: states.len(),
         removed,
+        drifted,
         ecr_calls: log.ids().len(),
     })
 }
@@ -66,8 +89,13 @@ pub async fn sync_repositories(
 /// Reconciles every registry now and then every `interval` until `shutdown`
 /// flips: the repository listing first, then each cached repository's images
 /// (`concurrency` at a time, skipping repositories another replica is syncing).
+///
+/// After the listing and again after the images, the registry's compliance
+/// is judged anew (`compliance::evaluate_registry`): the listing sees changed
+/// settings and tags, the image pass the policies it re-read.
 pub async fn run_sync_loop(
     syncer: Syncer,
+    policy: Arc<OrgPolicy>,
     registries: Vec<Registry>,
     interval: Duration,
     concurrency: usize,
@@ -75,7 +103,7 @@ pub async fn run_sync_loop(
 ) {
     loop {
         for registry in &registries {
-            sync_registry(&syncer, registry, concurrency, &shutdown).await;
+            sync_registry(&syncer, &policy, registry, concurrency, &shutdown).await;
             if *shutdown.borrow() {
                 return;
             }
@@ -88,6 +116,7 @@ pub async fn run_sync_loop(
 
 async fn sync_registry(
     syncer: &Syncer,
+    policy: &Arc<OrgPolicy>,
     registry: &Registry,
     concurrency: usize,
     shutdown: &watch::Receiver<bool>,
@@ -100,6 +129,28 @@ async fn sync_registry(
             return;
         }
     }
+    evaluate(syncer, policy, registry).await;
+    sync_images(syncer, registry, concurrency, shutdown).await;
+    evaluate(syncer, policy, registry).await;
+}
+
+/// Judges the registry's compliance anew; a failure waits for the next pass.
+async fn evaluate(syncer: &Syncer, policy: &Arc<OrgPolicy>, registry: &Registry) {
+    let alias = &registry.reference.alias;
+    match crate::compliance::evaluate_registry(&syncer.store, policy, &registry.reference).await {
+        Ok(evaluation) => tracing::info!(registry = %alias, ?evaluation, "compliance evaluated"),
+        Err(error) => tracing::warn!(registry = %alias, "compliance evaluation failed: {error}"),
+    }
+}
+
+/// The image reconcile of each cached repository, `concurrency` at a time.
+async fn sync_images(
+    syncer: &Syncer,
+    registry: &Registry,
+    concurrency: usize,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let alias = &registry.reference.alias;
     let names = match repositories::names(syncer.store.pool(), &registry.reference).await {
         Ok(names) => names,
         Err(error) => {

@@ -19,6 +19,7 @@
 //! `NAMING_MAX_DEPTH`), so an id never changes meaning; a new rule gets a new id.
 //! Field paths name the gRPC request field, e.g. `settings.tags["team"]`.
 
+pub mod compliance;
 pub mod credentials;
 mod encryption;
 pub mod gate;

@@ -11,11 +11,11 @@ use crate::domain::{AccountId, Encryption, Violation};
 /// The compiled policy.
 #[derive(Debug, Clone)]
 pub struct OrgPolicy {
-    config: OrgPolicyConfig,
-    naming: NamingRules,
-    tags: TagRules,
-    encryption: Encryption,
-    repository_policy: RepositoryPolicyRules,
+    pub(super) config: OrgPolicyConfig,
+    pub(super) naming: NamingRules,
+    pub(super) tags: TagRules,
+    pub(super) encryption: Encryption,
+    pub(super) repository_policy: RepositoryPolicyRules,
 }
 
 impl OrgPolicy {

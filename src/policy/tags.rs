@@ -86,29 +86,43 @@ impl TagRules {
     }
 
     fn violations(&self, tags: &BTreeMap<String, String>) -> Vec<Violation> {
-        let mut violations: Vec<Violation> = count_violation(tags.len()).into_iter().collect();
-        for (key, value) in tags {
-            violations.extend(key_violations(key));
-            violations.extend(value_violations(FIELD, key, value));
-            violations.extend(self.allowed_violation(key, value));
-        }
-        violations.extend(self.required_violations(tags));
-        violations
+        self.breaches(tags)
+            .into_iter()
+            .map(|(_, violation)| violation)
+            .collect()
     }
 
-    fn required_violations(&self, tags: &BTreeMap<String, String>) -> Vec<Violation> {
+    /// Every rule `tags` break, as given (no defaults added), each with the
+    /// key it is about (`None`: the set as a whole).
+    pub(super) fn breaches(&self, tags: &BTreeMap<String, String>) -> Vec<(Option<String>, Violation)> {
+        let mut breaches: Vec<(Option<String>, Violation)> = count_violation(tags.len())
+            .into_iter()
+            .map(|v| (None, v))
+            .collect();
+        for (key, value) in tags {
+            let of_key = key_violations(key)
+                .into_iter()
+                .chain(value_violations(FIELD, key, value))
+                .chain(self.allowed_violation(key, value));
+            breaches.extend(of_key.map(|v| (Some(key.clone()), v)));
+        }
+        for key in self.missing_required(tags) {
+            breaches.push((Some(key.to_owned()), required_violation(key)));
+        }
+        breaches
+    }
+
+    /// The default value of `key`, if the policy gives one.
+    pub(super) fn default_of(&self, key: &str) -> Option<&str> {
+        self.config.defaults.get(key).map(String::as_str)
+    }
+
+    fn missing_required<'a>(&'a self, tags: &'a BTreeMap<String, String>) -> impl Iterator<Item = &'a str> {
         self.config
             .required
             .iter()
             .filter(|key| tags.get(*key).is_none_or(|value| value.trim().is_empty()))
-            .map(|key| {
-                Violation::new(
-                    key_field(key),
-                    "tags.required",
-                    format!("every repository carries the tag `{key}` with a non-blank value; add it to settings.tags"),
-                )
-            })
-            .collect()
+            .map(String::as_str)
     }
 
     fn allowed_violation(&self, key: &str, value: &str) -> Option<Violation> {
@@ -138,6 +152,14 @@ impl TagRules {
             .map(|v| format!("policy.tags.defaults: {}", v.description))
             .collect()
     }
+}
+
+fn required_violation(key: &str) -> Violation {
+    Violation::new(
+        key_field(key),
+        "tags.required",
+        format!("every repository carries the tag `{key}` with a non-blank value; add it to settings.tags"),
+    )
 }
 
 fn compile_allowed(key: &str, values: &AllowedValues) -> Result<AllowedRule, String> {

@@ -19,6 +19,7 @@ const SERVICES: &[&str] = &[
     "ecrgateway.v1.CleanupService",
     "ecrgateway.v1.AuditService",
     "ecrgateway.v1.RegistryAccessService",
+    "ecrgateway.v1.ComplianceService",
 ];
 
 /// The health service name of a registry, followed by its alias: NOT_SERVING

@@ -84,6 +84,10 @@ pub(super) fn grpc_router(
             max_message
         ))
         .add_service(limited!(
+            ComplianceServiceServer::new(ComplianceApi::new(state.clone())),
+            max_message
+        ))
+        .add_service(limited!(
             AuditServiceServer::new(AuditApi::new(state.clone())),
             max_message
         ))

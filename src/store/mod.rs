@@ -5,6 +5,7 @@ pub mod audit_events;
 pub mod audit_trail;
 pub mod cache;
 pub mod cleanup_runs;
+pub mod compliance;
 pub mod gauges;
 pub mod image_reads;
 pub mod images;
@@ -32,6 +33,9 @@ use crate::config::DatabaseConfig;
 use crate::domain::RegistryRef;
 use cache::{Invalidations, ReadCache, RepoKey};
 use image_reads::Resolution;
+
+/// Repository changes a slow subscriber may fall behind by before it lags.
+const CHANGES_BUFFER: usize = 4096;
 
 /// The migrations embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -123,6 +127,8 @@ pub struct Store {
     repository_tags: Arc<ReadCache<String, Tags>>,
     /// The audit chain's head as last notified (streams wait on it).
     audit_head: Arc<tokio::sync::watch::Sender<i64>>,
+    /// Each notified change of a repository's rows (`None`: any may have changed).
+    changes: Arc<tokio::sync::broadcast::Sender<Option<RepoKey>>>,
 }
 
 /// A repository's tags.
@@ -167,6 +173,7 @@ impl Store {
             repository_tags: Arc::new(ReadCache::new(invalidations.clone(), ttl, max_entries)),
             invalidations,
             audit_head: Arc::new(tokio::sync::watch::Sender::new(0)),
+            changes: Arc::new(tokio::sync::broadcast::Sender::new(CHANGES_BUFFER)),
         }
     }
 
@@ -233,6 +240,8 @@ impl Store {
             match self.change_listener().await {
                 Ok(mut listener) => {
                     self.invalidations.set_live(true);
+                    // What changed while nobody listened is not known.
+                    let _ = self.changes.send(None);
                     tracing::debug!("read cache: listening for inventory changes");
                     loop {
                         tokio::select! {
@@ -246,10 +255,14 @@ impl Store {
                                         self.audit_head.send_replace(seq);
                                     }
                                 }
-                                Ok(Some(n)) => match RepoKey::from_payload(n.payload()) {
-                                    Some(key) => self.invalidations.invalidate(key),
-                                    None => self.invalidations.flush(),
-                                },
+                                Ok(Some(n)) => {
+                                    let key = RepoKey::from_payload(n.payload());
+                                    match &key {
+                                        Some(key) => self.invalidations.invalidate(key.clone()),
+                                        None => self.invalidations.flush(),
+                                    }
+                                    let _ = self.changes.send(key);
+                                }
                                 Ok(None) | Err(_) => {
                                     tracing::warn!("read cache: change notifications lost; caching paused until they resume");
                                     self.invalidations.set_live(false);
@@ -276,6 +289,14 @@ impl Store {
             .listen_all([cache::CHANNEL, audit_trail::CHANNEL])
             .await?;
         Ok(listener)
+    }
+
+    /// The repositories whose cached rows change (any replica's writes, as
+    /// Postgres notifies them while [`Store::listen_for_changes`] runs);
+    /// `None` when any may have changed (a lost or resumed notification
+    /// stream, a truncate). A receiver that lags gets `Lagged`: treat it as `None`.
+    pub fn repository_changes(&self) -> tokio::sync::broadcast::Receiver<Option<RepoKey>> {
+        self.changes.subscribe()
     }
 
     /// The audit chain's head sequence, changed whenever another link is

@@ -59,15 +59,16 @@ pub async fn upsert(
     sqlx::query!(
         r#"INSERT INTO repositories (account_id, region, name, arn, uri, created_at, tag_mutability,
                exclusion_filters, scan_on_push, encryption_type, kms_key, tags, lifecycle_policy,
-               repository_policy, synced_at, settings_synced_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)
+               repository_policy, synced_at, settings_synced_at, policies_synced_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $15)
            ON CONFLICT (account_id, region, name) DO UPDATE SET
                arn = EXCLUDED.arn, uri = EXCLUDED.uri, created_at = EXCLUDED.created_at,
                tag_mutability = EXCLUDED.tag_mutability, exclusion_filters = EXCLUDED.exclusion_filters,
                scan_on_push = EXCLUDED.scan_on_push, encryption_type = EXCLUDED.encryption_type,
                kms_key = EXCLUDED.kms_key, tags = EXCLUDED.tags, lifecycle_policy = EXCLUDED.lifecycle_policy,
                repository_policy = EXCLUDED.repository_policy, synced_at = EXCLUDED.synced_at,
-               settings_synced_at = EXCLUDED.settings_synced_at"#,
+               settings_synced_at = EXCLUDED.settings_synced_at,
+               policies_synced_at = EXCLUDED.policies_synced_at"#,
         registry.account_id,
         registry.region,
         state.name.as_str(),
@@ -254,7 +255,8 @@ pub async fn get(
     let row = sqlx::query_as!(
         RepositoryRow,
         r#"SELECT account_id, region, name, arn, uri, created_at, tag_mutability, exclusion_filters,
-                  scan_on_push, encryption_type, kms_key, tags, lifecycle_policy, repository_policy, synced_at
+                  scan_on_push, encryption_type, kms_key, tags, lifecycle_policy, repository_policy, synced_at,
+                  policies_synced_at
            FROM repositories WHERE account_id = $1 AND region = $2 AND name = $3"#,
         registry.account_id,
         registry.region,
@@ -280,7 +282,7 @@ pub async fn list(
     let mut query = sqlx::QueryBuilder::new(
         "SELECT r.account_id, r.region, r.name, r.arn, r.uri, r.created_at, r.tag_mutability,
                 r.exclusion_filters, r.scan_on_push, r.encryption_type, r.kms_key, r.tags,
-                r.lifecycle_policy, r.repository_policy, r.synced_at
+                r.lifecycle_policy, r.repository_policy, r.synced_at, r.policies_synced_at
          FROM repositories r
          WHERE r.name LIKE ",
     );
@@ -309,7 +311,7 @@ pub async fn list(
 }
 
 /// Escapes LIKE's wildcards (`_` is common in repository names).
-fn escape_like(text: &str) -> String {
+pub(super) fn escape_like(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {
         if matches!(c, '\\' | '%' | '_') {
@@ -321,26 +323,28 @@ fn escape_like(text: &str) -> String {
 }
 
 #[derive(sqlx::FromRow)]
-struct RepositoryRow {
-    account_id: String,
-    region: String,
-    name: String,
-    arn: String,
-    uri: String,
-    created_at: Option<DateTime<Utc>>,
-    tag_mutability: String,
-    exclusion_filters: Value,
-    scan_on_push: bool,
-    encryption_type: String,
-    kms_key: Option<String>,
-    tags: Value,
-    lifecycle_policy: Option<String>,
-    repository_policy: Option<String>,
-    synced_at: DateTime<Utc>,
+pub(super) struct RepositoryRow {
+    pub(super) account_id: String,
+    pub(super) region: String,
+    pub(super) name: String,
+    pub(super) arn: String,
+    pub(super) uri: String,
+    pub(super) created_at: Option<DateTime<Utc>>,
+    pub(super) tag_mutability: String,
+    pub(super) exclusion_filters: Value,
+    pub(super) scan_on_push: bool,
+    pub(super) encryption_type: String,
+    pub(super) kms_key: Option<String>,
+    pub(super) tags: Value,
+    pub(super) lifecycle_policy: Option<String>,
+    pub(super) repository_policy: Option<String>,
+    pub(super) synced_at: DateTime<Utc>,
+    /// When the policies were last read from ECR (NULL: never).
+    pub(super) policies_synced_at: Option<DateTime<Utc>>,
 }
 
 impl RepositoryRow {
-    fn into_cached(self) -> Option<CachedRepository> {
+    pub(super) fn into_cached(self) -> Option<CachedRepository> {
         let Ok(name) = RepositoryName::parse(&self.name) else {
             tracing::error!(name = %self.name, "cached repository name no longer parses; ignoring the row");
             return None;
@@ -398,4 +402,85 @@ fn tags_json(tags: &BTreeMap<String, String>) -> Value {
             .map(|(k, v)| (k.clone(), Value::from(v.clone())))
             .collect(),
     )
+}
+
+/// A repository's cached policies and when they were read (`None`: no row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedPolicies {
+    /// Lifecycle policy text.
+    pub lifecycle_policy: Option<String>,
+    /// Repository policy text.
+    pub repository_policy: Option<String>,
+    /// When they were read from ECR; `None`: never.
+    pub read_at: Option<DateTime<Utc>>,
+}
+
+/// The repository's cached policies, if the cache has the repository.
+pub async fn policies(
+    pool: &sqlx::PgPool,
+    registry: &RegistryRef,
+    name: &RepositoryName,
+) -> Result<Option<CachedPolicies>, StoreError> {
+    let row = sqlx::query!(
+        r#"SELECT lifecycle_policy, repository_policy, policies_synced_at
+           FROM repositories WHERE account_id = $1 AND region = $2 AND name = $3"#,
+        registry.account_id,
+        registry.region,
+        name.as_str(),
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| CachedPolicies {
+        lifecycle_policy: r.lifecycle_policy,
+        repository_policy: r.repository_policy,
+        read_at: r.policies_synced_at,
+    }))
+}
+
+/// Writes the policies as read from ECR by `read_at` (a missing row stays missing).
+pub async fn write_policies(
+    tx: &mut Tx,
+    registry: &RegistryRef,
+    name: &RepositoryName,
+    lifecycle_policy: Option<&str>,
+    repository_policy: Option<&str>,
+    read_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        r#"UPDATE repositories SET lifecycle_policy = $4, repository_policy = $5, policies_synced_at = $6
+           WHERE account_id = $1 AND region = $2 AND name = $3"#,
+        registry.account_id,
+        registry.region,
+        name.as_str(),
+        lifecycle_policy,
+        repository_policy,
+        read_at,
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The registry's cached repositories by name, as a listing of ECR would
+/// compare them (settings and tags).
+pub async fn cached_states(
+    tx: &mut Tx,
+    registry: &RegistryRef,
+) -> Result<std::collections::HashMap<String, RepositoryState>, StoreError> {
+    let rows = sqlx::query_as!(
+        RepositoryRow,
+        r#"SELECT account_id, region, name, arn, uri, created_at, tag_mutability, exclusion_filters,
+                  scan_on_push, encryption_type, kms_key, tags, lifecycle_policy, repository_policy, synced_at,
+                  policies_synced_at
+           FROM repositories WHERE account_id = $1 AND region = $2"#,
+        registry.account_id,
+        registry.region,
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(RepositoryRow::into_cached)
+        .map(|cached| (cached.state.name.to_string(), cached.state))
+        .collect())
 }

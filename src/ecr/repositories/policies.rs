@@ -39,6 +39,21 @@ impl Registry {
         }
     }
 
+    /// The repository's lifecycle and repository policy texts (`None`: it has
+    /// none), within the request budget. A repository gone meanwhile is an
+    /// error that `is_not_found`.
+    pub async fn read_policies(
+        &self,
+        log: &CallLog,
+        name: &RepositoryName,
+    ) -> Result<(Option<String>, Option<String>), EcrError> {
+        self.budget.acquire("GetLifecyclePolicy").await;
+        let lifecycle = self.get_lifecycle_policy(log, name).await?;
+        self.budget.acquire("GetRepositoryPolicy").await;
+        let policy = self.get_repository_policy(log, name).await?;
+        Ok((lifecycle, policy))
+    }
+
     pub(super) async fn get_repository_policy(
         &self,
         log: &CallLog,
