@@ -59,9 +59,7 @@ async fn all_violations(gateway: &Gateway, prefix: &str, page_size: i32) -> Vec<
             .await;
         let page = match page {
             // Before the first evaluation of the registry.
-            Err(status)
-                if status.code() == Code::Unavailable && found.is_empty() && token.is_empty() =>
-            {
+            Err(status) if status.code() == Code::Unavailable && found.is_empty() && token.is_empty() => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

@@ -17,6 +17,7 @@
 //! `procfs.rs`, the CPU time and RSS read from /proc.
 
 mod audit_seed;
+mod compliance;
 mod load;
 mod procfs;
 mod rpc;
@@ -68,6 +69,20 @@ enum Command {
         #[arg(long, default_value_t = 10_000_000)]
         events: u64,
     },
+    /// Seed a database (migrated first) with cached repositories, half of
+    /// them breaking one org rule each, and time the compliance evaluation
+    /// (first, unchanged, 1 % changed) under the policy of a gateway config.
+    SeedCompliance {
+        /// Postgres URL of the database to fill.
+        #[arg(long)]
+        database_url: String,
+        /// The gateway configuration whose `[policy]` judges them.
+        #[arg(long)]
+        config: String,
+        /// Repositories.
+        #[arg(long, default_value_t = 100_000)]
+        repositories: usize,
+    },
     /// Measure ingest throughput of DescribeImages pages into Postgres.
     Ingest {
         /// Postgres URL of a scratch database.
@@ -97,6 +112,11 @@ async fn main() -> anyhow::Result<()> {
         } => seed::seed(&database_url, repositories, images_per_repository).await,
         Command::SeedPreview { database_url, images } => seed::seed_preview(&database_url, images).await,
         Command::SeedAudit { database_url, events } => audit_seed::seed_audit(&database_url, events).await,
+        Command::SeedCompliance {
+            database_url,
+            config,
+            repositories,
+        } => compliance::seed_compliance(&database_url, &config, repositories).await,
         Command::Ingest {
             database_url,
             repositories,

@@ -34,6 +34,12 @@ pub(crate) enum Rpc {
     LookupErrors,
     /// AuditService/LookupAuditEvents, no filter (the newest 100)
     LookupNewest,
+    /// ComplianceService/ListPolicyViolations of a namespace (`payments/` or `search/`), a page of 100
+    Violations,
+    /// ComplianceService/ListPolicyViolations of one rule (a page of 100 of every registry)
+    ViolationsRule,
+    /// ComplianceService/GetComplianceSummary of every registry
+    ComplianceSummary,
 }
 
 fn with_identity<T>(message: T) -> tonic::Request<T> {
@@ -148,6 +154,26 @@ pub(crate) async fn call(
             }
             pb::audit_service_client::AuditServiceClient::new(channel.clone())
                 .lookup_audit_events(with_identity(request))
+                .await
+                .map(|_| ())
+        }
+        Rpc::Violations | Rpc::ViolationsRule => {
+            let mut request = pb::ListPolicyViolationsRequest {
+                page_size: 100,
+                ..Default::default()
+            };
+            match rpc {
+                Rpc::Violations => request.prefix = ["payments/", "search/"][n % 2].into(),
+                _ => request.rule = "settings.scan-on-push".into(),
+            }
+            pb::compliance_service_client::ComplianceServiceClient::new(channel.clone())
+                .list_policy_violations(with_identity(request))
+                .await
+                .map(|_| ())
+        }
+        Rpc::ComplianceSummary => {
+            pb::compliance_service_client::ComplianceServiceClient::new(channel.clone())
+                .get_compliance_summary(with_identity(pb::GetComplianceSummaryRequest::default()))
                 .await
                 .map(|_| ())
         }
