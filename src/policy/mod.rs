@@ -30,6 +30,7 @@ mod naming;
 mod org_policy;
 pub mod promotion;
 pub mod protection;
+pub mod remediation;
 mod repository_policy;
 mod request;
 mod settings;

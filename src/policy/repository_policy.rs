@@ -67,6 +67,29 @@ impl RepositoryPolicyRules {
         }
     }
 
+    /// The policy with every statement the guard forbids removed, the others
+    /// kept as written and in order; `None` when nothing would remain or the
+    /// text is no policy at all (the repair is then to delete it).
+    pub(super) fn repaired(&self, text: &str, registry: &AccountId) -> Option<String> {
+        let mut policy: Value = serde_json::from_str(text).ok()?;
+        let kept: Vec<Value> = statements(text)
+            .ok()?
+            .into_iter()
+            .enumerate()
+            .filter(|(index, statement)| {
+                !allows(statement) || self.statement_violations(*index, statement, registry).is_empty()
+            })
+            .map(|(_, statement)| Value::Object(statement))
+            .collect();
+        if kept.is_empty() {
+            return None;
+        }
+        policy
+            .as_object_mut()?
+            .insert("Statement".into(), Value::Array(kept));
+        Some(policy.to_string())
+    }
+
     fn statement_violations(
         &self,
         index: usize,
