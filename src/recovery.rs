@@ -68,6 +68,8 @@ const POSTGRES_ONLY: &[&str] = &[
     "RevokeVulnerabilityException",
     "RunCleanup",
     "CancelCleanupRun",
+    "RemediateRepositories",
+    "CancelRemediationRun",
 ];
 
 /// What ECR says about an interrupted call.

@@ -299,6 +299,7 @@ fn build_state(
             scans_per_pass: config.sync.scans_per_pass,
         },
         cleanup_wake: Arc::new(tokio::sync::Notify::new()),
+        remediation_wake: Arc::new(tokio::sync::Notify::new()),
         audit_key,
         page_keys: crate::api::page_token::PageKeys::new(page_key),
     });
@@ -439,6 +440,19 @@ async fn spawn_background(
                 );
             }
         });
+        // The remediation worker shares `[cleanup]`'s switch, lease and poll interval.
+        tasks.spawn(crate::compliance::remediation::run_worker(
+            crate::compliance::remediation::RemediationWorker {
+                store: store.clone(),
+                registries: registries.clone(),
+                policy: state.policy.clone(),
+                holder: replica_name(),
+                lease: Duration::from_secs(config.cleanup.lease_seconds),
+                poll: Duration::from_secs(config.cleanup.poll_interval_seconds),
+            },
+            state.remediation_wake.clone(),
+            stop.clone(),
+        ));
     }
     tasks
 }

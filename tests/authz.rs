@@ -155,6 +155,8 @@ struct Fixture {
     repository: String,
     run_id: String,
     exception_id: String,
+    /// A remediation run alice (the team member) started.
+    remediation_id: String,
 }
 
 macro_rules! rpc {
@@ -165,12 +167,14 @@ macro_rules! rpc {
         let run_id = $fixture.run_id.clone();
         #[allow(unused_variables)]
         let exception_id = $fixture.exception_id.clone();
+        #[allow(unused_variables)]
+        let remediation_id = $fixture.remediation_id.clone();
         $table.push(Rpc {
             name: $name,
             kind: $kind,
             call: Box::new(move |caller: &Caller| {
                 let mut client = $client::new(caller.channel.clone());
-                let request = caller.request($message(&repository, &run_id, &exception_id));
+                let request = caller.request($message(&repository, &run_id, &exception_id, &remediation_id));
                 Box::pin(async move { client.$method(request).await.map(|_| ()) })
             }),
         });
@@ -198,7 +202,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "CreateRepository",
         Kind::Write,
         RepositoryServiceClient.create_repository,
-        |r: &S, _: &S, _: &S| pb::CreateRepositoryRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::CreateRepositoryRequest {
             validate_only: true,
             ..tagged_repository(&format!("{r}-new"))
         }
@@ -209,7 +213,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "GetRepository",
         Kind::Read,
         RepositoryServiceClient.get_repository,
-        |r: &S, _: &S, _: &S| pb::GetRepositoryRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::GetRepositoryRequest {
             repository: r.into(),
             ..Default::default()
         }
@@ -220,7 +224,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "ListRepositories",
         Kind::List,
         RepositoryServiceClient.list_repositories,
-        |_: &S, _: &S, _: &S| pb::ListRepositoriesRequest::default()
+        |_: &S, _: &S, _: &S, _: &S| pb::ListRepositoriesRequest::default()
     );
     rpc!(
         t,
@@ -228,7 +232,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "UpdateRepository",
         Kind::Write,
         RepositoryServiceClient.update_repository,
-        |r: &S, _: &S, _: &S| pb::UpdateRepositoryRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::UpdateRepositoryRequest {
             repository: r.into(),
             settings: Some(pb::RepositorySettings {
                 scan_on_push: Some(true),
@@ -247,7 +251,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "DeleteRepository",
         Kind::Write,
         RepositoryServiceClient.delete_repository,
-        |r: &S, _: &S, _: &S| pb::DeleteRepositoryRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::DeleteRepositoryRequest {
             repository: r.into(),
             validate_only: true,
             ..Default::default()
@@ -260,7 +264,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "ListImages",
         Kind::Read,
         ImageServiceClient.list_images,
-        |r: &S, _: &S, _: &S| pb::ListImagesRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::ListImagesRequest {
             repository: r.into(),
             ..Default::default()
         }
@@ -271,7 +275,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "GetImage",
         Kind::Read,
         ImageServiceClient.get_image,
-        |r: &S, _: &S, _: &S| pb::GetImageRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::GetImageRequest {
             repository: r.into(),
             tag: "v1".into(),
             ..Default::default()
@@ -283,7 +287,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "ResolveImage",
         Kind::ReadDeploy,
         ImageServiceClient.resolve_image,
-        |r: &S, _: &S, _: &S| pb::ResolveImageRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::ResolveImageRequest {
             reference: format!("{r}:v1"),
             ..Default::default()
         }
@@ -294,7 +298,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "SearchImages",
         Kind::List,
         ImageServiceClient.search_images,
-        |_: &S, _: &S, _: &S| pb::SearchImagesRequest {
+        |_: &S, _: &S, _: &S, _: &S| pb::SearchImagesRequest {
             tag_glob: "v*".into(),
             ..Default::default()
         }
@@ -305,7 +309,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "RefreshInventory",
         Kind::Write,
         ImageServiceClient.refresh_inventory,
-        |r: &S, _: &S, _: &S| pb::RefreshInventoryRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::RefreshInventoryRequest {
             repository: r.into(),
             ..Default::default()
         }
@@ -316,7 +320,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "GetSyncStatus",
         Kind::Read,
         ImageServiceClient.get_sync_status,
-        |r: &S, _: &S, _: &S| pb::GetSyncStatusRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::GetSyncStatusRequest {
             repository: r.into(),
             ..Default::default()
         }
@@ -329,7 +333,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "PromoteImage",
         Kind::Write,
         ImageServiceClient.promote_image,
-        |r: &S, _: &S, _: &S| pb::PromoteImageRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::PromoteImageRequest {
             repository: r.into(),
             tag: "v1".into(),
             target_tag: "v1-promoted".into(),
@@ -343,7 +347,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "StartImageScan",
         Kind::Write,
         ScanServiceClient.start_image_scan,
-        |r: &S, _: &S, _: &S| pb::StartImageScanRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::StartImageScanRequest {
             repository: r.into(),
             tag: "v1".into(),
             ..Default::default()
@@ -355,7 +359,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "GetScanFindings",
         Kind::Read,
         ScanServiceClient.get_scan_findings,
-        |r: &S, _: &S, _: &S| pb::GetScanFindingsRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::GetScanFindingsRequest {
             repository: r.into(),
             tag: "v1".into(),
             ..Default::default()
@@ -367,7 +371,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "GetScanningConfiguration",
         Kind::RegistryStatus,
         ScanServiceClient.get_scanning_configuration,
-        |_: &S, _: &S, _: &S| pb::GetScanningConfigurationRequest::default()
+        |_: &S, _: &S, _: &S, _: &S| pb::GetScanningConfigurationRequest::default()
     );
     rpc!(
         t,
@@ -375,7 +379,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "UpdateScanningConfiguration",
         Kind::Admin,
         ScanServiceClient.update_scanning_configuration,
-        |_: &S, _: &S, _: &S| pb::UpdateScanningConfigurationRequest {
+        |_: &S, _: &S, _: &S, _: &S| pb::UpdateScanningConfigurationRequest {
             scan_type: pb::ScanType::Basic as i32,
             rules: vec![pb::ScanningRule {
                 frequency: pb::ScanFrequency::ScanOnPush as i32,
@@ -391,7 +395,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "CheckDeployment",
         Kind::ReadDeploy,
         ScanServiceClient.check_deployment,
-        |r: &S, _: &S, _: &S| pb::CheckDeploymentRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::CheckDeploymentRequest {
             reference: format!("{r}:v1"),
             environment: "prod".into(),
             ..Default::default()
@@ -403,7 +407,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "CreateVulnerabilityException",
         Kind::Admin,
         ScanServiceClient.create_vulnerability_exception,
-        |r: &S, _: &S, _: &S| pb::CreateVulnerabilityExceptionRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::CreateVulnerabilityExceptionRequest {
             cve_id: "CVE-2024-3094".into(),
             scope: pb::ExceptionScope::Repository as i32,
             repository: r.into(),
@@ -418,7 +422,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "ListVulnerabilityExceptions",
         Kind::List,
         ScanServiceClient.list_vulnerability_exceptions,
-        |_: &S, _: &S, _: &S| pb::ListVulnerabilityExceptionsRequest::default()
+        |_: &S, _: &S, _: &S, _: &S| pb::ListVulnerabilityExceptionsRequest::default()
     );
     rpc!(
         t,
@@ -426,7 +430,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "RevokeVulnerabilityException",
         Kind::Admin,
         ScanServiceClient.revoke_vulnerability_exception,
-        |_: &S, _: &S, e: &S| pb::RevokeVulnerabilityExceptionRequest {
+        |_: &S, _: &S, e: &S, _: &S| pb::RevokeVulnerabilityExceptionRequest {
             id: e.into(),
             reason: "fixed upstream".into()
         }
@@ -437,7 +441,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "ListVulnerableImages",
         Kind::List,
         ScanServiceClient.list_vulnerable_images,
-        |_: &S, _: &S, _: &S| pb::ListVulnerableImagesRequest {
+        |_: &S, _: &S, _: &S, _: &S| pb::ListVulnerableImagesRequest {
             cve_id: "CVE-2024-3094".into(),
             ..Default::default()
         }
@@ -449,7 +453,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "ListPolicyViolations",
         Kind::List,
         ComplianceServiceClient.list_policy_violations,
-        |_: &S, _: &S, _: &S| pb::ListPolicyViolationsRequest::default()
+        |_: &S, _: &S, _: &S, _: &S| pb::ListPolicyViolationsRequest::default()
     );
     rpc!(
         t,
@@ -457,7 +461,44 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "GetComplianceSummary",
         Kind::List,
         ComplianceServiceClient.get_compliance_summary,
-        |_: &S, _: &S, _: &S| pb::GetComplianceSummaryRequest::default()
+        |_: &S, _: &S, _: &S, _: &S| pb::GetComplianceSummaryRequest::default()
+    );
+    rpc!(
+        t,
+        f,
+        "RemediateRepositories",
+        Kind::Write,
+        ComplianceServiceClient.remediate_repositories,
+        |r: &S, _: &S, _: &S, _: &S| pb::RemediateRepositoriesRequest {
+            repositories: vec![r.into()],
+            dry_run: true,
+            ..Default::default()
+        }
+    );
+    // The run's starter (alice) and those the policy lets act on the registry's runs (admins).
+    rpc!(
+        t,
+        f,
+        "GetRemediationRun",
+        Kind::Write,
+        ComplianceServiceClient.get_remediation_run,
+        |_: &S, _: &S, _: &S, id: &S| pb::GetRemediationRunRequest { id: id.into() }
+    );
+    rpc!(
+        t,
+        f,
+        "ListRemediationRuns",
+        Kind::List,
+        ComplianceServiceClient.list_remediation_runs,
+        |_: &S, _: &S, _: &S, _: &S| pb::ListRemediationRunsRequest::default()
+    );
+    rpc!(
+        t,
+        f,
+        "CancelRemediationRun",
+        Kind::Write,
+        ComplianceServiceClient.cancel_remediation_run,
+        |_: &S, _: &S, _: &S, id: &S| pb::CancelRemediationRunRequest { id: id.into() }
     );
     // CleanupService
     rpc!(
@@ -466,7 +507,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "DeleteImages",
         Kind::Write,
         CleanupServiceClient.delete_images,
-        |r: &S, _: &S, _: &S| pb::DeleteImagesRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::DeleteImagesRequest {
             repository: r.into(),
             digests: vec![DIGEST.into()],
             ..Default::default()
@@ -478,7 +519,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "PinImage",
         Kind::WriteDeploy,
         CleanupServiceClient.pin_image,
-        |r: &S, _: &S, _: &S| pb::PinImageRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::PinImageRequest {
             repository: r.into(),
             digest: DIGEST.into(),
             holder: "deploy/prod".into(),
@@ -492,7 +533,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "UnpinImage",
         Kind::WriteDeploy,
         CleanupServiceClient.unpin_image,
-        |r: &S, _: &S, _: &S| pb::UnpinImageRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::UnpinImageRequest {
             repository: r.into(),
             digest: DIGEST.into(),
             holder: "deploy/prod".into(),
@@ -505,7 +546,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "ListPins",
         Kind::List,
         CleanupServiceClient.list_pins,
-        |_: &S, _: &S, _: &S| pb::ListPinsRequest::default()
+        |_: &S, _: &S, _: &S, _: &S| pb::ListPinsRequest::default()
     );
     rpc!(
         t,
@@ -513,7 +554,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "GetLifecyclePolicy",
         Kind::Read,
         CleanupServiceClient.get_lifecycle_policy,
-        |r: &S, _: &S, _: &S| pb::GetLifecyclePolicyRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::GetLifecyclePolicyRequest {
             repository: r.into(),
             ..Default::default()
         }
@@ -524,7 +565,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "SetLifecyclePolicy",
         Kind::Write,
         CleanupServiceClient.set_lifecycle_policy,
-        |r: &S, _: &S, _: &S| pb::SetLifecyclePolicyRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::SetLifecyclePolicyRequest {
             repository: r.into(),
             policy_text: POLICY.into(),
             ..Default::default()
@@ -536,7 +577,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "DeleteLifecyclePolicy",
         Kind::Write,
         CleanupServiceClient.delete_lifecycle_policy,
-        |r: &S, _: &S, _: &S| pb::DeleteLifecyclePolicyRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::DeleteLifecyclePolicyRequest {
             repository: r.into(),
             ..Default::default()
         }
@@ -547,7 +588,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "PreviewCleanup",
         Kind::Read,
         CleanupServiceClient.preview_cleanup,
-        |r: &S, _: &S, _: &S| pb::PreviewCleanupRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::PreviewCleanupRequest {
             repository: r.into(),
             policy_text: POLICY.into(),
             ..Default::default()
@@ -559,7 +600,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "RunCleanup",
         Kind::Write,
         CleanupServiceClient.run_cleanup,
-        |r: &S, _: &S, _: &S| pb::RunCleanupRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::RunCleanupRequest {
             repository: r.into(),
             policy_text: POLICY.into(),
             dry_run: true,
@@ -572,7 +613,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "GetCleanupRun",
         Kind::Read,
         CleanupServiceClient.get_cleanup_run,
-        |_: &S, id: &S, _: &S| pb::GetCleanupRunRequest {
+        |_: &S, id: &S, _: &S, _: &S| pb::GetCleanupRunRequest {
             id: id.into(),
             ..Default::default()
         }
@@ -583,7 +624,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "ListCleanupRuns",
         Kind::List,
         CleanupServiceClient.list_cleanup_runs,
-        |_: &S, _: &S, _: &S| pb::ListCleanupRunsRequest::default()
+        |_: &S, _: &S, _: &S, _: &S| pb::ListCleanupRunsRequest::default()
     );
     rpc!(
         t,
@@ -591,7 +632,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "CancelCleanupRun",
         Kind::Write,
         CleanupServiceClient.cancel_cleanup_run,
-        |_: &S, id: &S, _: &S| pb::CancelCleanupRunRequest { id: id.into() }
+        |_: &S, id: &S, _: &S, _: &S| pb::CancelCleanupRunRequest { id: id.into() }
     );
     // AuditService
     rpc!(
@@ -600,7 +641,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "LookupAuditEvents",
         Kind::List,
         AuditServiceClient.lookup_audit_events,
-        |_: &S, _: &S, _: &S| pb::LookupAuditEventsRequest::default()
+        |_: &S, _: &S, _: &S, _: &S| pb::LookupAuditEventsRequest::default()
     );
     rpc!(
         t,
@@ -608,7 +649,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "StreamAuditEvents",
         Kind::Admin,
         AuditServiceClient.stream_audit_events,
-        |_: &S, _: &S, _: &S| pb::StreamAuditEventsRequest::default()
+        |_: &S, _: &S, _: &S, _: &S| pb::StreamAuditEventsRequest::default()
     );
     rpc!(
         t,
@@ -616,7 +657,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "VerifyAuditLog",
         Kind::Admin,
         AuditServiceClient.verify_audit_log,
-        |_: &S, _: &S, _: &S| pb::VerifyAuditLogRequest::default()
+        |_: &S, _: &S, _: &S, _: &S| pb::VerifyAuditLogRequest::default()
     );
     // RegistryAccessService: GetRegistryCredentials asks for PullImages or
     // PushImages on every entry of its scope.
@@ -626,7 +667,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "PullImages",
         Kind::ReadDeploy,
         RegistryAccessServiceClient.get_registry_credentials,
-        |r: &S, _: &S, _: &S| pb::GetRegistryCredentialsRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::GetRegistryCredentialsRequest {
             repositories: vec![r.into()],
             repository_prefixes: vec!["payments/".into()],
             access: pb::RegistryAccess::Pull as i32,
@@ -639,7 +680,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         "PushImages",
         Kind::Write,
         RegistryAccessServiceClient.get_registry_credentials,
-        |r: &S, _: &S, _: &S| pb::GetRegistryCredentialsRequest {
+        |r: &S, _: &S, _: &S, _: &S| pb::GetRegistryCredentialsRequest {
             repositories: vec![r.into()],
             access: pb::RegistryAccess::Push as i32,
             ..Default::default()
@@ -649,7 +690,7 @@ fn table(f: &Fixture) -> Vec<Rpc> {
 }
 
 /// A fixture repository in `payments`, a dry-run cleanup run and a vulnerability exception on it.
-async fn fixture(admin: &Caller) -> Fixture {
+async fn fixture(admin: &Caller, member: &Caller) -> Fixture {
     let repository = unique("payments", "authz");
     RepositoryServiceClient::new(admin.channel.clone())
         .create_repository(admin.request(tagged_repository(&repository)))
@@ -677,10 +718,19 @@ async fn fixture(admin: &Caller) -> Fixture {
         .await
         .expect("an exception")
         .into_inner();
+    let remediation = ComplianceServiceClient::new(member.channel.clone())
+        .remediate_repositories(member.request(pb::RemediateRepositoriesRequest {
+            repositories: vec![repository.clone()],
+            ..Default::default()
+        }))
+        .await
+        .expect("a remediation run")
+        .into_inner();
     Fixture {
         repository,
         run_id: run.id,
         exception_id: exception.id,
+        remediation_id: remediation.run.expect("a run").id,
     }
 }
 
@@ -692,12 +742,17 @@ async fn run_matrix(callers: &[(Role, Caller)]) -> Vec<String> {
         .find(|(role, _)| *role == Role::Admin)
         .expect("an admin")
         .1;
-    let fixture = fixture(admin).await;
+    let member = &callers
+        .iter()
+        .find(|(role, _)| *role == Role::TeamMember)
+        .expect("a team member")
+        .1;
+    let fixture = fixture(admin, member).await;
     let table = table(&fixture);
     let names: BTreeSet<&str> = table.iter().map(|rpc| rpc.name).collect();
     let actions = ecr_gateway::auth::authz::schema_actions().expect("schema");
     // RPCs authorized as other actions rather than as themselves.
-    let authorized_as_others = BTreeSet::from(["PromoteImage"]);
+    let authorized_as_others = BTreeSet::from(["PromoteImage", "RemediateRepositories"]);
     assert_eq!(
         names,
         actions

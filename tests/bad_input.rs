@@ -359,6 +359,17 @@ fn bad_registries() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Ids that are no UUID (of runs, exceptions).
+fn bad_ids() -> Vec<(&'static str, String)> {
+    vec![
+        ("empty", String::new()),
+        ("SQL injection", SQL.to_owned()),
+        ("with NUL", format!("{UNKNOWN_ID}\0")),
+        ("a number", "42".into()),
+        ("JSON injection", JSON_INJECTION.into()),
+    ]
+}
+
 fn bad_request_ids() -> Vec<(&'static str, String)> {
     vec![
         ("with a space", "has space".into()),
@@ -1830,13 +1841,7 @@ async fn scan_service_refuses_bad_input_cleanly() {
         reason: "fixed upstream".into(),
     };
     identity_cases!(cat, scans, revoke_vulnerability_exception, revoke.clone());
-    for (what, id) in [
-        ("empty", String::new()),
-        ("SQL injection", SQL.to_owned()),
-        ("with NUL", format!("{UNKNOWN_ID}\0")),
-        ("a number", "42".into()),
-        ("JSON injection", JSON_INJECTION.into()),
-    ] {
+    for (what, id) in bad_ids() {
         case!(cat, scans.revoke_vulnerability_exception, format!("id {what}") => invalid("id"),
             pb::RevokeVulnerabilityExceptionRequest { id, ..revoke.clone() });
     }
@@ -2257,15 +2262,6 @@ async fn cleanup_service_refuses_bad_input_cleanly() {
         ..Default::default()
     };
     identity_cases!(cat, cleanup, get_cleanup_run, get_run.clone());
-    let bad_ids = || -> Vec<(&'static str, String)> {
-        vec![
-            ("empty", String::new()),
-            ("SQL injection", SQL.to_owned()),
-            ("with NUL", format!("{UNKNOWN_ID}\0")),
-            ("a number", "42".into()),
-            ("JSON injection", JSON_INJECTION.into()),
-        ]
-    };
     for (what, id) in bad_ids() {
         case!(cat, cleanup.get_cleanup_run, format!("id {what}") => invalid("id"),
             pb::GetCleanupRunRequest { id, ..get_run.clone() });
@@ -2699,8 +2695,104 @@ async fn compliance_service_refuses_bad_input_cleanly() {
             pb::GetComplianceSummaryRequest { prefix, ..summary.clone() });
     }
 
+    // RemediateRepositories (every case is refused before anything is recorded)
+    let remediate = pb::RemediateRepositoriesRequest {
+        repositories: vec![f.repo_a.clone()],
+        dry_run: true,
+        ..Default::default()
+    };
+    identity_cases!(cat, compliance, remediate_repositories, remediate.clone());
+    for (what, registry) in bad_registries() {
+        case!(cat, compliance.remediate_repositories, format!("registry {what}") => invalid("registry"),
+            pb::RemediateRepositoriesRequest { registry, ..remediate.clone() });
+    }
+    case!(cat, compliance.remediate_repositories, "neither prefix nor repositories" => invalid("prefix"),
+        pb::RemediateRepositoriesRequest { repositories: vec![], ..remediate.clone() });
+    case!(cat, compliance.remediate_repositories, "both prefix and repositories" => invalid("repositories"),
+        pb::RemediateRepositoriesRequest { prefix: "payments/".into(), ..remediate.clone() });
+    for (what, prefix) in bad_prefixes() {
+        case!(cat, compliance.remediate_repositories, format!("prefix {what}") => invalid("prefix"),
+            pb::RemediateRepositoriesRequest { repositories: vec![], prefix, ..remediate.clone() });
+    }
+    for (what, name) in bad_names() {
+        case!(cat, compliance.remediate_repositories, format!("repositories[1] {what}") => invalid("repositories[1]"),
+            pb::RemediateRepositoriesRequest { repositories: vec![f.repo_a.clone(), name], ..remediate.clone() });
+    }
+    case!(cat, compliance.remediate_repositories, "1001 repositories" => invalid("repositories"),
+    pb::RemediateRepositoriesRequest {
+        repositories: (0..1001).map(|i| format!("payments/r{i}")).collect(),
+        ..remediate.clone()
+    });
+    for (what, rule) in [
+        ("SQL injection", SQL.to_owned()),
+        ("with NUL", "tags.required\0".into()),
+        ("upper case", "TAGS.REQUIRED".into()),
+    ] {
+        case!(cat, compliance.remediate_repositories, format!("rules[0] {what}") => invalid("rules[0]"),
+            pb::RemediateRepositoriesRequest { rules: vec![rule], ..remediate.clone() });
+    }
+    for (what, key) in [
+        ("empty key", String::new()),
+        ("key with NUL", "team\0".into()),
+        ("aws: key", "aws:team".into()),
+    ] {
+        case!(cat, compliance.remediate_repositories, format!("tags {what}") => invalid("tags"),
+            pb::RemediateRepositoriesRequest { tags: [(key, "payments".to_owned())].into_iter().collect(), ..remediate.clone() });
+    }
+    for (what, request_id) in bad_request_ids() {
+        case!(cat, compliance.remediate_repositories, format!("request_id {what}") => invalid("request_id"),
+            pb::RemediateRepositoriesRequest { request_id, ..remediate.clone() });
+    }
+    case!(cat, compliance.remediate_repositories, "a repository the cache does not have" => Expect::Code(Code::NotFound),
+        pb::RemediateRepositoriesRequest { repositories: vec!["payments/never-made".into()], ..remediate.clone() });
+    case!(cat, compliance.remediate_repositories, "a prefix no repository has" => Expect::Code(Code::NotFound),
+        pb::RemediateRepositoriesRequest { repositories: vec![], prefix: "payments/never-made-".into(), ..remediate.clone() });
+
+    // GetRemediationRun, CancelRemediationRun
+    let get = pb::GetRemediationRunRequest {
+        id: UNKNOWN_ID.into(),
+    };
+    identity_cases!(cat, compliance, get_remediation_run, get.clone());
+    for (what, id) in bad_ids() {
+        case!(cat, compliance.get_remediation_run, format!("id {what}") => invalid("id"),
+            pb::GetRemediationRunRequest { id });
+    }
+    case!(cat, compliance.get_remediation_run, "unknown id" => Expect::Code(Code::NotFound), get.clone());
+    let cancel = pb::CancelRemediationRunRequest {
+        id: UNKNOWN_ID.into(),
+    };
+    identity_cases!(cat, compliance, cancel_remediation_run, cancel.clone());
+    for (what, id) in bad_ids() {
+        case!(cat, compliance.cancel_remediation_run, format!("id {what}") => invalid("id"),
+            pb::CancelRemediationRunRequest { id });
+    }
+    case!(cat, compliance.cancel_remediation_run, "unknown id" => Expect::Code(Code::NotFound), cancel.clone());
+
+    // ListRemediationRuns
+    let runs = pb::ListRemediationRunsRequest::default();
+    identity_cases!(cat, compliance, list_remediation_runs, runs.clone());
+    for (what, registry) in bad_registries() {
+        case!(cat, compliance.list_remediation_runs, format!("registry {what}") => invalid("registry"),
+            pb::ListRemediationRunsRequest { registry, ..runs.clone() });
+    }
+    for (what, size) in bad_page_sizes() {
+        case!(cat, compliance.list_remediation_runs, format!("page_size {what}") => invalid("page_size"),
+            pb::ListRemediationRunsRequest { page_size: size, ..runs.clone() });
+    }
+    for (what, token) in bad_tokens(&f) {
+        case!(cat, compliance.list_remediation_runs, format!("page_token {what}") => invalid("page_token"),
+            pb::ListRemediationRunsRequest { page_token: token, ..runs.clone() });
+    }
+
     let channel = &f.gateway.channel;
-    for method in ["ListPolicyViolations", "GetComplianceSummary"] {
+    for method in [
+        "ListPolicyViolations",
+        "GetComplianceSummary",
+        "RemediateRepositories",
+        "GetRemediationRun",
+        "ListRemediationRuns",
+        "CancelRemediationRun",
+    ] {
         for (what, body) in garbage_bodies() {
             raw_case(
                 &mut cat,

@@ -217,6 +217,17 @@ impl Call {
         }));
     }
 
+    /// Records that the call is allowed because it concerns what the caller
+    /// itself started (`what` names it, e.g. a remediation run).
+    pub fn allow_own(&mut self, what: &str) {
+        self.record.authorization = Some(serde_json::json!({
+            "decision": "allow",
+            "action": self.record.event_name,
+            "resource": what,
+            "reason": "the caller started it",
+        }));
+    }
+
     /// Asks the policies whether the caller may do `action` (not the RPC's
     /// name: e.g. `PushImages` for a credential) on every one of `resources`,
     /// and records every decision. Any refusal refuses the whole call:

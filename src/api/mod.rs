@@ -74,6 +74,8 @@ pub struct AppState {
     pub syncer: crate::inventory::Syncer,
     /// Wakes the cleanup worker (a run was started or cancelled).
     pub cleanup_wake: Arc<tokio::sync::Notify>,
+    /// Wakes the remediation worker (a run was started or cancelled).
+    pub remediation_wake: Arc<tokio::sync::Notify>,
     /// The public key of the audit chain's signed digests, when one is configured.
     pub audit_key: Option<ed25519_dalek::VerifyingKey>,
     /// The key that seals page tokens and stream cursors.

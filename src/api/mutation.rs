@@ -89,6 +89,8 @@ pub enum CacheChange {
     },
     /// A cleanup run was started (the worker carries it out).
     StartCleanupRun(Box<NewRun>),
+    /// A remediation run and its items to record.
+    StartRemediationRun(Box<crate::store::remediation_runs::NewRun>),
     /// Nothing the gateway caches changed.
     Nothing,
 }
@@ -334,6 +336,7 @@ async fn apply_change(tx: &mut Tx, change: &CacheChange) -> Result<(), crate::st
             images::store_manifest_facts(tx, registry, repository, std::slice::from_ref(facts)).await
         }
         CacheChange::StartCleanupRun(run) => cleanup_runs::insert(tx, run).await,
+        CacheChange::StartRemediationRun(run) => crate::store::remediation_runs::insert(tx, run).await,
         CacheChange::Nothing => Ok(()),
     }
 }
@@ -356,7 +359,7 @@ fn invalidate_changed(store: &Store, change: &CacheChange) {
         } => store.invalidate(registry, name.as_str()),
         CacheChange::Pin(_) | CacheChange::Unpin { .. } => {}
         CacheChange::InsertException(_) | CacheChange::RevokeException { .. } => store.invalidate_all(),
-        CacheChange::StartCleanupRun(_) | CacheChange::Nothing => {}
+        CacheChange::StartCleanupRun(_) | CacheChange::StartRemediationRun(_) | CacheChange::Nothing => {}
     }
 }
 

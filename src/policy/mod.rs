@@ -42,7 +42,7 @@ pub use crate::config::{
 };
 pub use org_policy::OrgPolicy;
 pub use request::{RepositoryRequest, RepositorySpec};
-pub use tags::tag_filter_violations;
+pub use tags::{settable_tag_violations, tag_filter_violations};
 
 use regex::Regex;
 

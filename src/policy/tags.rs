@@ -203,6 +203,27 @@ pub fn tag_filter_violations(field: &str, tags: &BTreeMap<String, String>) -> Ve
         .collect()
 }
 
+/// AWS's limits on tags the gateway would set (e.g. RemediateRepositories'
+/// `tags`): a filter's rules, and no key under `aws:`, which AWS reserves.
+pub fn settable_tag_violations(field: &str, tags: &BTreeMap<String, String>) -> Vec<Violation> {
+    let mut violations = tag_filter_violations(field, tags);
+    for key in tags.keys() {
+        if key
+            .get(..RESERVED_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX))
+        {
+            violations.push(Violation::new(
+                field_of(field, key),
+                "tags.reserved-prefix",
+                format!(
+                    "`{key}` starts with `aws:`, which AWS reserves for its own tags; choose a key without it"
+                ),
+            ));
+        }
+    }
+    violations
+}
+
 fn count_violation(count: usize) -> Option<Violation> {
     (count > MAX_TAGS).then(|| {
         Violation::new(

@@ -412,8 +412,8 @@ pub struct Interrupted {
 /// Up to `limit` pending records whose call is certainly over, oldest
 /// first: the operation's lease has expired or another attempt ended it,
 /// or, without an operation, the record is older than `older_than`.
-/// Cleanup batches of unfinished runs are left out (the cleanup worker
-/// settles those).
+/// Cleanup batches and remediations of unfinished runs are left out (their
+/// workers settle those).
 pub async fn interrupted(
     pool: &PgPool,
     older_than: chrono::DateTime<chrono::Utc>,
@@ -428,6 +428,8 @@ pub async fn interrupted(
              AND CASE WHEN o.principal IS NOT NULL THEN o.state <> 'pending' OR o.lease_until < now()
                       ELSE e.event_time < $1 END
              AND NOT EXISTS (SELECT 1 FROM cleanup_run_items i JOIN cleanup_runs r ON r.id = i.run_id
+                             WHERE i.audit_event_id = e.event_id AND r.state IN ('pending', 'running'))
+             AND NOT EXISTS (SELECT 1 FROM remediation_items i JOIN remediation_runs r ON r.id = i.run_id
                              WHERE i.audit_event_id = e.event_id AND r.state IN ('pending', 'running'))
            ORDER BY e.event_time LIMIT $2"#,
         older_than,

@@ -11,6 +11,7 @@ pub mod image_reads;
 pub mod images;
 pub mod operations;
 pub mod pins;
+pub mod remediation_runs;
 pub mod repositories;
 pub mod scans;
 pub mod secrets;

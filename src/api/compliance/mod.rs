@@ -1,5 +1,8 @@
 //! `ecrgateway.v1.ComplianceService`: the org rules cached repositories
-//! break, read from what the compliance evaluation stored (no ECR call).
+//! break, read from what the compliance evaluation stored (no ECR call);
+//! remediation plans and runs in `remediation.rs`.
+
+mod remediation;
 
 use serde_json::{Value, json};
 
@@ -22,6 +25,10 @@ super::rpc::unary_rpcs! {
     ComplianceService, ComplianceApi, state {
         list_policy_violations(ListPolicyViolationsRequest) -> ListPolicyViolationsResponse = "ListPolicyViolations", Read, list;
         get_compliance_summary(GetComplianceSummaryRequest) -> GetComplianceSummaryResponse = "GetComplianceSummary", Read, summary;
+        remediate_repositories(RemediateRepositoriesRequest) -> RemediateRepositoriesResponse = "RemediateRepositories", Write, remediation::remediate;
+        get_remediation_run(GetRemediationRunRequest) -> RemediationRun = "GetRemediationRun", Read, remediation::get_run;
+        list_remediation_runs(ListRemediationRunsRequest) -> ListRemediationRunsResponse = "ListRemediationRuns", Read, remediation::list_runs;
+        cancel_remediation_run(CancelRemediationRunRequest) -> RemediationRun = "CancelRemediationRun", Write, remediation::cancel_run;
     }
 }
 

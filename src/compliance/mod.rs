@@ -8,6 +8,8 @@
 //! gateway changed it. Evaluations of one registry are serialised by an
 //! advisory lock, so replicas that evaluate at once write one result.
 
+pub mod remediation;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
