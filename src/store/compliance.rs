@@ -323,6 +323,10 @@ pub async fn list(pool: &sqlx::PgPool, filter: &ViolationFilter) -> Result<Vec<S
          FROM policy_violations pv WHERE pv.repository LIKE ",
     );
     query.push_bind(format!("{}%", super::repositories::escape_like(&filter.prefix)));
+    // A name sorts after its prefix: the primary key's scan starts there.
+    query
+        .push(" AND pv.repository >= ")
+        .push_bind(filter.prefix.clone());
     filter.visibility.push_condition(
         &mut query,
         "pv.account_id",
@@ -390,7 +394,7 @@ impl ViolationRow {
 }
 
 /// Counts of one rule or namespace.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Count {
     /// The rule id or namespace.
     pub key: String,
@@ -417,7 +421,10 @@ pub struct Summary {
     pub namespaces: Vec<Count>,
 }
 
-/// Counts over the visible repositories whose names start with `prefix`.
+/// Counts over the visible repositories whose names start with `prefix`:
+/// the repositories, then the violations per rule and per namespace in one
+/// pass over them (grouped per repository first, so that a repository with
+/// two violations of one rule counts once among that rule's repositories).
 pub async fn summary(
     pool: &sqlx::PgPool,
     visibility: &Visibility,
@@ -435,51 +442,59 @@ pub async fn summary(
         );
         query.build_query_scalar::<i64>().fetch_one(pool).await?
     };
-    let grouped = |key: &str| {
-        let mut query = sqlx::QueryBuilder::new(format!(
-            "SELECT {key} AS key, count(*) AS violations,
-                    count(DISTINCT (pv.account_id, pv.region, pv.repository)) AS repositories,
-                    count(*) FILTER (WHERE pv.mendable) AS mendable
-             FROM policy_violations pv WHERE pv.repository LIKE "
-        ));
-        query.push_bind(pattern.clone());
-        visibility.push_condition(
-            &mut query,
-            "pv.account_id",
-            "pv.region",
-            &super::visibility::namespace_of("pv.repository"),
-        );
-        query.push(" GROUP BY 1 ORDER BY 1");
-        query
+    let mut query = sqlx::QueryBuilder::new(
+        "WITH v AS MATERIALIZED (
+             SELECT pv.account_id, pv.region, pv.repository, pv.rule, pv.mendable
+             FROM policy_violations pv WHERE pv.repository LIKE ",
+    );
+    query.push_bind(pattern);
+    visibility.push_condition(
+        &mut query,
+        "pv.account_id",
+        "pv.region",
+        &super::visibility::namespace_of("pv.repository"),
+    );
+    query.push(
+        "), by_rule AS (
+             SELECT rule, count(*) AS n, count(*) FILTER (WHERE mendable) AS m
+             FROM v GROUP BY account_id, region, repository, rule
+         ), by_repository AS (
+             SELECT split_part(repository, '/', 1) AS namespace, count(*) AS n, count(*) FILTER (WHERE mendable) AS m
+             FROM v GROUP BY account_id, region, repository
+         )
+         SELECT true AS is_rule, rule AS key, sum(n)::bigint AS violations, count(*) AS repositories,
+                sum(m)::bigint AS mendable
+         FROM by_rule GROUP BY rule
+         UNION ALL
+         SELECT false, namespace, sum(n)::bigint, count(*), sum(m)::bigint FROM by_repository GROUP BY namespace
+         ORDER BY 1, 2",
+    );
+    let rows = query.build_query_as::<SummaryRow>().fetch_all(pool).await?;
+    let (rules, namespaces): (Vec<SummaryRow>, Vec<SummaryRow>) = rows.into_iter().partition(|r| r.is_rule);
+    let count = |r: SummaryRow| Count {
+        key: r.key,
+        violations: r.violations,
+        repositories: r.repositories,
+        mendable: r.mendable,
     };
-    let rules = grouped("pv.rule")
-        .build_query_as::<Count>()
-        .fetch_all(pool)
-        .await?;
-    let namespaces = grouped(&super::visibility::namespace_of("pv.repository"))
-        .build_query_as::<Count>()
-        .fetch_all(pool)
-        .await?;
-    let violating = {
-        let mut query = sqlx::QueryBuilder::new(
-            "SELECT count(DISTINCT (pv.account_id, pv.region, pv.repository)) FROM policy_violations pv WHERE pv.repository LIKE ",
-        );
-        query.push_bind(pattern);
-        visibility.push_condition(
-            &mut query,
-            "pv.account_id",
-            "pv.region",
-            &super::visibility::namespace_of("pv.repository"),
-        );
-        query.build_query_scalar::<i64>().fetch_one(pool).await?
-    };
+    let rules: Vec<Count> = rules.into_iter().map(count).collect();
+    let namespaces: Vec<Count> = namespaces.into_iter().map(count).collect();
     Ok(Summary {
         repositories,
-        violating,
+        violating: namespaces.iter().map(|c| c.repositories).sum(),
         violations: rules.iter().map(|c| c.violations).sum(),
         rules,
         namespaces,
     })
+}
+
+#[derive(sqlx::FromRow)]
+struct SummaryRow {
+    is_rule: bool,
+    key: String,
+    violations: i64,
+    repositories: i64,
+    mendable: i64,
 }
 
 /// Violations in force per (rule, namespace), for the gauge.
