@@ -56,6 +56,9 @@ pub const CACHE_ENTRIES: usize = 20_000;
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// The file it was read from (`--config`), for a reload on SIGHUP; not a setting.
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
     /// The gRPC listener and its limits.
     pub server: ServerConfig,
     /// The Postgres connection.
@@ -134,9 +137,11 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         let figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").lowercase(true));
-        figment
+        let mut config: Config = figment
             .extract()
-            .map_err(|e| ConfigError::one(describe_figment_error(e)))
+            .map_err(|e| ConfigError::one(describe_figment_error(e)))?;
+        config.source = path.map(Path::to_path_buf);
+        Ok(config)
     }
 
     /// [`Config::from_toml`] without the checks.

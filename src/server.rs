@@ -286,7 +286,7 @@ fn build_state(
 ) -> (Shared, AuditWriter) {
     let (audit, audit_writer) = AuditLog::start(store.clone());
     let state: Shared = Arc::new(AppState {
-        policy: Arc::new(policy),
+        policy: Arc::new(crate::policy::PolicyInForce::new(policy)),
         authz,
         store: store.clone(),
         registries,
@@ -335,7 +335,11 @@ async fn spawn_background(
     } = wiring;
     let store = &state.store;
     let registries = &state.registries;
-    tasks.spawn(reload_on_sighup(state.authz.clone(), stop.clone()));
+    tasks.spawn(reload_on_sighup(
+        state.clone(),
+        config.source.clone(),
+        stop.clone(),
+    ));
     if let Some(limits) = rate_limits {
         tasks.spawn(limits.clone().forget_idle_callers(stop.clone()));
     }
@@ -420,7 +424,7 @@ async fn spawn_background(
             crate::cleanup::worker::Worker {
                 store: store.clone(),
                 registries: registries.clone(),
-                protection: state.policy.config().cleanup.clone(),
+                protection: state.policy.current().config().cleanup.clone(),
                 holder: replica_name(),
                 lease: Duration::from_secs(config.cleanup.lease_seconds),
                 batch_size: config.cleanup.batch_size,
@@ -509,9 +513,16 @@ fn replica_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-/// Reloads the authorization policies and entity data on every SIGHUP. A
-/// broken reload keeps the policies in force and logs every problem.
-async fn reload_on_sighup(authz: Arc<Authorizer>, mut stop: watch::Receiver<bool>) {
+/// Reloads the authorization policies and entity data on every SIGHUP, and
+/// the org policy (`[policy]` of the configuration file, when the gateway
+/// was started with one), then judges every registry's compliance anew. A
+/// broken reload keeps what is in force and logs every problem.
+async fn reload_on_sighup(
+    state: Shared,
+    source: Option<std::path::PathBuf>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let authz = state.authz.clone();
     let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(signal) => signal,
         Err(error) => {
@@ -520,23 +531,57 @@ async fn reload_on_sighup(authz: Arc<Authorizer>, mut stop: watch::Receiver<bool
         }
     };
     loop {
-        tokio::select! {
+        let received = tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => return,
-            received = hangups.recv() => {
-                if received.is_none() {
-                    return;
-                }
-                match authz.reload() {
-                    Ok(loaded) => tracing::info!(
-                        policies = loaded.policies,
-                        entities = loaded.entities,
-                        "SIGHUP: authorization policies reloaded"
-                    ),
-                    Err(problems) => tracing::error!(
-                        problems = %problems.join("; "),
-                        "SIGHUP: the authorization policies did not reload; the previous ones stay in force"
-                    ),
-                }
+            received = hangups.recv() => received,
+        };
+        if received.is_none() {
+            return;
+        }
+        match authz.reload() {
+            Ok(loaded) => tracing::info!(
+                policies = loaded.policies,
+                entities = loaded.entities,
+                "SIGHUP: authorization policies reloaded"
+            ),
+            Err(problems) => tracing::error!(
+                problems = %problems.join("; "),
+                "SIGHUP: the authorization policies did not reload; the previous ones stay in force"
+            ),
+        }
+        if let Some(path) = &source {
+            reload_org_policy(&state, path).await;
+        }
+    }
+}
+
+/// Compiles `[policy]` of the configuration file anew and puts it in force,
+/// then judges every registry against it; a file that no longer loads, or a
+/// policy that does not compile, leaves the one in force.
+async fn reload_org_policy(state: &Shared, path: &std::path::Path) {
+    let policy = Config::load(Some(path))
+        .map_err(|e| e.problems)
+        .and_then(|config| OrgPolicy::compile(&config.policy));
+    let policy = match policy {
+        Ok(policy) => policy,
+        Err(problems) => {
+            tracing::error!(
+                problems = %problems.join("; "),
+                "SIGHUP: the org policy did not reload; the previous one stays in force"
+            );
+            return;
+        }
+    };
+    state.policy.replace(policy);
+    tracing::info!("SIGHUP: org policy reloaded; judging every registry against it");
+    let current = state.policy.current();
+    for registry in state.registries.all() {
+        match crate::compliance::evaluate_registry(&state.store, &current, &registry.reference).await {
+            Ok(evaluation) => {
+                tracing::info!(registry = %registry.reference.alias, ?evaluation, "compliance evaluated")
+            }
+            Err(error) => {
+                tracing::warn!(registry = %registry.reference.alias, "compliance evaluation failed: {error}")
             }
         }
     }

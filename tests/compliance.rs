@@ -16,6 +16,7 @@ use aws_sdk_ecr::types::{
 use common::{Gateway, Moto, TestDb, as_user, config, ecr_client, tagged_repository, unique};
 use ecr_gateway::pb;
 use ecr_gateway::pb::compliance_service_client::ComplianceServiceClient;
+use ecr_gateway::pb::repository_service_client::RepositoryServiceClient;
 use tonic::Code;
 
 const OPEN_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Sid":"anyone","Effect":"Allow","Principal":"*","Action":["ecr:BatchGetImage"]}]}"#;
@@ -511,4 +512,87 @@ async fn bad_filters_name_the_field_and_the_rule() {
         .expect_err("no identity");
     assert_eq!(anonymous.code(), Code::Unauthenticated);
     gateway.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_reloaded_on_sighup_judges_every_repository_anew() {
+    use common::process::Process;
+    let db = TestDb::create().await;
+    let text = common::config_text(&db, Moto::shared(), "");
+    let process = Process::start(&text).await;
+    let name = unique("payments", "reloaded");
+    RepositoryServiceClient::new(process.channel.clone())
+        .create_repository(alice(tagged_repository(&name)))
+        .await
+        .expect("create through the gateway");
+    let list = |channel: tonic::transport::Channel, name: String| async move {
+        ComplianceServiceClient::new(channel)
+            .list_policy_violations(admin(pb::ListPolicyViolationsRequest {
+                prefix: name,
+                ..Default::default()
+            }))
+            .await
+    };
+    // Compliant under the policy it started with (judged as it started and on the create).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match list(process.channel.clone(), name.clone()).await {
+            Ok(page) if page.get_ref().violations.is_empty() => break,
+            Ok(page) => panic!("compliant at first: {page:?}"),
+            Err(status) if status.code() == Code::Unavailable => {}
+            Err(status) => panic!("{status:?}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "never judged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The policy now also requires an `owner` tag.
+    let stricter = text.replace(
+        r#"required = ["team", "cost-center"]"#,
+        r#"required = ["team", "cost-center", "owner"]"#,
+    );
+    assert_ne!(stricter, text, "the tests' policy names its required tags");
+    std::fs::write(process.config_path(), stricter).expect("rewrite the config");
+    process.signal(libc::SIGHUP);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let violations = loop {
+        let page = list(process.channel.clone(), name.clone())
+            .await
+            .expect("list")
+            .into_inner();
+        if !page.violations.is_empty() {
+            break page.violations;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reloaded policy was never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(violations.len(), 1, "{violations:#?}");
+    assert_eq!(violations[0].rule, "tags.required");
+    assert!(violations[0].field.contains("owner"), "{violations:?}");
+
+    // A broken policy leaves the one in force.
+    std::fs::write(
+        process.config_path(),
+        text.replace(
+            r#"default_tag_mutability = "IMMUTABLE""#,
+            r#"default_tag_mutability = "MUTABLE""#,
+        ),
+    )
+    .expect("rewrite the config");
+    process.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let still = list(process.channel.clone(), name.clone())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        still.violations.len(),
+        1,
+        "the stricter policy stays in force: {still:?}"
+    );
+    process.terminate(Duration::from_secs(20));
 }

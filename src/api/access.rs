@@ -90,8 +90,9 @@ impl AccessApi {
         let registry = self.state.registry(&request.registry).or_record(&mut violations);
         let access = decode_access(request.access).or_record(&mut violations);
         let duration = decode_duration(request.duration.as_ref()).or_record(&mut violations);
+        let policy = self.state.policy.current();
         let limits = CredentialLimits {
-            namespaces: &self.state.policy.config().naming.namespaces,
+            namespaces: &policy.config().naming.namespaces,
             default_duration: Duration::from_secs(self.settings.default_duration_seconds),
             max_duration: Duration::from_secs(self.settings.max_duration_seconds),
             min_duration: Duration::from_secs(MIN_CREDENTIAL_SECONDS),

@@ -22,7 +22,6 @@ use std::time::Duration;
 use crate::audit::AuditLog;
 use crate::domain::{RepositoryName, Violation};
 use crate::ecr::{Registries, Registry};
-use crate::policy::OrgPolicy;
 use crate::store::Store;
 
 /// A list's optional repository filter: empty means none.
@@ -59,7 +58,7 @@ pub fn check_prefix(field: &str, prefix: &str) -> Option<Violation> {
 #[derive(Debug)]
 pub struct AppState {
     /// The compiled org policy.
-    pub policy: Arc<OrgPolicy>,
+    pub policy: Arc<crate::policy::PolicyInForce>,
     /// Who may do what (reloaded on SIGHUP).
     pub authz: Arc<crate::auth::authz::Authorizer>,
     /// Postgres.

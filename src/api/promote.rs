@@ -33,7 +33,7 @@ struct Promotion<'a> {
     target: RepositoryName,
     tag: ImageTag,
     /// The environment and its rules, when the gate applies.
-    gate: Option<(&'a str, &'a EnvironmentRules)>,
+    gate: Option<(&'a str, EnvironmentRules)>,
 }
 
 /// What ECR holds, read before anything changes.
@@ -172,7 +172,7 @@ async fn find(state: &AppState, promotion: &Promotion<'_>, log: &CallLog) -> Res
         .await
         .map_err(super::image::sync_error)?
         .ok_or_else(|| source_not_found(promotion))?;
-    let gate = match promotion.gate {
+    let gate = match &promotion.gate {
         Some((environment, rules)) => {
             Some(check_gate(state, promotion, &image.digest, environment, rules).await?)
         }

@@ -97,7 +97,10 @@ fn plan_create<'a>(
     violations.extend(decode_violations);
     let account = registry.and_then(|r| crate::domain::AccountId::parse(&r.reference.account_id).ok());
     let plan = match &account {
-        Some(account) => state.policy.plan_repository(&repository_request, account),
+        Some(account) => state
+            .policy
+            .current()
+            .plan_repository(&repository_request, account),
         None => Err(Vec::new()),
     };
     match (registry, plan) {
@@ -444,7 +447,7 @@ fn plan_update(
             violations: vec![v],
         }
     })?;
-    match state.policy.plan_repository(&merged, &account) {
+    match state.policy.current().plan_repository(&merged, &account) {
         Ok(spec) if violations.is_empty() => Ok(spec),
         Ok(_) => Err(ApiError::InvalidArgument {
             reason: "INVALID_REQUEST",

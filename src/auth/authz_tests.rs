@@ -68,10 +68,12 @@ fn the_schema_compiles_and_names_every_rpc_of_the_api() {
         .collect();
     assert!(rpcs.len() >= 35, "{rpcs:?}");
     // GetRegistryCredentials is authorized per scope entry as PullImages or
-    // PushImages; PromoteImage as PullImages on its source and PushImages on its target.
+    // PushImages; PromoteImage as PullImages on its source and PushImages on its target;
     let mut rpcs = rpcs;
     assert!(rpcs.remove("GetRegistryCredentials"), "{rpcs:?}");
     assert!(rpcs.remove("PromoteImage"), "{rpcs:?}");
+    // RemediateRepositories as UpdateRepository on every repository it selects.
+    assert!(rpcs.remove("RemediateRepositories"), "{rpcs:?}");
     rpcs.extend(["PullImages".to_owned(), "PushImages".to_owned()]);
     assert_eq!(
         actions, rpcs,
@@ -174,7 +176,10 @@ fn readers_read_and_admins_do_everything() {
             "UpdateScanningConfiguration"
             | "GetScanningConfiguration"
             | "StreamAuditEvents"
-            | "VerifyAuditLog" => Resource::Registry(main_registry()),
+            | "VerifyAuditLog"
+            | "GetRemediationRun"
+            | "ListRemediationRuns"
+            | "CancelRemediationRun" => Resource::Registry(main_registry()),
             "ListRepositories" | "SearchImages" => Resource::Namespace {
                 registry: main_registry(),
                 namespace: "legacy".into(),

@@ -18,8 +18,8 @@ use chrono::Utc;
 use tracing::Instrument as _;
 
 use crate::domain::{AccountId, PolicyFinding, RegistryRef, RepositoryName};
-use crate::policy::OrgPolicy;
 use crate::policy::compliance::PoliciesRead;
+use crate::policy::{OrgPolicy, PolicyInForce};
 use crate::store::compliance::{self, Judged, Replaced};
 use crate::store::{Store, StoreError};
 
@@ -138,7 +138,7 @@ const GATHER: Duration = Duration::from_millis(500);
 /// re-judges every registry.
 pub async fn run_watcher(
     store: Store,
-    policy: Arc<OrgPolicy>,
+    policy: Arc<PolicyInForce>,
     registries: Vec<RegistryRef>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -166,7 +166,7 @@ pub async fn run_watcher(
         if batch.closed {
             return;
         }
-        evaluate_changed(&store, &policy, &registries, batch).await;
+        evaluate_changed(&store, &policy.current(), &registries, batch).await;
     }
 }
 

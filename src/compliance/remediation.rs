@@ -31,7 +31,7 @@ use crate::domain::{
     RepositoryName,
 };
 use crate::ecr::{CallLog, EcrError, Registries, Registry};
-use crate::policy::OrgPolicy;
+use crate::policy::PolicyInForce;
 use crate::policy::remediation::{Mend, Remedy};
 use crate::store::remediation_runs::{self, ItemRow, RunRow};
 use crate::store::{Store, StoreError, audit_events, repositories};
@@ -46,8 +46,8 @@ pub struct RemediationWorker {
     pub store: Store,
     /// ECR.
     pub registries: Registries,
-    /// The org policy the repositories are mended to.
-    pub policy: Arc<OrgPolicy>,
+    /// The org policy the repositories are mended to (the one in force at each repository).
+    pub policy: Arc<PolicyInForce>,
     /// This replica's name in leases.
     pub holder: String,
     /// How long a hold on a run lasts without renewal.
@@ -186,7 +186,10 @@ impl RemediationWorker {
                 .await;
         };
         let given: BTreeMap<String, String> = serde_json::from_value(run.tags.clone()).unwrap_or_default();
-        let remedy = self.policy.remedy(&current, &account, &given, &run.rules);
+        let remedy = self
+            .policy
+            .current()
+            .remedy(&current, &account, &given, &run.rules);
         let interrupted = item.audit_event_id;
         if remedy.is_empty() && interrupted.is_none() {
             return self.record(run, item, "unchanged", &[], &remedy.left, "").await;

@@ -19,7 +19,7 @@ pub use images::{PAGE, SyncOutcome, Syncer, Trigger, facts_of};
 use images::drift_record;
 
 use crate::ecr::{CallLog, EcrError, Registry};
-use crate::policy::OrgPolicy;
+use crate::policy::PolicyInForce;
 use crate::store::{Store, StoreError, audit_events, repositories};
 
 /// What one reconcile of a registry did.
@@ -95,7 +95,7 @@ pub async fn sync_repositories(
 /// settings and tags, the image pass the policies it re-read.
 pub async fn run_sync_loop(
     syncer: Syncer,
-    policy: Arc<OrgPolicy>,
+    policy: Arc<PolicyInForce>,
     registries: Vec<Registry>,
     interval: Duration,
     concurrency: usize,
@@ -116,7 +116,7 @@ pub async fn run_sync_loop(
 
 async fn sync_registry(
     syncer: &Syncer,
-    policy: &Arc<OrgPolicy>,
+    policy: &Arc<PolicyInForce>,
     registry: &Registry,
     concurrency: usize,
     shutdown: &watch::Receiver<bool>,
@@ -135,9 +135,9 @@ async fn sync_registry(
 }
 
 /// Judges the registry's compliance anew; a failure waits for the next pass.
-async fn evaluate(syncer: &Syncer, policy: &Arc<OrgPolicy>, registry: &Registry) {
+async fn evaluate(syncer: &Syncer, policy: &PolicyInForce, registry: &Registry) {
     let alias = &registry.reference.alias;
-    match crate::compliance::evaluate_registry(&syncer.store, policy, &registry.reference).await {
+    match crate::compliance::evaluate_registry(&syncer.store, &policy.current(), &registry.reference).await {
         Ok(evaluation) => tracing::info!(registry = %alias, ?evaluation, "compliance evaluated"),
         Err(error) => tracing::warn!(registry = %alias, "compliance evaluation failed: {error}"),
     }

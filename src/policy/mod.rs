@@ -40,7 +40,7 @@ pub use crate::config::{
     AllowedValues, DEFAULT_NAMING_PATTERN, EncryptionConfig, EncryptionType, LifecycleTemplates,
     NamingConfig, OrgPolicyConfig, RepositoryPolicyConfig, SettingsConfig, TagConfig,
 };
-pub use org_policy::OrgPolicy;
+pub use org_policy::{OrgPolicy, PolicyInForce};
 pub use request::{RepositoryRequest, RepositorySpec};
 pub use tags::{settable_tag_violations, tag_filter_violations};
 

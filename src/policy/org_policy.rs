@@ -121,6 +121,28 @@ impl OrgPolicy {
     }
 }
 
+/// The org policy in force: swapped whole when SIGHUP reloads the
+/// configuration, so every reader sees one compiled policy or the next.
+#[derive(Debug)]
+pub struct PolicyInForce(arc_swap::ArcSwap<OrgPolicy>);
+
+impl PolicyInForce {
+    /// Starts with `policy`.
+    pub fn new(policy: OrgPolicy) -> PolicyInForce {
+        PolicyInForce(arc_swap::ArcSwap::from_pointee(policy))
+    }
+
+    /// The policy now.
+    pub fn current(&self) -> std::sync::Arc<OrgPolicy> {
+        self.0.load_full()
+    }
+
+    /// Puts `policy` in force.
+    pub fn replace(&self, policy: OrgPolicy) {
+        self.0.store(std::sync::Arc::new(policy));
+    }
+}
+
 /// The value of `result`, moving its problems into `sink`.
 fn keep<T, P>(result: Result<T, Vec<P>>, sink: &mut Vec<P>) -> Option<T> {
     result.map_err(|problems| sink.extend(problems)).ok()

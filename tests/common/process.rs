@@ -60,6 +60,12 @@ impl Process {
         }
     }
 
+    /// The configuration file it was started with (a test may rewrite it, then SIGHUP).
+    #[allow(dead_code)]
+    pub(crate) fn config_path(&self) -> &std::path::Path {
+        self._config.path()
+    }
+
     /// Sends `signal` (e.g. `libc::SIGHUP`) to the gateway.
     pub(crate) fn signal(&self, signal: i32) {
         let pid = i32::try_from(self.child.id()).expect("pid");

@@ -90,7 +90,8 @@ async fn delete_in_ecr(
     attempt: Attempt,
 ) -> Result<Done<pb::DeleteImagesResponse>, ApiError> {
     let store = &state.store;
-    let cleanup = &state.policy.config().cleanup;
+    let policy = state.policy.current();
+    let cleanup = &policy.config().cleanup;
     // ECR's state now, not the cache's: the decision must hold for what ECR will delete.
     let mut targets = Vec::with_capacity(selectors.len());
     for selector in selectors {

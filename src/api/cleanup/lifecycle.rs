@@ -95,7 +95,8 @@ pub(super) async fn preview(
     repository: &RepositoryName,
     policy: &LifecyclePolicy,
 ) -> Result<Preview, ApiError> {
-    let cleanup = &state.policy.config().cleanup;
+    let org = state.policy.current();
+    let cleanup = &org.config().cleanup;
     Ok(plan::preview(
         state.store.pool(),
         cleanup,
@@ -115,20 +116,24 @@ pub(in crate::api) fn retention_violations(
     repository: &RepositoryName,
     previewed: &Preview,
 ) -> Vec<Violation> {
-    plan::floor_breaches(&state.policy.config().cleanup, repository.as_str(), previewed)
-        .into_iter()
-        .map(|(floor, hit)| {
-            Violation::new(
-                "policy_text",
-                "cleanup.retention-floor",
-                format!(
-                    "the org policy keeps the {} newest images tagged `{}` in `{repository}`; this policy would \
+    plan::floor_breaches(
+        &state.policy.current().config().cleanup,
+        repository.as_str(),
+        previewed,
+    )
+    .into_iter()
+    .map(|(floor, hit)| {
+        Violation::new(
+            "policy_text",
+            "cleanup.retention-floor",
+            format!(
+                "the org policy keeps the {} newest images tagged `{}` in `{repository}`; this policy would \
                      expire {hit} of them: raise its counts or narrow its selections",
-                    floor.count, floor.tags
-                ),
-            )
-        })
-        .collect()
+                floor.count, floor.tags
+            ),
+        )
+    })
+    .collect()
 }
 
 pub(super) fn at_risk_error(at_risk: &[pb::PreviewedImage]) -> ApiError {

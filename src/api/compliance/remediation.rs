@@ -264,14 +264,13 @@ async fn plan(
     command: &Command<'_>,
 ) -> Result<Vec<pb::RepositoryRemediation>, ApiError> {
     let account = AccountId::parse(&registry.account_id).map_err(|v| invalid(vec![v]))?;
+    let policy = state.policy.current();
     let mut plans = Vec::with_capacity(names.len());
     for name in names {
         let Some(cached) = repositories::get(state.store.pool(), registry, name).await? else {
             continue;
         };
-        let remedy = state
-            .policy
-            .remedy(&cached.state, &account, &command.tags, &command.rules);
+        let remedy = policy.remedy(&cached.state, &account, &command.tags, &command.rules);
         plans.push(pb::RepositoryRemediation {
             repository: name.to_string(),
             changes: changes_of(&changes_json(&remedy.mends)),

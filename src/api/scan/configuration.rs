@@ -95,7 +95,8 @@ pub(super) async fn update_scanning_configuration(
             Err(v) => violations.push(v),
         }
     }
-    let config = state.policy.config();
+    let policy = state.policy.current();
+    let config = policy.config();
     violations.extend(gate::scanning_violations(
         enhanced,
         &rules,

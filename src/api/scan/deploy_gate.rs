@@ -3,12 +3,13 @@
 use super::*;
 
 /// The environment's rules, or INVALID_ARGUMENT naming the known ones.
-pub(in crate::api) fn environment_rules<'a>(
-    state: &'a AppState,
+pub(in crate::api) fn environment_rules(
+    state: &AppState,
     environment: &str,
-) -> Result<&'a gate::EnvironmentRules, Violation> {
-    let environments = &state.policy.config().deploy.environments;
-    environments.get(environment).ok_or_else(|| {
+) -> Result<gate::EnvironmentRules, Violation> {
+    let policy = state.policy.current();
+    let environments = &policy.config().deploy.environments;
+    environments.get(environment).cloned().ok_or_else(|| {
         Violation::new(
             "environment",
             "deploy.environment-unknown",
@@ -80,7 +81,7 @@ pub(super) async fn check_deployment(
         repository,
         &reference.selector,
         &request.environment,
-        rules,
+        &rules,
         now,
     )
     .await?;

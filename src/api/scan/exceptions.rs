@@ -87,7 +87,7 @@ pub(super) async fn create_exception(
         &request.justification,
         "exception.justification",
     ));
-    let max_days = state.policy.config().deploy.max_exception_days;
+    let max_days = state.policy.current().config().deploy.max_exception_days;
     let expires_at = time_of("expire_time", request.expire_time.as_ref())
         .and_then(|t| gate::check_expiry("expire_time", t, max_days, now))
         .or_record(&mut violations);
