@@ -540,6 +540,17 @@ impl From<EcrError> for ApiError {
                 ),
                 retry_after: refusal.retry_after,
             },
+            EcrError::Unsupported { operation } => ApiError::FailedPrecondition {
+                reason: "ENDPOINT_LACKS_API",
+                violations: vec![Precondition {
+                    kind: "ENDPOINT_LACKS_API".into(),
+                    subject: operation.to_owned(),
+                    description: format!(
+                        "the registry's ECR endpoint does not implement {operation} (an emulator such as moto, \
+                         or a partition without it); nothing was changed"
+                    ),
+                }],
+            },
             EcrError::Unavailable { operation, message } => {
                 tracing::warn!(operation, "ECR unavailable: {message}");
                 ApiError::Unavailable {

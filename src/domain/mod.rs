@@ -17,6 +17,7 @@ mod repository_name;
 mod repository_settings;
 mod scan;
 mod tag_pattern;
+mod templates;
 mod violation;
 
 pub use account_id::AccountId;
@@ -32,4 +33,5 @@ pub use repository_name::RepositoryName;
 pub use repository_settings::{Encryption, TagMutability};
 pub use scan::{Frequency, ScanFinding, ScanReport, Severity};
 pub use tag_pattern::{InvalidTagPattern, TagPattern};
+pub use templates::{APPLIED_FOR, CreationTemplate, PullThroughRule};
 pub use violation::Violation;

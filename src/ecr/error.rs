@@ -84,6 +84,14 @@ pub enum EcrError {
         /// What happened.
         message: String,
     },
+    /// The endpoint does not implement the operation (an emulator, or a
+    /// partition without the API): it answered HTTP 500/501 without an AWS
+    /// error document, or `UnknownOperationException`. → FAILED_PRECONDITION naming the API
+    #[error("{operation}: the ECR endpoint does not implement it")]
+    Unsupported {
+        /// The ECR operation.
+        operation: &'static str,
+    },
 }
 
 impl EcrError {
@@ -98,6 +106,7 @@ impl EcrError {
             | EcrError::Invalid { code, .. } => code,
             EcrError::CircuitOpen { .. } => "CircuitOpen",
             EcrError::Unavailable { .. } => "Unavailable",
+            EcrError::Unsupported { .. } => "Unsupported",
         }
     }
 
@@ -183,6 +192,41 @@ where
         };
     };
     classify_code(operation, code, message)
+}
+
+/// Operations the gateway calls that an endpoint may lack (moto lacks all
+/// of these): an answer that says so is [`EcrError::Unsupported`], and it is
+/// no sign that ECR is down (the circuit breaker does not count it).
+pub(crate) const OPTIONAL_OPERATIONS: &[&str] = &[
+    "DescribeRepositoryCreationTemplates",
+    "CreateRepositoryCreationTemplate",
+    "UpdateRepositoryCreationTemplate",
+    "DescribePullThroughCacheRules",
+];
+
+/// [`classify`] for an [`OPTIONAL_OPERATIONS`] call: an endpoint that
+/// answers HTTP 500 or 501 without an AWS error document (a JSON body), or
+/// with `UnknownOperationException`, does not implement the operation.
+pub(crate) fn classify_optional<E>(
+    operation: &'static str,
+    error: SdkError<E, aws_sdk_ecr::config::http::HttpResponse>,
+) -> EcrError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let lacks = error.code() == Some("UnknownOperationException")
+        || error.raw_response().is_some_and(|response| {
+            let status = response.status().as_u16();
+            let json = response
+                .body()
+                .bytes()
+                .is_some_and(|b| b.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{'));
+            matches!(status, 500 | 501) && !json
+        });
+    if lacks {
+        return EcrError::Unsupported { operation };
+    }
+    classify(operation, error)
 }
 
 /// Classifies by ECR's error code alone.

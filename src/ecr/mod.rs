@@ -13,6 +13,7 @@ mod images;
 mod repositories;
 mod scans;
 mod telemetry;
+mod templates;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -5,7 +5,7 @@
 //! lifecycle and repository policy calls (get, put, delete) in
 //! `repositories/policies.rs`.
 
-mod converge;
+pub(super) mod converge;
 mod policies;
 
 use std::collections::{BTreeMap, BTreeSet};

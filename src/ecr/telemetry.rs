@@ -210,6 +210,7 @@ fn outcome_of(error: &EcrError) -> &'static str {
         EcrError::AccessDenied { .. } => "access_denied",
         EcrError::Invalid { .. } => "invalid",
         EcrError::Unavailable { .. } => "unavailable",
+        EcrError::Unsupported { .. } => "unsupported",
         // Refused by the registry's circuit breaker: nothing was sent.
         EcrError::CircuitOpen { .. } => "circuit_open",
     }

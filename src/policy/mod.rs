@@ -35,6 +35,7 @@ mod repository_policy;
 mod request;
 mod settings;
 mod tags;
+pub mod templates;
 
 pub use crate::config::{
     AllowedValues, DEFAULT_NAMING_PATTERN, EncryptionConfig, EncryptionType, LifecycleTemplates,

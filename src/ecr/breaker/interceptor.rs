@@ -59,7 +59,15 @@ impl Intercept for BreakerInterceptor {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         if let Some(Admitted(admission)) = cfg.load::<Admitted>().cloned() {
-            self.breaker.settle(admission, outcome(context), Instant::now());
+            let optional = cfg
+                .load::<aws_smithy_runtime_api::client::orchestrator::Metadata>()
+                .is_some_and(|m| crate::ecr::error::OPTIONAL_OPERATIONS.contains(&m.name()));
+            let outcome = match outcome(context) {
+                // An endpoint without the operation answers 5xx for it; that says nothing of ECR's health.
+                Outcome::Down(_) if optional => Outcome::Unknown,
+                outcome => outcome,
+            };
+            self.breaker.settle(admission, outcome, Instant::now());
         }
         Ok(())
     }

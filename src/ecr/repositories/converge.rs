@@ -179,11 +179,18 @@ impl Registry {
 }
 
 fn exclusion_filters(spec: &RepositorySpec) -> Option<Vec<ImageTagMutabilityExclusionFilter>> {
-    if spec.exclusion_filters.is_empty() {
+    sdk_exclusion_filters(&spec.exclusion_filters)
+}
+
+/// ECR's form of wildcard exclusion filters; `None` for none.
+pub(in crate::ecr) fn sdk_exclusion_filters(
+    filters: &[String],
+) -> Option<Vec<ImageTagMutabilityExclusionFilter>> {
+    if filters.is_empty() {
         return None;
     }
     Some(
-        spec.exclusion_filters
+        filters
             .iter()
             .filter_map(|filter| {
                 ImageTagMutabilityExclusionFilter::builder()
@@ -208,7 +215,7 @@ fn encryption_configuration(encryption: &Encryption) -> EncryptionConfiguration 
         .unwrap_or_else(|_| unreachable!("encryption_type is always set"))
 }
 
-fn sdk_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
+pub(in crate::ecr) fn sdk_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
     tags.iter()
         .filter_map(|(key, value)| Tag::builder().key(key).value(value).build().ok())
         .collect()
