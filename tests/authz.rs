@@ -500,6 +500,33 @@ fn table(f: &Fixture) -> Vec<Rpc> {
         ComplianceServiceClient.cancel_remediation_run,
         |_: &S, _: &S, _: &S, id: &S| pb::CancelRemediationRunRequest { id: id.into() }
     );
+    rpc!(
+        t,
+        f,
+        "GetCreationTemplates",
+        Kind::Admin,
+        ComplianceServiceClient.get_creation_templates,
+        |_: &S, _: &S, _: &S, _: &S| pb::GetCreationTemplatesRequest::default()
+    );
+    rpc!(
+        t,
+        f,
+        "SyncCreationTemplates",
+        Kind::Admin,
+        ComplianceServiceClient.sync_creation_templates,
+        |_: &S, _: &S, _: &S, _: &S| pb::SyncCreationTemplatesRequest {
+            validate_only: true,
+            ..Default::default()
+        }
+    );
+    rpc!(
+        t,
+        f,
+        "ListPullThroughCacheRules",
+        Kind::Admin,
+        ComplianceServiceClient.list_pull_through_cache_rules,
+        |_: &S, _: &S, _: &S, _: &S| pb::ListPullThroughCacheRulesRequest::default()
+    );
     // CleanupService
     rpc!(
         t,

@@ -2784,8 +2784,41 @@ async fn compliance_service_refuses_bad_input_cleanly() {
             pb::ListRemediationRunsRequest { page_token: token, ..runs.clone() });
     }
 
+    // GetCreationTemplates, SyncCreationTemplates, ListPullThroughCacheRules (admin only)
+    let templates = pb::GetCreationTemplatesRequest::default();
+    identity_cases!(cat, compliance, get_creation_templates, templates.clone());
+    for (what, registry) in bad_registries() {
+        case!(cat, compliance.get_creation_templates, format!("registry {what}") => invalid("registry"),
+            pb::GetCreationTemplatesRequest { registry });
+    }
+    case!(cat, compliance.get_creation_templates, "a team member" => Expect::Code(Code::PermissionDenied), templates);
+    let sync = pb::SyncCreationTemplatesRequest {
+        validate_only: true,
+        ..Default::default()
+    };
+    identity_cases!(cat, compliance, sync_creation_templates, sync.clone());
+    for (what, registry) in bad_registries() {
+        case!(cat, compliance.sync_creation_templates, format!("registry {what}") => invalid("registry"),
+            pb::SyncCreationTemplatesRequest { registry, ..sync.clone() });
+    }
+    for (what, request_id) in bad_request_ids() {
+        case!(cat, compliance.sync_creation_templates, format!("request_id {what}") => invalid("request_id"),
+            pb::SyncCreationTemplatesRequest { request_id, validate_only: false, ..sync.clone() });
+    }
+    case!(cat, compliance.sync_creation_templates, "a team member" => Expect::Code(Code::PermissionDenied), sync);
+    let rules = pb::ListPullThroughCacheRulesRequest::default();
+    identity_cases!(cat, compliance, list_pull_through_cache_rules, rules.clone());
+    for (what, registry) in bad_registries() {
+        case!(cat, compliance.list_pull_through_cache_rules, format!("registry {what}") => invalid("registry"),
+            pb::ListPullThroughCacheRulesRequest { registry });
+    }
+    case!(cat, compliance.list_pull_through_cache_rules, "a team member" => Expect::Code(Code::PermissionDenied), rules);
+
     let channel = &f.gateway.channel;
     for method in [
+        "GetCreationTemplates",
+        "SyncCreationTemplates",
+        "ListPullThroughCacheRules",
         "ListPolicyViolations",
         "GetComplianceSummary",
         "RemediateRepositories",

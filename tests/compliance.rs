@@ -596,3 +596,75 @@ async fn a_policy_reloaded_on_sighup_judges_every_repository_anew() {
     );
     process.terminate(Duration::from_secs(20));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn templates_and_pull_through_rules_say_plainly_that_moto_lacks_them() {
+    let db = TestDb::create().await;
+    let gateway = gateway(&db, "").await;
+    let mut client = compliance(&gateway);
+
+    let denied = client
+        .get_creation_templates(alice(pb::GetCreationTemplatesRequest::default()))
+        .await
+        .expect_err("admin only");
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+
+    let lacking = [
+        (
+            "DescribeRepositoryCreationTemplates",
+            client
+                .get_creation_templates(admin(pb::GetCreationTemplatesRequest::default()))
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "DescribeRepositoryCreationTemplates",
+            client
+                .sync_creation_templates(admin(pb::SyncCreationTemplatesRequest {
+                    request_id: "sync-templates-1".into(),
+                    ..Default::default()
+                }))
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "DescribePullThroughCacheRules",
+            client
+                .list_pull_through_cache_rules(admin(pb::ListPullThroughCacheRulesRequest::default()))
+                .await
+                .map(|_| ()),
+        ),
+    ];
+    for (operation, answer) in lacking {
+        let status = answer.expect_err("moto lacks it");
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains(operation), "{status:?}");
+        let details = tonic_types::StatusExt::get_error_details(&status);
+        assert_eq!(
+            details.error_info().map(|i| i.reason.as_str()),
+            Some("ENDPOINT_LACKS_API")
+        );
+    }
+    // The registry stays healthy: no circuit opened, ECR still answers.
+    let health = tonic_health::pb::health_client::HealthClient::new(gateway.channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "ecrgateway.v1.Registry/main".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    // The sync's own failed call was recorded as failed, with the reason.
+    let pool = db.pool().await;
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE event_name = 'SyncCreationTemplates' AND status = 'failed'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    assert_eq!(recorded, 1);
+    gateway.stop().await.expect("stop");
+}

@@ -37,7 +37,7 @@ pub fn tag_mutability(value: i32, field: &str) -> Result<Option<TagMutability>, 
     }
 }
 
-fn tag_mutability_to_proto(value: TagMutability) -> pb::ImageTagMutability {
+pub(crate) fn tag_mutability_to_proto(value: TagMutability) -> pb::ImageTagMutability {
     match value {
         TagMutability::Mutable => pb::ImageTagMutability::Mutable,
         TagMutability::Immutable => pb::ImageTagMutability::Immutable,
@@ -122,6 +122,18 @@ pub fn request_from_state(state: &RepositoryState) -> RepositoryRequest {
     }
 }
 
+/// ECR's encryption as the API answers it.
+pub(crate) fn encryption_to_proto(encryption: &Encryption) -> pb::Encryption {
+    let (encryption_type, kms_key) = match encryption {
+        Encryption::Aes256 => (pb::EncryptionType::Aes256, String::new()),
+        Encryption::Kms { key } => (pb::EncryptionType::Kms, key.clone().unwrap_or_default()),
+    };
+    pb::Encryption {
+        encryption_type: encryption_type as i32,
+        kms_key,
+    }
+}
+
 fn non_empty(text: &str) -> Option<String> {
     (!text.trim().is_empty()).then(|| text.to_owned())
 }
@@ -135,18 +147,11 @@ fn settings_to_proto(
     lifecycle_policy: Option<&str>,
     repository_policy: Option<&str>,
 ) -> pb::RepositorySettings {
-    let (encryption_type, kms_key) = match encryption {
-        Encryption::Aes256 => (pb::EncryptionType::Aes256, String::new()),
-        Encryption::Kms { key } => (pb::EncryptionType::Kms, key.clone().unwrap_or_default()),
-    };
     pb::RepositorySettings {
         image_tag_mutability: tag_mutability_to_proto(tag_mutability) as i32,
         image_tag_mutability_exclusion_filters: exclusion_filters.to_vec(),
         scan_on_push: Some(scan_on_push),
-        encryption: Some(pb::Encryption {
-            encryption_type: encryption_type as i32,
-            kms_key,
-        }),
+        encryption: Some(encryption_to_proto(encryption)),
         tags: tags.clone().into_iter().collect(),
         lifecycle_policy: lifecycle_policy.unwrap_or_default().to_owned(),
         repository_policy: repository_policy.unwrap_or_default().to_owned(),

@@ -179,7 +179,10 @@ fn readers_read_and_admins_do_everything() {
             | "VerifyAuditLog"
             | "GetRemediationRun"
             | "ListRemediationRuns"
-            | "CancelRemediationRun" => Resource::Registry(main_registry()),
+            | "CancelRemediationRun"
+            | "GetCreationTemplates"
+            | "SyncCreationTemplates"
+            | "ListPullThroughCacheRules" => Resource::Registry(main_registry()),
             "ListRepositories" | "SearchImages" => Resource::Namespace {
                 registry: main_registry(),
                 namespace: "legacy".into(),

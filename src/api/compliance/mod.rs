@@ -3,6 +3,7 @@
 //! remediation plans and runs in `remediation.rs`.
 
 mod remediation;
+mod templates;
 
 use serde_json::{Value, json};
 
@@ -29,6 +30,9 @@ super::rpc::unary_rpcs! {
         get_remediation_run(GetRemediationRunRequest) -> RemediationRun = "GetRemediationRun", Read, remediation::get_run;
         list_remediation_runs(ListRemediationRunsRequest) -> ListRemediationRunsResponse = "ListRemediationRuns", Read, remediation::list_runs;
         cancel_remediation_run(CancelRemediationRunRequest) -> RemediationRun = "CancelRemediationRun", Write, remediation::cancel_run;
+        get_creation_templates(GetCreationTemplatesRequest) -> GetCreationTemplatesResponse = "GetCreationTemplates", Read, templates::get_templates;
+        sync_creation_templates(SyncCreationTemplatesRequest) -> SyncCreationTemplatesResponse = "SyncCreationTemplates", Write, templates::sync_templates;
+        list_pull_through_cache_rules(ListPullThroughCacheRulesRequest) -> ListPullThroughCacheRulesResponse = "ListPullThroughCacheRules", Read, templates::list_pull_through_rules;
     }
 }
 
