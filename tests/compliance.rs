@@ -668,3 +668,48 @@ async fn templates_and_pull_through_rules_say_plainly_that_moto_lacks_them() {
     assert_eq!(recorded, 1);
     gateway.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lifecycle_policy_that_would_expire_what_a_retention_floor_keeps_is_a_violation() {
+    let db = TestDb::create().await;
+    let ecr = ecr_client(Moto::shared()).await;
+    let name = unique("payments", "floored");
+    create_in_ecr(&ecr, &name, ImageTagMutability::Immutable, true).await;
+    ecr.put_lifecycle_policy()
+        .repository_name(&name)
+        .lifecycle_policy_text(
+            r#"{"rules":[{"rulePriority":1,"description":"keep one release","selection":{"tagStatus":"tagged","tagPatternList":["v*"],"countType":"imageCountMoreThan","countNumber":1},"action":{"type":"expire"}}]}"#,
+        )
+        .send()
+        .await
+        .expect("lifecycle policy");
+    for tag in ["v1", "v2", "v3"] {
+        common::images::push(&ecr, &name, tag, &format!("{name}-{tag}")).await;
+    }
+    let floors = "[policy.cleanup.namespaces.payments]\nkeep_newest = [{ tags = \"v*\", count = 2 }]\n";
+    let gateway = gateway(&db, floors).await;
+
+    let violations = wait_for(&gateway, &name, |pairs| {
+        pairs.contains(&pair(&name, "cleanup.retention-floor"))
+    })
+    .await;
+
+    let floor = violations
+        .iter()
+        .find(|v| v.rule == "cleanup.retention-floor")
+        .unwrap();
+    assert!(!floor.mendable);
+    assert!(floor.description.contains("keeps the 2 newest images tagged `v*`"), "{floor:?}");
+    assert!(floor.description.contains("would expire"), "{floor:?}");
+    let only = compliance(&gateway)
+        .list_policy_violations(admin(pb::ListPolicyViolationsRequest {
+            prefix: name.clone(),
+            rule: "cleanup.retention-floor".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("filter by the rule")
+        .into_inner();
+    assert_eq!(only.violations.len(), 1);
+    gateway.stop().await.expect("stop");
+}

@@ -79,7 +79,9 @@ async fn evaluate(
     let input = compliance::evaluation_input(&mut tx, registry, only).await?;
     let repositories = input.len();
     let input_synced_at = input.iter().map(|j| j.synced_at).min();
-    let findings = judge_all(policy.clone(), registry, input).await?;
+    let floored = floored(policy, &input);
+    let mut findings = judge_all(policy.clone(), registry, input).await?;
+    floor_findings(store, policy, registry, floored, &mut findings).await?;
     let replaced = compliance::replace(&mut tx, registry, only, &findings, now).await?;
     if only.is_none() {
         compliance::record_evaluation(
@@ -98,6 +100,61 @@ async fn evaluate(
         replaced,
         took: started.elapsed(),
     })
+}
+
+/// The repositories whose lifecycle policy (as read from ECR) a retention
+/// floor of `[policy.cleanup]` applies to, with the policy's text.
+fn floored(policy: &OrgPolicy, input: &[Judged]) -> Vec<(String, String)> {
+    let cleanup = &policy.config().cleanup;
+    input
+        .iter()
+        .filter(|j| j.policies_read)
+        .filter_map(|j| {
+            let name = j.state.name.as_str();
+            let text = j.state.lifecycle_policy.as_deref()?;
+            (!crate::policy::protection::floors_for(cleanup, name).is_empty())
+                .then(|| (name.to_owned(), text.to_owned()))
+        })
+        .collect()
+}
+
+/// `cleanup.retention-floor`: a lifecycle policy that, evaluated over the
+/// repository's cached images now, would expire images a retention floor
+/// keeps (the check SetLifecyclePolicy makes). Costs one read of the
+/// repository's images, only for repositories with a floor and a policy.
+async fn floor_findings(
+    store: &Store,
+    policy: &OrgPolicy,
+    registry: &RegistryRef,
+    floored: Vec<(String, String)>,
+    findings: &mut BTreeMap<String, Vec<PolicyFinding>>,
+) -> Result<(), EvaluationError> {
+    use crate::cleanup::plan::{Floors, floor_breaches, preview};
+    let cleanup = &policy.config().cleanup;
+    for (name, text) in floored {
+        // A policy the gateway's checks reject is reported by the lifecycle rules.
+        let Ok(lifecycle) =
+            crate::policy::lifecycle_model::LifecyclePolicy::parse(&text, "settings.lifecycle_policy")
+        else {
+            continue;
+        };
+        let previewed = preview(store.pool(), cleanup, registry, &name, &lifecycle, Floors::Ignore).await?;
+        for (floor, hit) in floor_breaches(cleanup, &name, &previewed) {
+            findings.entry(name.clone()).or_default().push(PolicyFinding {
+                rule: "cleanup.retention-floor".into(),
+                field: "settings.lifecycle_policy".into(),
+                actual: text.clone(),
+                wanted: format!("a policy that keeps the {} newest images tagged `{}`", floor.count, floor.tags),
+                mendable: false,
+                description: format!(
+                    "the org policy keeps the {} newest images tagged `{}` in `{name}`; its lifecycle policy would \
+                     expire {hit} of them (on the cached images now): raise its counts or narrow its selections",
+                    floor.count, floor.tags
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The findings per repository name, judged off the async workers (a

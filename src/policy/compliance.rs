@@ -17,6 +17,7 @@ pub const RULE_FAMILIES: &[&str] = &[
     "settings.",
     "lifecycle-policy.",
     "repository-policy.",
+    "cleanup.",
 ];
 
 /// The longest rule id a filter may name (the longest in use is 40).
