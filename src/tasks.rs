@@ -21,3 +21,31 @@ pub async fn pause(pause: Duration, stop: &mut watch::Receiver<bool>) -> bool {
         _ = stop.changed() => false,
     }
 }
+
+/// A worker over a queue in Postgres (cleanup runs, remediation runs): runs
+/// `take` — one unit of work; true when it found some — again at once after
+/// work, otherwise after `poll` or as soon as `wake` is notified, until
+/// `stop` flips.
+pub async fn work_queue<F, Fut>(
+    poll: Duration,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    mut stop: watch::Receiver<bool>,
+    mut take: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if take().await {
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = wake.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -699,7 +699,12 @@ async fn a_lifecycle_policy_that_would_expire_what_a_retention_floor_keeps_is_a_
         .find(|v| v.rule == "cleanup.retention-floor")
         .unwrap();
     assert!(!floor.mendable);
-    assert!(floor.description.contains("keeps the 2 newest images tagged `v*`"), "{floor:?}");
+    assert!(
+        floor
+            .description
+            .contains("keeps the 2 newest images tagged `v*`"),
+        "{floor:?}"
+    );
     assert!(floor.description.contains("would expire"), "{floor:?}");
     let only = compliance(&gateway)
         .list_policy_violations(admin(pb::ListPolicyViolationsRequest {

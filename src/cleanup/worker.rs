@@ -70,27 +70,24 @@ enum Stop {
 }
 
 /// Runs the worker until `stop`; `wake` makes it look for runs at once.
-pub async fn run_worker(worker: Worker, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
-    loop {
+pub async fn run_worker(worker: Worker, wake: Arc<Notify>, stop: watch::Receiver<bool>) {
+    let runs_stop = stop.clone();
+    let poll = worker.poll;
+    crate::tasks::work_queue(poll, wake, stop, || async {
         match cleanup_runs::claim_next(worker.store.pool(), &worker.holder, worker.lease).await {
             Ok(Some(run)) => {
-                let id = run.id;
-                tracing::info!(run = %id, attempt = run.attempts, "cleanup run taken up");
-                worker.execute(run, &stop).await;
-                continue;
+                tracing::info!(run = %run.id, attempt = run.attempts, "cleanup run taken up");
+                worker.execute(run, &runs_stop).await;
+                true
             }
-            Ok(None) => {}
-            Err(error) => tracing::warn!("looking for cleanup runs failed: {error}"),
+            Ok(None) => false,
+            Err(error) => {
+                tracing::warn!("looking for cleanup runs failed: {error}");
+                false
+            }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(worker.poll) => {}
-            _ = wake.notified() => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
-            return;
-        }
-    }
+    })
+    .await;
 }
 
 impl Worker {

@@ -75,26 +75,24 @@ enum Step {
 }
 
 /// Runs the worker until `stop`; `wake` makes it look for runs at once.
-pub async fn run_worker(worker: RemediationWorker, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
-    loop {
+pub async fn run_worker(worker: RemediationWorker, wake: Arc<Notify>, stop: watch::Receiver<bool>) {
+    let runs_stop = stop.clone();
+    let poll = worker.poll;
+    crate::tasks::work_queue(poll, wake, stop, || async {
         match remediation_runs::claim_next(worker.store.pool(), &worker.holder, worker.lease).await {
             Ok(Some(run)) => {
                 tracing::info!(run = %run.id, attempt = run.attempts, "remediation run taken up");
-                worker.execute(run, &stop).await;
-                continue;
+                worker.execute(run, &runs_stop).await;
+                true
             }
-            Ok(None) => {}
-            Err(error) => tracing::warn!("looking for remediation runs failed: {error}"),
+            Ok(None) => false,
+            Err(error) => {
+                tracing::warn!("looking for remediation runs failed: {error}");
+                false
+            }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(worker.poll) => {}
-            _ = wake.notified() => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
-            return;
-        }
-    }
+    })
+    .await;
 }
 
 impl RemediationWorker {

@@ -62,44 +62,36 @@ impl Registry {
         let filters = sdk_exclusion_filters(&template.exclusion_filters);
         let encryption = sdk_encryption(&template.encryption);
         let tags = Some(sdk_tags(&template.tags));
-        if exists {
-            self.budget.acquire("UpdateRepositoryCreationTemplate").await;
-            let output = self
-                .client
-                .update_repository_creation_template()
-                .prefix(&template.prefix)
-                .description(&template.description)
-                .set_applied_for(Some(applied_for))
-                .image_tag_mutability(mutability)
-                .set_image_tag_mutability_exclusion_filters(filters)
-                .encryption_configuration(encryption)
-                .set_resource_tags(tags)
-                .set_lifecycle_policy(template.lifecycle_policy.clone())
-                .set_repository_policy(template.repository_policy.clone())
-                .send()
-                .await
-                .inspect_err(|e| log.record(e.request_id()))
-                .map_err(|e| classify_optional("UpdateRepositoryCreationTemplate", e))?;
-            log.record(output.request_id());
-        } else {
-            self.budget.acquire("CreateRepositoryCreationTemplate").await;
-            let output = self
-                .client
-                .create_repository_creation_template()
-                .prefix(&template.prefix)
-                .description(&template.description)
-                .set_applied_for(Some(applied_for))
-                .image_tag_mutability(mutability)
-                .set_image_tag_mutability_exclusion_filters(filters)
-                .encryption_configuration(encryption)
-                .set_resource_tags(tags)
-                .set_lifecycle_policy(template.lifecycle_policy.clone())
-                .set_repository_policy(template.repository_policy.clone())
-                .send()
-                .await
-                .inspect_err(|e| log.record(e.request_id()))
-                .map_err(|e| classify_optional("CreateRepositoryCreationTemplate", e))?;
-            log.record(output.request_id());
+        // Create and Update take the same settings; their builders are distinct types.
+        macro_rules! send_with_settings {
+            ($builder:expr, $operation:literal) => {{
+                self.budget.acquire($operation).await;
+                let output = $builder
+                    .prefix(&template.prefix)
+                    .description(&template.description)
+                    .set_applied_for(Some(applied_for))
+                    .image_tag_mutability(mutability)
+                    .set_image_tag_mutability_exclusion_filters(filters)
+                    .encryption_configuration(encryption)
+                    .set_resource_tags(tags)
+                    .set_lifecycle_policy(template.lifecycle_policy.clone())
+                    .set_repository_policy(template.repository_policy.clone())
+                    .send()
+                    .await
+                    .inspect_err(|e| log.record(e.request_id()))
+                    .map_err(|e| classify_optional($operation, e))?;
+                log.record(output.request_id());
+            }};
+        }
+        match exists {
+            true => send_with_settings!(
+                self.client.update_repository_creation_template(),
+                "UpdateRepositoryCreationTemplate"
+            ),
+            false => send_with_settings!(
+                self.client.create_repository_creation_template(),
+                "CreateRepositoryCreationTemplate"
+            ),
         }
         Ok(())
     }
