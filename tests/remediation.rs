@@ -287,6 +287,9 @@ async fn a_dry_run_plans_a_run_mends_in_ecr_and_a_second_run_changes_nothing() {
         .into_inner();
     let ids: Vec<&str> = listed.runs.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids, [second.id.as_str(), id.as_str()]);
+    let progress = listed.runs[1].counts.expect("counts");
+    assert_eq!((progress.mended, progress.pending), (2, 0), "{progress:?}");
+    assert_eq!(listed.runs[0].counts.map(|c| c.unchanged), Some(2));
     let cancel = client
         .cancel_remediation_run(alice(pb::CancelRemediationRunRequest { id: id.clone() }))
         .await

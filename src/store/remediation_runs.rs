@@ -385,3 +385,15 @@ pub async fn busy(
     .await?;
     Ok(rows.into_iter().map(|r| (r.repository, r.run_id)).collect())
 }
+
+/// Each run's items by outcome: (run, outcome, count).
+pub async fn counts(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<(Uuid, String, i64)>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT run_id, outcome, count(*) AS "count!" FROM remediation_items
+           WHERE run_id = ANY($1) GROUP BY run_id, outcome"#,
+        ids,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.run_id, r.outcome, r.count)).collect())
+}

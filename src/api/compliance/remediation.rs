@@ -427,6 +427,8 @@ pub(super) async fn list_runs(
     let next_page_token = next_token(&mut rows, limit, |r| {
         key.encode(&fingerprint, &(r.created_at, r.id))
     });
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let counts = remediation_runs::counts(state.store.pool(), &ids).await?;
     let runs: Vec<pb::RemediationRun> = rows
         .iter()
         .map(|run| {
@@ -434,7 +436,10 @@ pub(super) async fn list_runs(
                 .registries
                 .alias_of(&run.account_id, &run.region)
                 .unwrap_or_default();
-            run_message(alias, run, &[])
+            pb::RemediationRun {
+                counts: Some(counts_of(run.id, &counts)),
+                ..run_message(alias, run, &[])
+            }
         })
         .collect();
     let elements = json!({"count": runs.len(), "nextPageToken": !next_page_token.is_empty()});
@@ -445,6 +450,30 @@ pub(super) async fn list_runs(
         },
         elements,
     ))
+}
+
+/// The counts of `run` among `counts` (run, outcome, count).
+fn counts_of(run: Uuid, counts: &[(Uuid, String, i64)]) -> pb::RemediationRunCounts {
+    let mut message = pb::RemediationRunCounts::default();
+    for (_, outcome, count) in counts.iter().filter(|(id, _, _)| *id == run) {
+        let slot = match outcome.as_str() {
+            "pending" => &mut message.pending,
+            "mended" => &mut message.mended,
+            "unchanged" => &mut message.unchanged,
+            "gone" => &mut message.gone,
+            "failed" => &mut message.failed,
+            "cancelled" => &mut message.cancelled,
+            _ => continue,
+        };
+        *slot += count;
+    }
+    message
+}
+
+/// Counts from the items themselves (a run's full answer).
+fn counted(run: Uuid, items: &[ItemRow]) -> pb::RemediationRunCounts {
+    let counts: Vec<(Uuid, String, i64)> = items.iter().map(|i| (run, i.outcome.clone(), 1)).collect();
+    counts_of(run, &counts)
 }
 
 fn run_message(alias: &str, run: &RunRow, items: &[ItemRow]) -> pb::RemediationRun {
@@ -468,6 +497,7 @@ fn run_message(alias: &str, run: &RunRow, items: &[ItemRow]) -> pb::RemediationR
         rules: run.rules.clone(),
         repositories: items.iter().map(|i| item_message(alias, i)).collect(),
         error: run.error.clone(),
+        counts: Some(counted(run.id, items)),
     }
 }
 
