@@ -32,6 +32,7 @@ use crate::domain::{
 };
 use crate::ecr::{CallLog, EcrError, Registries, Registry};
 use crate::policy::PolicyInForce;
+use crate::policy::compliance::PoliciesRead;
 use crate::policy::remediation::{Mend, Remedy};
 use crate::store::remediation_runs::{self, ItemRow, RunRow};
 use crate::store::{Store, StoreError, audit_events, repositories};
@@ -184,10 +185,11 @@ impl RemediationWorker {
                 .await;
         };
         let given: BTreeMap<String, String> = serde_json::from_value(run.tags.clone()).unwrap_or_default();
+        // `fetch_repository` read both policies.
         let remedy = self
             .policy
             .current()
-            .remedy(&current, &account, &given, &run.rules);
+            .remedy(&current, &account, &given, &run.rules, PoliciesRead::Yes);
         let interrupted = item.audit_event_id;
         if remedy.is_empty() && interrupted.is_none() {
             return self.record(run, item, "unchanged", &[], &remedy.left, "").await;

@@ -47,15 +47,18 @@ impl OrgPolicy {
     /// where they can be, with `given` values for tags (a required tag
     /// without a default needs one), and the policy's default tags added to
     /// a repository without them (adoption: `managed-by`). With `only`
-    /// non-empty, only findings of those rule ids are mended.
+    /// non-empty, only findings of those rule ids are mended. With
+    /// `policies` [`PoliciesRead::No`] the state's policies are not known, so
+    /// neither is judged nor changed.
     pub fn remedy(
         &self,
         state: &RepositoryState,
         registry_account: &AccountId,
         given: &BTreeMap<String, String>,
         only: &[String],
+        policies: PoliciesRead,
     ) -> Remedy {
-        let findings = self.judge(state, registry_account, PoliciesRead::Yes);
+        let findings = self.judge(state, registry_account, policies);
         let wanted = |f: &PolicyFinding| only.is_empty() || only.iter().any(|r| r == &f.rule);
         let mut spec = spec_of(state);
         let mut mends = Vec::new();

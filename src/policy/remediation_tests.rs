@@ -52,7 +52,13 @@ fn fields(remedy: &Remedy) -> Vec<&str> {
 fn a_cli_repository_is_mended_setting_by_setting_and_adopted() {
     let given = BTreeMap::from([("team".to_owned(), "payments".to_owned())]);
 
-    let remedy = policy().remedy(&made_by_cli("payments/legacy"), &own(), &given, &[]);
+    let remedy = policy().remedy(
+        &made_by_cli("payments/legacy"),
+        &own(),
+        &given,
+        &[],
+        PoliciesRead::Yes,
+    );
 
     assert_eq!(
         fields(&remedy),
@@ -83,7 +89,13 @@ fn a_cli_repository_is_mended_setting_by_setting_and_adopted() {
 fn a_mended_repository_needs_nothing_more() {
     let given = BTreeMap::from([("team".to_owned(), "payments".to_owned())]);
     let policy = policy();
-    let first = policy.remedy(&made_by_cli("payments/legacy"), &own(), &given, &[]);
+    let first = policy.remedy(
+        &made_by_cli("payments/legacy"),
+        &own(),
+        &given,
+        &[],
+        PoliciesRead::Yes,
+    );
     let spec = first.spec;
     let mended = RepositoryState {
         tags: spec.tags,
@@ -95,7 +107,7 @@ fn a_mended_repository_needs_nothing_more() {
         ..made_by_cli("payments/legacy")
     };
 
-    let again = policy.remedy(&mended, &own(), &given, &[]);
+    let again = policy.remedy(&mended, &own(), &given, &[], PoliciesRead::Yes);
 
     assert!(again.is_empty(), "{again:?}");
 }
@@ -105,7 +117,7 @@ fn a_required_tag_without_a_value_and_unmendable_rules_are_left() {
     let mut state = made_by_cli("legacy-app");
     state.encryption = Encryption::Kms { key: None };
 
-    let remedy = policy().remedy(&state, &own(), &BTreeMap::new(), &[]);
+    let remedy = policy().remedy(&state, &own(), &BTreeMap::new(), &[], PoliciesRead::Yes);
 
     let left: Vec<&str> = remedy.left.iter().map(|f| f.rule.as_str()).collect();
     assert!(left.contains(&"tags.required"), "{left:?}");
@@ -128,6 +140,7 @@ fn only_the_named_rules_are_mended() {
         &own(),
         &given,
         &["settings.scan-on-push".to_owned()],
+        PoliciesRead::Yes,
     );
 
     assert_eq!(
@@ -153,7 +166,7 @@ fn a_repository_policy_loses_only_the_statements_the_guard_forbids() {
             .into(),
     );
 
-    let remedy = policy().remedy(&state, &own(), &BTreeMap::new(), &[]);
+    let remedy = policy().remedy(&state, &own(), &BTreeMap::new(), &[], PoliciesRead::Yes);
 
     let after = remedy.spec.repository_policy.expect("a statement remains");
     assert!(
@@ -175,7 +188,7 @@ fn a_policy_of_forbidden_statements_only_is_deleted() {
         r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Principal":"*","Action":"ecr:*"}}"#.into(),
     );
 
-    let remedy = policy().remedy(&state, &own(), &BTreeMap::new(), &[]);
+    let remedy = policy().remedy(&state, &own(), &BTreeMap::new(), &[], PoliciesRead::Yes);
 
     assert_eq!(remedy.spec.repository_policy, None);
 }
@@ -186,7 +199,7 @@ fn exclusion_filters_the_policy_does_not_allow_are_dropped() {
     state.tag_mutability = TagMutability::ImmutableWithExclusion;
     state.exclusion_filters = vec!["latest".into(), "dev-*".into()];
 
-    let remedy = policy().remedy(&state, &own(), &BTreeMap::new(), &[]);
+    let remedy = policy().remedy(&state, &own(), &BTreeMap::new(), &[], PoliciesRead::Yes);
 
     assert_eq!(remedy.spec.tag_mutability, TagMutability::ImmutableWithExclusion);
     assert_eq!(remedy.spec.exclusion_filters, ["latest"]);
@@ -196,4 +209,27 @@ fn exclusion_filters_the_policy_does_not_allow_are_dropped() {
         .find(|m| m.field == "settings.image_tag_mutability")
         .unwrap();
     assert_eq!(mend.after, "IMMUTABLE_WITH_EXCLUSION (latest)");
+}
+
+#[test]
+fn policies_never_read_are_neither_judged_nor_changed() {
+    let given = BTreeMap::from([("team".to_owned(), "payments".to_owned())]);
+
+    let remedy = policy().remedy(
+        &made_by_cli("payments/legacy"),
+        &own(),
+        &given,
+        &[],
+        PoliciesRead::No,
+    );
+
+    assert!(
+        remedy
+            .mends
+            .iter()
+            .all(|m| m.field != "settings.lifecycle_policy"),
+        "{remedy:?}"
+    );
+    assert_eq!(remedy.spec.lifecycle_policy, None);
+    assert!(remedy.mends.iter().any(|m| m.field == "settings.scan_on_push"));
 }

@@ -30,6 +30,8 @@ pub struct CachedRepository {
     pub state: RepositoryState,
     /// When ECR last confirmed it.
     pub synced_at: DateTime<Utc>,
+    /// When its lifecycle and repository policies were read from ECR (`None`: never).
+    pub policies_read_at: Option<DateTime<Utc>>,
 }
 
 /// Filters of a repository listing.
@@ -371,6 +373,7 @@ impl RepositoryRow {
             account_id: self.account_id,
             region: self.region,
             synced_at: self.synced_at,
+            policies_read_at: self.policies_synced_at,
             state: RepositoryState {
                 name,
                 arn: self.arn,

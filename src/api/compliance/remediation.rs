@@ -19,7 +19,7 @@ use crate::compliance::remediation::{changes_json, findings_json};
 use crate::domain::{AccountId, RegistryRef, RepositoryName, Violation};
 use crate::ecr::Registry;
 use crate::pb;
-use crate::policy::compliance::is_rule_id;
+use crate::policy::compliance::{PoliciesRead, is_rule_id};
 use crate::store::remediation_runs::{self, Cancel, ItemRow, NewRun, RunRow};
 use crate::store::repositories;
 
@@ -270,13 +270,25 @@ async fn plan(
         let Some(cached) = repositories::get(state.store.pool(), registry, name).await? else {
             continue;
         };
-        let remedy = policy.remedy(&cached.state, &account, &command.tags, &command.rules);
+        let read = match cached.policies_read_at {
+            Some(_) => PoliciesRead::Yes,
+            None => PoliciesRead::No,
+        };
+        let remedy = policy.remedy(&cached.state, &account, &command.tags, &command.rules, read);
+        let message = match read {
+            PoliciesRead::Yes => String::new(),
+            PoliciesRead::No => {
+                "its lifecycle and repository policies have not been read from ECR yet (the sync \
+                                 reads them within a day): a run reads them first and mends them too"
+                    .to_owned()
+            }
+        };
         plans.push(pb::RepositoryRemediation {
             repository: name.to_string(),
             changes: changes_of(&changes_json(&remedy.mends)),
             left: left_of(&registry.alias, name.as_str(), &findings_json(&remedy.left)),
             outcome: pb::RemediationOutcome::Unspecified as i32,
-            message: String::new(),
+            message,
         });
     }
     Ok(plans)
