@@ -3,6 +3,7 @@
 //! remediation plans and runs in `remediation.rs`.
 
 mod remediation;
+mod run_messages;
 mod templates;
 
 use serde_json::{Value, json};
