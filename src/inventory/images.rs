@@ -155,7 +155,7 @@ impl Syncer {
                 let record = removal_record(&registry.reference, repository, &removed, log);
                 audit_events::insert(&mut tx, &record).await?;
             }
-            settings.write(&mut tx, &registry.reference, started).await?;
+            settings.write(&mut tx, &registry.reference, started, log).await?;
             if let Some(policies) = &policies {
                 policies
                     .write(&mut tx, &registry.reference, repository, log)
@@ -391,7 +391,7 @@ impl Syncer {
                 }
             }
             if let Some(settings) = &settings {
-                settings.write(&mut tx, &registry.reference, read_at).await?;
+                settings.write(&mut tx, &registry.reference, read_at, log).await?;
             }
             tx.commit().await.map_err(StoreError::from)
         }
@@ -435,13 +435,27 @@ struct ReadSettings {
 }
 
 impl ReadSettings {
-    /// Writes the settings as read by `read_at`, in the transaction of the image facts.
+    /// Writes the settings as read by `read_at`, in the transaction of the
+    /// image facts. Settings (and, read with them, tags) that differ from a
+    /// cached row written before the read changed outside the gateway (drift)
+    /// and leave an audit event, as the registry listing's do.
     async fn write(
         &self,
         tx: &mut crate::store::Tx,
         registry: &crate::domain::RegistryRef,
         read_at: chrono::DateTime<Utc>,
+        log: &CallLog,
     ) -> Result<(), StoreError> {
+        let cached = repositories::cached_state(tx, registry, &self.state.name).await?;
+        if let Some((mut before, _)) = cached.filter(|(_, at)| *at < read_at) {
+            if !self.with_tags {
+                before.tags = self.state.tags.clone();
+            }
+            let changes = crate::domain::setting_changes(&before, &self.state);
+            if !changes.is_empty() {
+                audit_events::insert(tx, &drift_record(registry, &self.state.name, &changes, log)).await?;
+            }
+        }
         let tags = self.with_tags.then_some(&self.state.tags);
         repositories::refresh_described(tx, registry, &self.state, tags, read_at).await
     }

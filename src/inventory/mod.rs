@@ -48,8 +48,9 @@ pub enum SyncError {
 
 /// Lists the registry's repositories and replaces its cache rows. A cached
 /// repository whose settings or tags ECR now lists differently changed
-/// outside the gateway (writes through the gateway update the cache at once):
-/// each such drift leaves an audit event, in the same transaction.
+/// outside the gateway (writes through the gateway update the cache at once,
+/// and rows written after the listing began are left alone): each such drift
+/// leaves an audit event, in the same transaction.
 pub async fn sync_repositories(
     store: &Store,
     registry: &Registry,
@@ -62,7 +63,8 @@ pub async fn sync_repositories(
         let cached = repositories::cached_states(&mut tx, &registry.reference).await?;
         let mut drifted = 0;
         for state in &states {
-            let Some(before) = cached.get(state.name.as_str()) else {
+            // A row written after the listing began is newer than it (replace_registry keeps it).
+            let Some((before, _)) = cached.get(state.name.as_str()).filter(|(_, at)| *at < started) else {
                 continue;
             };
             let changes = crate::domain::setting_changes(before, state);

@@ -149,7 +149,9 @@ pub async fn exists(pool: &sqlx::PgPool, registry: &RegistryRef, name: &str) -> 
 
 /// Replaces a registry's rows with what a full listing of ECR returned, in one
 /// transaction: rows are upserted in one statement (policies, which a listing
-/// does not read, are kept), and rows ECR no longer has are removed.
+/// does not read, are kept), and rows ECR no longer has are removed. A row
+/// written after the listing began (`synced_at`: a create or update through
+/// the gateway, a read-through) is newer than the listing and stays as it is.
 pub async fn replace_registry(
     tx: &mut Tx,
     registry: &RegistryRef,
@@ -191,7 +193,8 @@ pub async fn replace_registry(
                tag_mutability = EXCLUDED.tag_mutability, exclusion_filters = EXCLUDED.exclusion_filters,
                scan_on_push = EXCLUDED.scan_on_push, encryption_type = EXCLUDED.encryption_type,
                kms_key = EXCLUDED.kms_key, tags = EXCLUDED.tags, synced_at = EXCLUDED.synced_at,
-               settings_synced_at = EXCLUDED.settings_synced_at"#,
+               settings_synced_at = EXCLUDED.settings_synced_at
+           WHERE repositories.synced_at <= EXCLUDED.synced_at"#,
         registry.account_id,
         registry.region,
         &names,
@@ -209,10 +212,12 @@ pub async fn replace_registry(
     .execute(&mut **tx)
     .await?;
     let removed = sqlx::query!(
-        r#"DELETE FROM repositories WHERE account_id = $1 AND region = $2 AND NOT (name = ANY($3))"#,
+        r#"DELETE FROM repositories
+           WHERE account_id = $1 AND region = $2 AND NOT (name = ANY($3)) AND synced_at < $4"#,
         registry.account_id,
         registry.region,
         &names,
+        synced_at,
     )
     .execute(&mut **tx)
     .await?
@@ -465,11 +470,11 @@ pub async fn write_policies(
 }
 
 /// The registry's cached repositories by name, as a listing of ECR would
-/// compare them (settings and tags).
+/// compare them (settings and tags), each with when ECR last confirmed it.
 pub async fn cached_states(
     tx: &mut Tx,
     registry: &RegistryRef,
-) -> Result<std::collections::HashMap<String, RepositoryState>, StoreError> {
+) -> Result<std::collections::HashMap<String, (RepositoryState, DateTime<Utc>)>, StoreError> {
     let rows = sqlx::query_as!(
         RepositoryRow,
         r#"SELECT account_id, region, name, arn, uri, created_at, tag_mutability, exclusion_filters,
@@ -484,6 +489,29 @@ pub async fn cached_states(
     Ok(rows
         .into_iter()
         .filter_map(RepositoryRow::into_cached)
-        .map(|cached| (cached.state.name.to_string(), cached.state))
+        .map(|cached| (cached.state.name.to_string(), (cached.state, cached.synced_at)))
         .collect())
+}
+
+/// One cached repository as [`cached_states`] gives it (inside `tx`).
+pub async fn cached_state(
+    tx: &mut Tx,
+    registry: &RegistryRef,
+    name: &RepositoryName,
+) -> Result<Option<(RepositoryState, DateTime<Utc>)>, StoreError> {
+    let row = sqlx::query_as!(
+        RepositoryRow,
+        r#"SELECT account_id, region, name, arn, uri, created_at, tag_mutability, exclusion_filters,
+                  scan_on_push, encryption_type, kms_key, tags, lifecycle_policy, repository_policy, synced_at,
+                  policies_synced_at
+           FROM repositories WHERE account_id = $1 AND region = $2 AND name = $3"#,
+        registry.account_id,
+        registry.region,
+        name.as_str(),
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row
+        .and_then(RepositoryRow::into_cached)
+        .map(|cached| (cached.state, cached.synced_at)))
 }
