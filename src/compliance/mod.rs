@@ -3,9 +3,9 @@
 //! `policy_violations` as a diff, so the violations a portal lists are read
 //! from Postgres with no ECR call and no judging on the read path.
 //!
-//! It runs after each repository listing and image pass of the sync
-//! (`inventory::run_sync_loop`), and for one repository right after the
-//! gateway changed it. Evaluations of one registry are serialised by an
+//! It runs for the whole registry at start, after each image pass of the
+//! sync (`inventory::run_sync_loop`) and on SIGHUP, and for one repository
+//! whenever Postgres notifies that its rows changed ([`run_watcher`]). Evaluations of one registry are serialised by an
 //! advisory lock, so replicas that evaluate at once write one result.
 
 pub mod remediation;

@@ -89,7 +89,9 @@ pub fn policy_changes(
     changes
 }
 
-fn same_document(a: Option<&str>, b: Option<&str>) -> bool {
+/// Two policy documents (lifecycle, repository, template) are the same when
+/// both are absent, or their texts or the JSON they parse to are equal.
+pub fn same_document(a: Option<&str>, b: Option<&str>) -> bool {
     match (a, b) {
         (Some(a), Some(b)) if a != b => {
             let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();

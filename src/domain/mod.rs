@@ -22,7 +22,7 @@ mod violation;
 
 pub use account_id::AccountId;
 pub use audit::*;
-pub use compliance::{PolicyFinding, SettingChange, policy_changes, setting_changes};
+pub use compliance::{PolicyFinding, SettingChange, policy_changes, same_document, setting_changes};
 pub use digest::Digest;
 pub use image::ImageRecord;
 pub use image_ref::{EcrHost, ImageRef, ImageSelector, pinned_uri};

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Encryption, TagMutability};
+use super::{Encryption, TagMutability, same_document as same_json};
 
 /// The repositories a creation template applies to when ECR creates them.
 pub const APPLIED_FOR: [&str; 3] = ["CREATE_ON_PUSH", "PULL_THROUGH_CACHE", "REPLICATION"];
@@ -60,18 +60,6 @@ impl CreationTemplate {
             fields.push("repository_policy");
         }
         fields
-    }
-}
-
-fn same_json(a: Option<&str>, b: Option<&str>) -> bool {
-    let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).ok();
-    match (
-        a.filter(|t| !t.trim().is_empty()),
-        b.filter(|t| !t.trim().is_empty()),
-    ) {
-        (None, None) => true,
-        (Some(a), Some(b)) => a == b || matches!((parse(a), parse(b)), (Some(x), Some(y)) if x == y),
-        _ => false,
     }
 }
 

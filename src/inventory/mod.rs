@@ -92,9 +92,9 @@ pub async fn sync_repositories(
 /// flips: the repository listing first, then each cached repository's images
 /// (`concurrency` at a time, skipping repositories another replica is syncing).
 ///
-/// After the listing and again after the images, the registry's compliance
-/// is judged anew (`compliance::evaluate_registry`): the listing sees changed
-/// settings and tags, the image pass the policies it re-read.
+/// After the images, the registry's compliance is judged anew as a whole
+/// (`compliance::evaluate_registry`); what the listing changes meanwhile is
+/// re-judged repository by repository as it is notified (`compliance::run_watcher`).
 pub async fn run_sync_loop(
     syncer: Syncer,
     policy: Arc<PolicyInForce>,
@@ -131,7 +131,8 @@ async fn sync_registry(
             return;
         }
     }
-    evaluate(syncer, policy, registry).await;
+    // The rows the listing changed are re-judged by the compliance watcher as
+    // Postgres notifies them; the whole registry once its images are read too.
     sync_images(syncer, registry, concurrency, shutdown).await;
     evaluate(syncer, policy, registry).await;
 }

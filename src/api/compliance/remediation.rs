@@ -8,9 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::run_messages::{
-    changes_of, changes_value, counts_of, items_of, left_of, left_value, row_of, run_message,
-};
+use super::run_messages::{counts_of, item_message, items_of, row_of, run_message};
 use crate::api::call::Call;
 use crate::api::error::{ApiError, OrRecord as _, Precondition, invalid};
 use crate::api::mutation::{self, CacheChange, Done, check_request_id};
@@ -22,7 +20,7 @@ use crate::domain::{AccountId, RegistryRef, RepositoryName, Violation};
 use crate::ecr::Registry;
 use crate::pb;
 use crate::policy::compliance::{PoliciesRead, is_rule_id};
-use crate::store::remediation_runs::{self, Cancel, NewRun, RunRow};
+use crate::store::remediation_runs::{self, Cancel, ItemRow, NewRun, RunRow};
 use crate::store::repositories;
 
 /// Repositories one request may select.
@@ -114,6 +112,8 @@ pub(super) async fn remediate(
     refuse_busy(state, reference, &names).await?;
     let plans = plan(state, reference, &names, &command).await?;
     if request.dry_run {
+        let plans: Vec<pb::RepositoryRemediation> =
+            plans.iter().map(|p| item_message(&reference.alias, p)).collect();
         let elements = json!({"dryRun": true, "repositories": plans.len(),
                               "changes": plans.iter().map(|p| p.changes.len()).sum::<usize>()});
         let response = pb::RemediateRepositoriesResponse {
@@ -130,14 +130,8 @@ pub(super) async fn remediate(
         identity,
         created_at: Utc::now(),
         items: plans
-            .iter()
-            .map(|p| {
-                (
-                    p.repository.clone(),
-                    changes_value(&p.changes),
-                    left_value(&p.left),
-                )
-            })
+            .into_iter()
+            .map(|p| (p.repository, p.changes, p.left_findings))
             .collect(),
     };
     let (mut response, replayed) = mutation::run(
@@ -258,13 +252,14 @@ async fn refuse_busy(
     })
 }
 
-/// Each repository's plan, from its cached state.
+/// Each repository's plan, from its cached state, as a run's item before the
+/// worker takes it (outcome `planned`).
 async fn plan(
     state: &AppState,
     registry: &RegistryRef,
     names: &[RepositoryName],
     command: &Command<'_>,
-) -> Result<Vec<pb::RepositoryRemediation>, ApiError> {
+) -> Result<Vec<ItemRow>, ApiError> {
     let account = AccountId::parse(&registry.account_id).map_err(|v| invalid(vec![v]))?;
     let policy = state.policy.current();
     let mut plans = Vec::with_capacity(names.len());
@@ -285,12 +280,13 @@ async fn plan(
                     .to_owned()
             }
         };
-        plans.push(pb::RepositoryRemediation {
+        plans.push(ItemRow {
             repository: name.to_string(),
-            changes: changes_of(&changes_json(&remedy.mends)),
-            left: left_of(&registry.alias, name.as_str(), &findings_json(&remedy.left)),
-            outcome: pb::RemediationOutcome::Unspecified as i32,
+            outcome: "planned".into(),
+            changes: changes_json(&remedy.mends),
+            left_findings: findings_json(&remedy.left),
             message,
+            audit_event_id: None,
         });
     }
     Ok(plans)

@@ -1,6 +1,6 @@
 //! Remediation runs as the API answers them, and the JSON their items store.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::api::convert::timestamp;
@@ -157,24 +157,4 @@ pub(super) fn left_of(alias: &str, repository: &str, left: &Value) -> Vec<pb::Po
                 .collect()
         })
         .unwrap_or_default()
-}
-
-pub(super) fn changes_value(changes: &[pb::RemediationChange]) -> Value {
-    Value::Array(
-        changes
-            .iter()
-            .map(|c| json!({"field": c.field, "before": c.before, "after": c.after, "rules": c.rules}))
-            .collect(),
-    )
-}
-
-pub(super) fn left_value(left: &[pb::PolicyViolation]) -> Value {
-    Value::Array(
-        left.iter()
-            .map(|f| {
-                json!({"rule": f.rule, "field": f.field, "actual": f.actual, "wanted": f.wanted,
-                       "mendable": f.mendable, "description": f.description})
-            })
-            .collect(),
-    )
 }

@@ -11,7 +11,9 @@ use aws_sdk_ecr::types::{
 };
 
 use super::{state_from_detail, unreadable};
-use crate::domain::{Encryption, RepositoryName, RepositorySpec, RepositoryState};
+use crate::domain::{
+    Encryption, RepositoryName, RepositorySpec, RepositoryState, same_document as same_json,
+};
 use crate::ecr::error::{EcrError, classify};
 use crate::ecr::{CallLog, Registry};
 
@@ -219,23 +221,6 @@ pub(in crate::ecr) fn sdk_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
     tags.iter()
         .filter_map(|(key, value)| Tag::builder().key(key).value(value).build().ok())
         .collect()
-}
-
-/// Two policy documents are the same when they parse to equal JSON.
-fn same_json(a: Option<&str>, b: Option<&str>) -> bool {
-    match (a, b) {
-        (None, None) => true,
-        (Some(a), Some(b)) => {
-            match (
-                serde_json::from_str::<serde_json::Value>(a),
-                serde_json::from_str::<serde_json::Value>(b),
-            ) {
-                (Ok(a), Ok(b)) => a == b,
-                _ => a == b,
-            }
-        }
-        _ => false,
-    }
 }
 
 #[cfg(test)]
