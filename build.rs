@@ -159,7 +159,16 @@ fn audit_parameters_impl(
                     "enum_name(crate::pb::{rust_type}::try_from(self.{rust}).map(|e| e.as_str_name()), self.{rust})"
                 )
             }
-            (Type::Message | Type::Enum | Type::Group, type_name) => {
+            (Type::Enum, type_name) => {
+                let rust_type = type_name
+                    .strip_prefix(".ecrgateway.v1.")
+                    .filter(|t| !t.contains('.'))
+                    .ok_or_else(|| format!("{name}.{}: enum {type_name} is not top-level", field.name()))?;
+                format!(
+                    "self.{rust}.iter().map(|v| enum_name(crate::pb::{rust_type}::try_from(*v).map(|e| e.as_str_name()), *v)).collect::<Vec<_>>()"
+                )
+            }
+            (Type::Message | Type::Group, type_name) => {
                 return Err(format!("{name}.{}: no audit form for {type_name}", field.name()).into());
             }
             (Type::Bytes, _) => {

@@ -25,6 +25,7 @@ pub use sections::*;
 mod access;
 mod auth;
 mod breaker;
+mod events;
 mod grpc_web;
 mod overload;
 mod policy;
@@ -33,6 +34,7 @@ mod telemetry;
 pub use access::{AccessConfig, MAX_CREDENTIAL_SECONDS, MIN_CREDENTIAL_SECONDS};
 pub use auth::{AuthConfig, AuthMode, MtlsConfig, OIDC_ALGORITHMS, OidcConfig, is_loopback_host};
 pub use breaker::BreakerConfig;
+pub use events::{EventsConfig, WatchConfig};
 pub use grpc_web::{ANY_ORIGIN, GrpcWebConfig};
 pub use overload::{GroupRate, OverloadConfig, Rate, RateLimitsConfig};
 pub use policy::{
@@ -87,6 +89,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Scoped docker credentials (`RegistryAccessService`).
     pub access: AccessConfig,
+    /// The change log that WatchImages streams.
+    pub watch: WatchConfig,
 }
 
 /// A configuration that failed to load or check; each line names the key.
@@ -254,6 +258,7 @@ impl Config {
         problems.extend(self.server.grpc_web.problems());
         problems.extend(self.auth.problems(&self.server.listen));
         problems.extend(self.registry_problems());
+        problems.extend(self.watch.problems());
         problems
     }
 
@@ -304,6 +309,9 @@ impl Config {
                 }
             }
             problems.extend(registry.breaker.problems(&format!("{key}.breaker")));
+            if let Some(events) = &registry.events {
+                problems.extend(events.problems(&format!("{key}.events")));
+            }
             if let Some(arn) = &registry.role_arn
                 && !arn.starts_with("arn:aws")
             {

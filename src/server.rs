@@ -170,7 +170,16 @@ async fn serve(
         );
     }
     let audit_key = signing_key.as_ref().map(|k| k.verifying_key());
-    let (state, audit_writer) = build_state(&config, policy, authz, store, registries, audit_key, page_key);
+    let (state, audit_writer) = build_state(
+        &config,
+        policy,
+        authz,
+        store,
+        registries,
+        audit_key,
+        page_key,
+        draining_tx.subscribe(),
+    );
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let wiring = Wiring {
         state,
@@ -275,6 +284,7 @@ struct Wiring {
 
 /// The state the handlers, recovery and the background tasks share, and the
 /// audit writer it records through (started here).
+#[allow(clippy::too_many_arguments)]
 fn build_state(
     config: &Config,
     policy: OrgPolicy,
@@ -283,6 +293,7 @@ fn build_state(
     registries: Registries,
     audit_key: Option<ed25519_dalek::VerifyingKey>,
     page_key: Option<PageKey>,
+    draining: watch::Receiver<bool>,
 ) -> (Shared, AuditWriter) {
     let (audit, audit_writer) = AuditLog::start(store.clone());
     let state: Shared = Arc::new(AppState {
@@ -302,6 +313,8 @@ fn build_state(
         remediation_wake: Arc::new(tokio::sync::Notify::new()),
         audit_key,
         page_keys: crate::api::page_token::PageKeys::new(page_key),
+        feed: crate::inventory::ChangeFeed::new(config.watch.max_lag_changes),
+        draining,
     });
     // Fetched now (in the background: Postgres may be down at start); else by the first list that needs it.
     tokio::spawn({
@@ -369,23 +382,13 @@ async fn spawn_background(
             stop.clone(),
         ));
     }
-    if config.sync.interval_seconds > 0 {
-        let sync = crate::inventory::run_sync_loop(
-            state.syncer.clone(),
-            state.policy.clone(),
-            registries.all().cloned().collect(),
-            Duration::from_secs(config.sync.interval_seconds),
-            config.sync.concurrency,
-            stop.clone(),
-        );
-        let mut stopped = stop.clone();
-        tasks.spawn(async move {
-            tokio::select! {
-                () = sync => {}
-                _ = stopped.wait_for(|stop| *stop) => {}
-            }
-        });
-    }
+    tasks.spawn(state.feed.clone().run(
+        store.clone(),
+        Duration::from_secs(config.watch.retention_hours * 3600),
+        stop.clone(),
+    ));
+    spawn_event_intake(config, state, metrics, stop, &mut tasks);
+    spawn_sync_loops(config, state, stop, &mut tasks);
     if let Some(jwks_refresh) = authenticator.start(stop.clone()).await {
         tasks.spawn(async move {
             let _ = jwks_refresh.await;
@@ -459,6 +462,69 @@ async fn spawn_background(
         ));
     }
     tasks
+}
+
+/// One intake per registry with `[registries.events]`.
+fn spawn_event_intake(
+    config: &Config,
+    state: &Shared,
+    metrics: &Arc<Metrics>,
+    stop: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) {
+    for registry_config in &config.registries {
+        let (Some(events), Some(registry)) = (
+            &registry_config.events,
+            state.registries.get(&registry_config.alias),
+        ) else {
+            continue;
+        };
+        let observer: Arc<dyn crate::inventory::events::EventObserver> = metrics.clone();
+        if let Some(intake) =
+            crate::inventory::events::Intake::new(state.syncer.clone(), registry.clone(), observer)
+        {
+            tracing::info!(registry = %registry_config.alias, queue = %events.queue_url, workers = events.workers,
+                "following ECR's events");
+            tasks.spawn(intake.run(events.workers, stop.clone()));
+        }
+    }
+}
+
+/// The reconcile: every `[sync] interval_seconds` for registries without
+/// events, every `backstop_interval_seconds` for those with (0 turns either off).
+fn spawn_sync_loops(config: &Config, state: &Shared, stop: &watch::Receiver<bool>, tasks: &mut JoinSet<()>) {
+    let (followed, polled): (Vec<_>, Vec<_>) = state
+        .registries
+        .all()
+        .cloned()
+        .partition(|r| r.events().is_some());
+    for (registries, seconds) in [
+        (polled, config.sync.interval_seconds),
+        (followed, config.sync.backstop_interval_seconds),
+    ] {
+        if registries.is_empty() || seconds == 0 {
+            continue;
+        }
+        let pass = crate::inventory::Pass {
+            interval: Duration::from_secs(seconds),
+            concurrency: config.sync.concurrency,
+            full_resync: Duration::from_secs(config.sync.full_resync_days.max(1) * 86_400),
+        };
+        let sync = crate::inventory::run_sync_loop(
+            state.syncer.clone(),
+            state.policy.clone(),
+            registries,
+            pass,
+            stop.clone(),
+        );
+        let mut stopped = stop.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = sync => {}
+                _ = stopped.wait_for(|stop| *stop) => {}
+            }
+        });
+    }
 }
 
 /// The one shutdown of the background, after gRPC drained: the stop signal,

@@ -306,6 +306,14 @@ fn table(f: &Fixture) -> Vec<Rpc> {
     rpc!(
         t,
         f,
+        "WatchImages",
+        Kind::List,
+        ImageServiceClient.watch_images,
+        |_: &S, _: &S, _: &S, _: &S| pb::WatchImagesRequest::default()
+    );
+    rpc!(
+        t,
+        f,
         "RefreshInventory",
         Kind::Write,
         ImageServiceClient.refresh_inventory,

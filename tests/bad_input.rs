@@ -1412,6 +1412,40 @@ async fn image_service_refuses_bad_input_cleanly() {
             pb::SearchImagesRequest { page_token: token, ..search.clone() });
     }
 
+    // WatchImages
+    let watch = pb::WatchImagesRequest::default();
+    identity_cases!(cat, images, watch_images, watch.clone());
+    for (what, prefix) in bad_prefixes() {
+        case!(cat, images.watch_images, format!("repository_prefix {what}") => invalid("repository_prefix"),
+            pb::WatchImagesRequest { repository_prefix: prefix, ..watch.clone() });
+    }
+    for (what, registry) in bad_registries() {
+        case!(cat, images.watch_images, format!("registry {what}") => invalid("registry"),
+            pb::WatchImagesRequest { registry, ..watch.clone() });
+    }
+    for (what, value) in bad_enums() {
+        case!(cat, images.watch_images, format!("kinds {what}") => invalid("kinds"),
+            pb::WatchImagesRequest { kinds: vec![value], ..watch.clone() });
+    }
+    case!(cat, images.watch_images, "kinds IMAGE_CHANGE_KIND_UNSPECIFIED" => invalid("kinds"),
+        pb::WatchImagesRequest { kinds: vec![0], ..watch.clone() });
+    for (what, seconds) in [
+        ("-1", -1),
+        ("301", 301),
+        ("i32::MAX", i32::MAX),
+        ("i32::MIN", i32::MIN),
+    ] {
+        case!(cat, images.watch_images, format!("heartbeat_seconds {what}") => invalid("heartbeat_seconds"),
+            pb::WatchImagesRequest { heartbeat_seconds: seconds, ..watch.clone() });
+    }
+    let mut cursors: Vec<(&str, String)> = bad_tokens(&f);
+    cursors.push(("a ListImages token", f.images_token.clone()));
+    cursors.push(("a number", "42".into()));
+    for (what, cursor) in cursors {
+        case!(cat, images.watch_images, format!("cursor {what}") => invalid("cursor"),
+            pb::WatchImagesRequest { cursor, ..watch.clone() });
+    }
+
     // RefreshInventory
     let refresh = pb::RefreshInventoryRequest {
         repository: f.repo_a.clone(),

@@ -41,26 +41,58 @@ pub struct Metrics {
     database: watch::Sender<DatabaseGauges>,
     /// The OTLP instruments, when telemetry is on.
     otlp: OnceLock<Instruments>,
+    /// The event intake's counters.
+    events: super::events::EventMetrics,
 }
 
-/// One histogram series: cumulative counts are computed when encoding.
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Histogram {
-    /// Observations per bucket of [`BUCKETS`], plus one for `+Inf`.
-    buckets: [u64; BUCKETS.len() + 1],
+/// One histogram series of `N - 1` bounds: cumulative counts are computed when encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Histogram<const N: usize = 12> {
+    /// Observations per bucket, plus one for `+Inf`.
+    buckets: [u64; N],
     sum: f64,
     count: u64,
 }
 
+impl<const N: usize> Default for Histogram<N> {
+    fn default() -> Self {
+        Histogram {
+            buckets: [0; N],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+}
+
 impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        let bucket = BUCKETS
+    fn observe_duration(&mut self, seconds: f64) {
+        self.observe(&BUCKETS, seconds);
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    /// Counts one observation into the bucket of `bounds` (N - 1 of them) it falls in.
+    pub(super) fn observe(&mut self, bounds: &[f64], value: f64) {
+        let bucket = bounds
             .iter()
-            .position(|bound| seconds <= *bound)
-            .unwrap_or(BUCKETS.len());
+            .position(|bound| value <= *bound)
+            .unwrap_or(bounds.len())
+            .min(N - 1);
         self.buckets[bucket] += 1;
-        self.sum += seconds;
+        self.sum += value;
         self.count += 1;
+    }
+
+    /// Appends the series' `_bucket`, `_sum` and `_count` lines.
+    pub(super) fn encode(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64]) {
+        let mut cumulative = 0;
+        for (bound, count) in bounds.iter().zip(self.buckets) {
+            cumulative += count;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
     }
 }
 
@@ -75,6 +107,7 @@ impl Metrics {
             ecr_calls: Mutex::default(),
             database: watch::Sender::new(DatabaseGauges::default()),
             otlp: OnceLock::new(),
+            events: super::events::EventMetrics::default(),
         }
     }
 
@@ -134,7 +167,7 @@ impl Metrics {
         durations
             .entry((method, code))
             .or_default()
-            .observe(elapsed.as_secs_f64());
+            .observe_duration(elapsed.as_secs_f64());
     }
 
     /// The calls being served now.
@@ -156,29 +189,7 @@ impl Metrics {
             .clone();
         for ((method, code), histogram) in &durations {
             let labels = format!("method=\"{}\",code=\"{code}\"", escape(method));
-            let mut cumulative = 0;
-            for (bound, count) in BUCKETS.iter().zip(histogram.buckets) {
-                cumulative += count;
-                let _ = writeln!(
-                    out,
-                    "ecr_gateway_rpc_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "ecr_gateway_rpc_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                histogram.count
-            );
-            let _ = writeln!(
-                out,
-                "ecr_gateway_rpc_duration_seconds_sum{{{labels}}} {}",
-                histogram.sum
-            );
-            let _ = writeln!(
-                out,
-                "ecr_gateway_rpc_duration_seconds_count{{{labels}}} {}",
-                histogram.count
-            );
+            histogram.encode(&mut out, "ecr_gateway_rpc_duration_seconds", &labels, &BUCKETS);
         }
         let _ = write!(
             out,
@@ -200,6 +211,7 @@ impl Metrics {
             );
         }
         self.database.borrow().encode(&mut out, chrono::Utc::now());
+        self.events.encode(&mut out);
         out
     }
 }
@@ -220,6 +232,26 @@ impl EcrObserver for Metrics {
         if let Some(otlp) = self.otlp.get() {
             otlp.ecr_call(call);
         }
+    }
+}
+
+impl crate::inventory::events::EventObserver for Metrics {
+    fn event_received(&self, registry: &str, event_type: &str) {
+        self.events.event_received(registry, event_type);
+    }
+
+    fn event_finished(
+        &self,
+        registry: &str,
+        event_type: &str,
+        outcome: crate::inventory::events::EventOutcome,
+        lag: Option<Duration>,
+    ) {
+        self.events.event_finished(registry, event_type, outcome, lag);
+    }
+
+    fn queue_depth(&self, registry: &str, state: &crate::ecr::QueueState) {
+        self.events.queue_depth(registry, state);
     }
 }
 

@@ -14,6 +14,7 @@
 //!
 //! Other paths answer 404, other methods 405.
 
+pub mod events;
 pub mod gauges;
 pub mod layer;
 pub mod metrics;

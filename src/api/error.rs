@@ -127,6 +127,15 @@ pub enum ApiError {
         /// When a retry makes sense.
         retry_after: Duration,
     },
+    /// A position outside what is kept (a change-log cursor older than its
+    /// retention). → OUT_OF_RANGE with `ErrorInfo`
+    #[error("{description}")]
+    OutOfRange {
+        /// `ErrorInfo.reason`.
+        reason: &'static str,
+        /// What is out of range and what to do instead.
+        description: String,
+    },
     /// A bug. → INTERNAL; the caller sees only a reference to the log line.
     #[error("internal error (reference {reference})")]
     Internal {
@@ -207,6 +216,7 @@ impl ApiError {
             ApiError::PermissionDenied { .. } => Code::PermissionDenied,
             ApiError::Unavailable { .. } => Code::Unavailable,
             ApiError::ResourceExhausted { .. } => Code::ResourceExhausted,
+            ApiError::OutOfRange { .. } => Code::OutOfRange,
             ApiError::Internal { .. } => Code::Internal,
         }
     }
@@ -218,7 +228,8 @@ impl ApiError {
             | ApiError::FailedPrecondition { reason, .. }
             | ApiError::PermissionDenied { reason, .. }
             | ApiError::Unavailable { reason, .. }
-            | ApiError::ResourceExhausted { reason, .. } => reason,
+            | ApiError::ResourceExhausted { reason, .. }
+            | ApiError::OutOfRange { reason, .. } => reason,
             ApiError::NotFound { .. } => "NOT_FOUND",
             ApiError::AlreadyExists { .. } => "ALREADY_EXISTS",
             ApiError::Aborted { .. } => "OPERATION_IN_PROGRESS",
@@ -287,7 +298,9 @@ impl ApiError {
             ApiError::Internal { reference } => {
                 metadata.insert("reference".to_owned(), reference.to_string());
             }
-            ApiError::Unauthenticated { .. } | ApiError::PermissionDenied { .. } => {}
+            ApiError::Unauthenticated { .. }
+            | ApiError::PermissionDenied { .. }
+            | ApiError::OutOfRange { .. } => {}
         }
         details.set_error_info(self.reason(), ERROR_DOMAIN, metadata);
         Status::with_error_details(self.code(), self.to_string(), details)

@@ -79,6 +79,10 @@ pub struct AppState {
     pub audit_key: Option<ed25519_dalek::VerifyingKey>,
     /// The key that seals page tokens and stream cursors.
     pub page_keys: page_token::PageKeys,
+    /// The replica's view of the inventory's change log (WatchImages).
+    pub feed: Arc<crate::inventory::ChangeFeed>,
+    /// Flips when the server starts to drain: streams end, saying where to resume.
+    pub draining: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Shared handle to the state.

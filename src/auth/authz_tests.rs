@@ -183,7 +183,7 @@ fn readers_read_and_admins_do_everything() {
             | "GetCreationTemplates"
             | "SyncCreationTemplates"
             | "ListPullThroughCacheRules" => Resource::Registry(main_registry()),
-            "ListRepositories" | "SearchImages" => Resource::Namespace {
+            "ListRepositories" | "SearchImages" | "WatchImages" => Resource::Namespace {
                 registry: main_registry(),
                 namespace: "legacy".into(),
             },

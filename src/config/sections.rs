@@ -138,6 +138,9 @@ pub struct RegistryConfig {
     pub rates: BTreeMap<String, f64>,
     /// `[registries.breaker]`: when to stop calling an ECR that is down.
     pub breaker: BreakerConfig,
+    /// `[registries.events]`: the SQS queue of ECR's EventBridge events; set,
+    /// the inventory follows them and the reconcile becomes a backstop.
+    pub events: Option<super::EventsConfig>,
 }
 
 impl RegistryConfig {
@@ -176,6 +179,13 @@ pub struct SyncConfig {
     /// Scans read from ECR per repository and pass (images never read first,
     /// then unfinished ones); 0 turns scan syncing off.
     pub scans_per_pass: usize,
+    /// Interval of the reconcile of a registry whose events the gateway
+    /// follows (`[registries.events]`): the backstop; 0 disables it.
+    pub backstop_interval_seconds: u64,
+    /// With events, a repository's images are read by the backstop when it
+    /// is dirty (an event failed or said too little, the listing saw it
+    /// change) and otherwise at least once in this many days, a share each pass.
+    pub full_resync_days: u64,
 }
 
 impl Default for SyncConfig {
@@ -185,6 +195,8 @@ impl Default for SyncConfig {
             lease_seconds: 120,
             concurrency: 4,
             scans_per_pass: 50,
+            backstop_interval_seconds: 86_400,
+            full_resync_days: 7,
         }
     }
 }

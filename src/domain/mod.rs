@@ -6,8 +6,10 @@
 
 mod account_id;
 mod audit;
+mod changes;
 mod compliance;
 mod digest;
+pub mod events;
 mod image;
 mod image_ref;
 mod image_tag;
@@ -22,6 +24,7 @@ mod violation;
 
 pub use account_id::AccountId;
 pub use audit::*;
+pub use changes::{ChangeFilter, ChangeKind, InventoryChange, ScanCounts};
 pub use compliance::{PolicyFinding, SettingChange, policy_changes, same_document, setting_changes};
 pub use digest::Digest;
 pub use image::ImageRecord;

@@ -10,6 +10,7 @@ mod budget;
 mod credentials;
 mod error;
 mod images;
+mod queue;
 mod repositories;
 mod scans;
 mod telemetry;
@@ -31,6 +32,7 @@ pub use budget::Budget;
 pub use credentials::{DockerLogin, SessionRequest};
 pub use error::{EcrError, classify, classify_code};
 pub use images::{DeleteOutcome, PutOutcome, RawManifest, image_from_detail};
+pub use queue::{EventQueue, QueueError, QueueMessage, QueueState, RECEIVE_BATCH};
 pub use repositories::{collect_pages, state_from_detail};
 pub use scans::{ScanFinding, ScanReport, ScanStart, ScanningSettings};
 pub use telemetry::{EcrCallOutcome, EcrObserver};
@@ -70,6 +72,8 @@ pub struct Registry {
     sts: aws_sdk_sts::Client,
     budget: Arc<Budget>,
     breaker: Arc<Breaker>,
+    /// The SQS queue of the registry's EventBridge events, when configured.
+    events: Option<EventQueue>,
 }
 
 impl Registry {
@@ -134,7 +138,11 @@ impl Registry {
             builder = builder.endpoint_url(url);
         }
         let client = aws_sdk_ecr::Client::from_conf(builder.build());
-        let sts = sts_client(&base, credentials, config);
+        let sts = sts_client(&base, credentials.clone(), config);
+        let events = config
+            .events
+            .as_ref()
+            .map(|events| event_queue(&base, credentials, events));
         Registry {
             reference: RegistryRef {
                 alias: config.alias.clone(),
@@ -145,7 +153,13 @@ impl Registry {
             sts,
             budget: Arc::new(Budget::new(config.rates_with_defaults())),
             breaker,
+            events,
         }
+    }
+
+    /// The queue of the registry's EventBridge events, when configured.
+    pub fn events(&self) -> Option<&EventQueue> {
+        self.events.as_ref()
     }
 
     /// The registry's circuit breaker, whose state health reports.
@@ -170,6 +184,39 @@ fn sts_client(
         builder = builder.endpoint_url(url);
     }
     aws_sdk_sts::Client::from_conf(builder.build())
+}
+
+/// SQS with the credentials the ECR client uses, in the queue's region, at
+/// its endpoint override when one is set.
+fn event_queue(
+    base: &aws_config::SdkConfig,
+    credentials: Option<aws_sdk_ecr::config::SharedCredentialsProvider>,
+    config: &crate::config::EventsConfig,
+) -> EventQueue {
+    let mut builder = aws_sdk_sqs::config::Builder::from(base)
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                // A long poll waits up to 20 s for messages.
+                .operation_attempt_timeout(Duration::from_secs(config.wait_seconds as u64 + 10))
+                .build(),
+        );
+    if let Some(region) = &config.region {
+        builder = builder.region(Region::new(region.clone()));
+    }
+    if let Some(provider) = credentials {
+        builder = builder.credentials_provider(provider);
+    }
+    if let Some(url) = &config.endpoint_url {
+        builder = builder.endpoint_url(url);
+    }
+    EventQueue::new(
+        aws_sdk_sqs::Client::from_conf(builder.build()),
+        config.queue_url.clone(),
+        config.wait_seconds,
+        config.visibility_timeout_seconds,
+    )
 }
 
 /// Every configured registry, by alias.

@@ -159,6 +159,17 @@ impl Registry {
 
     /// Every repository of the registry with its tags (policies are not read here).
     pub async fn list_repositories(&self, log: &CallLog) -> Result<Vec<RepositoryState>, EcrError> {
+        self.list_repositories_reading_tags(log, |_| true).await
+    }
+
+    /// [`Registry::list_repositories`], reading the tags only of the
+    /// repositories `read_tags` names (the others' come back empty): with
+    /// events on, the cache's tags are kept by CloudTrail's TagResource events.
+    pub async fn list_repositories_reading_tags(
+        &self,
+        log: &CallLog,
+        read_tags: impl Fn(&str) -> bool,
+    ) -> Result<Vec<RepositoryState>, EcrError> {
         let details = collect_pages(|token| async move {
             self.budget.acquire("DescribeRepositories").await;
             let output = self
@@ -181,6 +192,10 @@ impl Registry {
                 tracing::warn!(repository = ?detail.repository_name, "skipping a repository ECR described incompletely");
                 continue;
             };
+            if !read_tags(state.name.as_str()) {
+                states.push(state);
+                continue;
+            }
             match self.list_tags(log, &state.arn).await {
                 Ok(tags) => state.tags = tags,
                 // Deleted between the two calls: it is gone, leave it out.

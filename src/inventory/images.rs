@@ -30,6 +30,10 @@ pub enum Trigger {
     OnDemand,
     /// After a mutation through the gateway.
     WriteThrough,
+    /// The backstop pass of a registry whose events the gateway follows: a
+    /// repository that is dirty or due (tags re-read too, since the listing
+    /// leaves them to the events).
+    Backstop,
 }
 
 impl Trigger {
@@ -39,6 +43,7 @@ impl Trigger {
             Trigger::Interval => "interval",
             Trigger::OnDemand => "on-demand",
             Trigger::WriteThrough => "write-through",
+            Trigger::Backstop => "backstop",
         }
     }
 }
@@ -76,7 +81,8 @@ impl Syncer {
         repository: &RepositoryName,
         trigger: Trigger,
     ) -> Result<SyncOutcome, SyncError> {
-        let until = Utc::now() + self.lease;
+        let started = Utc::now();
+        let until = started + self.lease;
         let pool = self.store.pool();
         if !sync::try_lease(pool, &registry.reference, repository, &self.holder, until).await? {
             return Ok(SyncOutcome::Busy);
@@ -101,6 +107,7 @@ impl Syncer {
             &registry.reference,
             repository,
             &self.holder,
+            started,
             synced_at,
             error.as_deref(),
         )
@@ -130,7 +137,7 @@ impl Syncer {
             return self.forget_repository(registry, repository).await;
         };
         let policies = match trigger {
-            Trigger::Interval => self.read_policies(registry, repository, log).await?,
+            Trigger::Interval | Trigger::Backstop => self.read_policies(registry, repository, log).await?,
             _ => None,
         };
         let started = Utc::now();
@@ -210,6 +217,17 @@ impl Syncer {
         if !due {
             return Ok(None);
         }
+        self.read_policies_now(registry, repository, log).await
+    }
+
+    /// Reads the repository's policies now. `None`: ECR no longer has it.
+    pub(super) async fn read_policies_now(
+        &self,
+        registry: &Registry,
+        repository: &RepositoryName,
+        log: &CallLog,
+    ) -> Result<Option<ReadPolicies>, SyncError> {
+        let cached = repositories::policies(self.store.pool(), &registry.reference, repository).await?;
         let (lifecycle, policy) = match registry.read_policies(log, repository).await {
             Ok(read) => read,
             // Deleted meanwhile: the next listing forgets it.
@@ -274,7 +292,7 @@ impl Syncer {
     #[tracing::instrument(name = "db.transaction", skip_all, fields(
         otel.name = "postgresql forget_repository", otel.kind = "client",
         db.system = "postgresql", db.operation.name = "forget_repository"))]
-    async fn forget_repository(
+    pub(super) async fn forget_repository(
         &self,
         registry: &Registry,
         repository: &RepositoryName,
@@ -291,7 +309,7 @@ impl Syncer {
     }
 
     /// Reads the manifests of `digests` and stores what they say.
-    async fn read_manifests(
+    pub(super) async fn read_manifests(
         &self,
         registry: &Registry,
         repository: &RepositoryName,
@@ -407,7 +425,7 @@ impl Syncer {
         Ok(found)
     }
 
-    async fn unread_digest(
+    pub(super) async fn unread_digest(
         &self,
         registry: &Registry,
         repository: &RepositoryName,
@@ -429,9 +447,9 @@ impl Syncer {
 
 /// What `DescribeRepositories` (and, `with_tags`, `ListTagsForResource`) said
 /// of a repository during a sync, to be written with the image facts.
-struct ReadSettings {
-    state: crate::domain::RepositoryState,
-    with_tags: bool,
+pub(super) struct ReadSettings {
+    pub(super) state: crate::domain::RepositoryState,
+    pub(super) with_tags: bool,
 }
 
 impl ReadSettings {
@@ -439,7 +457,7 @@ impl ReadSettings {
     /// image facts. Settings (and, read with them, tags) that differ from a
     /// cached row written before the read changed outside the gateway (drift)
     /// and leave an audit event, as the registry listing's do.
-    async fn write(
+    pub(super) async fn write(
         &self,
         tx: &mut crate::store::Tx,
         registry: &crate::domain::RegistryRef,
@@ -466,7 +484,7 @@ impl ReadSettings {
 const POLICIES_MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// What the repository's policy reads said during a sync.
-struct ReadPolicies {
+pub(super) struct ReadPolicies {
     /// The cached policies, when they had been read before.
     before: Option<repositories::CachedPolicies>,
     lifecycle: Option<String>,
@@ -477,7 +495,7 @@ struct ReadPolicies {
 impl ReadPolicies {
     /// Writes them; policies that changed since the last read changed outside
     /// the gateway (drift) and leave an audit event.
-    async fn write(
+    pub(super) async fn write(
         &self,
         tx: &mut crate::store::Tx,
         registry: &crate::domain::RegistryRef,

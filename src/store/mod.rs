@@ -4,6 +4,7 @@
 pub mod audit_events;
 pub mod audit_trail;
 pub mod cache;
+pub mod changes;
 pub mod cleanup_runs;
 pub mod compliance;
 pub mod gauges;
@@ -130,6 +131,8 @@ pub struct Store {
     audit_head: Arc<tokio::sync::watch::Sender<i64>>,
     /// Each notified change of a repository's rows (`None`: any may have changed).
     changes: Arc<tokio::sync::broadcast::Sender<Option<RepoKey>>>,
+    /// Woken when the change log may have grown (see [`Store::change_log_wake`]).
+    change_log: Arc<tokio::sync::Notify>,
 }
 
 /// A repository's tags.
@@ -175,6 +178,7 @@ impl Store {
             invalidations,
             audit_head: Arc::new(tokio::sync::watch::Sender::new(0)),
             changes: Arc::new(tokio::sync::broadcast::Sender::new(CHANGES_BUFFER)),
+            change_log: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -243,6 +247,7 @@ impl Store {
                     self.invalidations.set_live(true);
                     // What changed while nobody listened is not known.
                     let _ = self.changes.send(None);
+                    self.change_log.notify_one();
                     tracing::debug!("read cache: listening for inventory changes");
                     loop {
                         tokio::select! {
@@ -255,6 +260,9 @@ impl Store {
                                     if let Ok(seq) = n.payload().parse() {
                                         self.audit_head.send_replace(seq);
                                     }
+                                }
+                                Ok(Some(n)) if [changes::PENDING_CHANNEL, changes::HEAD_CHANNEL].contains(&n.channel()) => {
+                                    self.change_log.notify_one();
                                 }
                                 Ok(Some(n)) => {
                                     let key = RepoKey::from_payload(n.payload());
@@ -287,7 +295,12 @@ impl Store {
     async fn change_listener(&self) -> Result<PgListener, sqlx::Error> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener
-            .listen_all([cache::CHANNEL, audit_trail::CHANNEL])
+            .listen_all([
+                cache::CHANNEL,
+                audit_trail::CHANNEL,
+                changes::PENDING_CHANNEL,
+                changes::HEAD_CHANNEL,
+            ])
             .await?;
         Ok(listener)
     }
@@ -298,6 +311,13 @@ impl Store {
     /// stream, a truncate). A receiver that lags gets `Lagged`: treat it as `None`.
     pub fn repository_changes(&self) -> tokio::sync::broadcast::Receiver<Option<RepoKey>> {
         self.changes.subscribe()
+    }
+
+    /// Woken (one permit) when changes were committed or sequenced by any
+    /// replica, or the listener (re)connected, while [`Store::listen_for_changes`]
+    /// runs: the change feed then sequences and reads what is new.
+    pub fn change_log_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.change_log.clone()
     }
 
     /// The audit chain's head sequence, changed whenever another link is

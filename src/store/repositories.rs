@@ -240,6 +240,17 @@ pub async fn names(pool: &sqlx::PgPool, registry: &RegistryRef) -> Result<Vec<Re
         .collect())
 }
 
+/// How many repositories of the registry the cache has.
+pub async fn count(pool: &sqlx::PgPool, registry: &RegistryRef) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM repositories WHERE account_id = $1 AND region = $2"#,
+        registry.account_id,
+        registry.region,
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
 /// Removes one repository's row.
 pub async fn delete(tx: &mut Tx, registry: &RegistryRef, name: &RepositoryName) -> Result<(), StoreError> {
     sqlx::query!(

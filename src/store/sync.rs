@@ -74,17 +74,23 @@ pub async fn try_lease(
 }
 
 /// Releases the lease and records how the sync ended, inside the sync's transaction.
+///
+/// A sync that succeeded clears the repository's dirty mark when the mark is
+/// older than the sync's `started` (a mark made meanwhile stays).
 pub async fn release(
     tx: &mut Tx,
     registry: &RegistryRef,
     repository: &RepositoryName,
     holder: &str,
+    started: DateTime<Utc>,
     synced_at: Option<DateTime<Utc>>,
     error: Option<&str>,
 ) -> Result<(), StoreError> {
     sqlx::query!(
         r#"UPDATE sync_state SET lease_holder = NULL, lease_until = NULL,
-               last_synced_at = COALESCE($5, last_synced_at), last_error = $6
+               last_synced_at = COALESCE($5, last_synced_at), last_error = $6,
+               dirty_since = CASE WHEN $5::timestamptz IS NOT NULL AND dirty_since <= $7 THEN NULL
+                                  ELSE dirty_since END
            WHERE account_id = $1 AND region = $2 AND repository = $3 AND lease_holder = $4"#,
         registry.account_id,
         registry.region,
@@ -92,6 +98,7 @@ pub async fn release(
         holder,
         synced_at,
         error,
+        started,
     )
     .execute(&mut **tx)
     .await?;
@@ -239,4 +246,68 @@ struct SyncRunRow {
     images_removed: i32,
     ecr_calls: i32,
     error: Option<String>,
+}
+
+/// Marks a repository for the backstop: its images are read in the next
+/// reconcile pass (an event for it failed or said too little, or the
+/// listing saw it change outside the gateway).
+pub async fn mark_dirty(
+    pool: &sqlx::PgPool,
+    registry: &RegistryRef,
+    repository: &RepositoryName,
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    mark_dirty_in(&mut tx, registry, repository).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// [`mark_dirty`] in a transaction.
+pub async fn mark_dirty_in(
+    tx: &mut Tx,
+    registry: &RegistryRef,
+    repository: &RepositoryName,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        r#"INSERT INTO sync_state (account_id, region, repository, dirty_since) VALUES ($1, $2, $3, now())
+           ON CONFLICT (account_id, region, repository) DO UPDATE
+           SET dirty_since = COALESCE(sync_state.dirty_since, now())"#,
+        registry.account_id,
+        registry.region,
+        repository.as_str(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The cached repositories whose images a backstop pass reads: every one
+/// that is dirty or was never synced, then at most `rotation` of those last
+/// synced before `resync_before`, oldest first.
+pub async fn due_for_images(
+    pool: &sqlx::PgPool,
+    registry: &RegistryRef,
+    resync_before: DateTime<Utc>,
+    rotation: i64,
+) -> Result<Vec<RepositoryName>, StoreError> {
+    let names = sqlx::query_scalar!(
+        r#"(SELECT r.name AS "name!" FROM repositories r
+            LEFT JOIN sync_state s ON s.account_id = r.account_id AND s.region = r.region AND s.repository = r.name
+            WHERE r.account_id = $1 AND r.region = $2 AND (s.last_synced_at IS NULL OR s.dirty_since IS NOT NULL))
+           UNION
+           (SELECT r.name FROM repositories r
+            JOIN sync_state s ON s.account_id = r.account_id AND s.region = r.region AND s.repository = r.name
+            WHERE r.account_id = $1 AND r.region = $2 AND s.last_synced_at < $3
+            ORDER BY s.last_synced_at LIMIT $4)"#,
+        registry.account_id,
+        registry.region,
+        resync_before,
+        rotation,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(names
+        .iter()
+        .filter_map(|n| RepositoryName::parse(n).ok())
+        .collect())
 }

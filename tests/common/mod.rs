@@ -3,6 +3,7 @@
 //! test, the real gateway on port 0, and generated tonic clients.
 #![allow(dead_code)]
 
+pub(crate) mod events;
 pub(crate) mod images;
 pub(crate) mod process;
 pub(crate) mod proxy;
@@ -272,6 +273,7 @@ entities = "{root}/tests/fixtures/authz-entities.json"
 
 [sync]
 interval_seconds = 0
+backstop_interval_seconds = 0
 
 [[registries]]
 alias = "main"

@@ -27,6 +27,7 @@ use crate::store::sync::{self, SyncRun};
 mod reads;
 mod refresh;
 mod resolve;
+mod watch;
 
 pub(in crate::api) use reads::image_message;
 use reads::*;
@@ -49,6 +50,17 @@ super::rpc::unary_rpcs! {
         refresh_inventory(RefreshInventoryRequest) -> RefreshInventoryResponse = "RefreshInventory", Read, refresh_inventory;
         get_sync_status(GetSyncStatusRequest) -> GetSyncStatusResponse = "GetSyncStatus", Read, get_sync_status;
         promote_image(PromoteImageRequest) -> PromoteImageResponse = "PromoteImage", Write, super::promote::promote_image;
+    }
+    type WatchImagesStream = watch::WatchStream;
+    async fn watch_images(
+        &self,
+        request: tonic::Request<pb::WatchImagesRequest>,
+    ) -> Result<tonic::Response<watch::WatchStream>, tonic::Status> {
+        let state = &self.state;
+        super::rpc::unary(&state.audit, request, "WatchImages", super::rpc::Kind::Read, async |call, request| {
+            watch::watch_images(state, call, request).await
+        })
+        .await
     }
 }
 
